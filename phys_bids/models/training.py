@@ -1,0 +1,271 @@
+"""Training of the segmentation models on the synthetic generator (CPU-sized, resumable).
+
+:func:`train` runs a schedule of ``max_steps`` steps, each one same-subject batch
+of ``realisations`` simulated patches (:class:`phys_bids.synth.SynthGenerator`),
+with the loss ``stochastic CE + soft Dice + lambda * stratification``. It stops early
+when ``time_limit_min`` is reached, and always leaves in ``out_dir``:
+
+* ``checkpoint.pt``: model, optimiser, step, RNG states and history (resume point);
+* ``weights.pt``: the model's state dict (what inference loads);
+* ``manifest.json``: architecture, input normalisation, patch, parameter spaces,
+  subject split, seeds, data hashes, code commit, loss curves, validation metrics
+  and the sha256 of ``weights.pt``.
+
+Every file is written atomically (temporary file, then rename).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from ..physics import PhysicsEncoder
+from ..synth import SynthConfig, SynthGenerator, load_head
+from .losses import soft_dice_loss, stochastic_cross_entropy, stratification_loss
+from .unet import PhysicsUNet
+
+__all__ = ["TrainConfig", "train", "sha256", "atomic_write_bytes", "evaluate_batches"]
+
+log = logging.getLogger("phys_bids.train")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (written to the manifest)."""
+
+    name: str = "seg-physics"
+    physics: bool = True
+    channels: tuple[int, ...] = (8, 16, 32, 64)
+    dropout: float = 0.1
+    input_dropout: float = 0.05
+    patch: int = 48
+    realisations: int = 4
+    max_steps: int = 3000
+    lr: float = 2e-3
+    min_lr: float = 1e-4
+    warmup: int = 20
+    weight_decay: float = 1e-4
+    stratification_weight: float = 1.0
+    dice_weight: float = 1.0
+    aleatoric_samples: int = 10
+    seed: int = 1234
+    threads: int = 1
+    val_every: int = 50
+    checkpoint_every: int = 25
+    time_limit_min: float | None = None
+    train_subjects: tuple[str, ...] = tuple(f"head_{i:02d}" for i in range(1, 12))
+    val_subjects: tuple[str, ...] = ("head_12", "head_13")
+    test_subjects: tuple[str, ...] = ("head_14", "head_15", "head_16")
+    synth: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_json(cls, path) -> TrainConfig:
+        data = json.loads(Path(path).read_text())
+        for k in ("channels", "train_subjects", "val_subjects", "test_subjects"):
+            if k in data:
+                data[k] = tuple(data[k])
+        return cls(**data)
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        for k in ("channels", "train_subjects", "val_subjects", "test_subjects"):
+            d[k] = list(d[k])
+        return d
+
+
+def sha256(path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _git_commit() -> str:
+    try:
+        root = Path(__file__).resolve().parents[2]
+        rev = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True,
+                             text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"],
+                               cwd=root, capture_output=True, text=True).stdout.strip()
+        return rev + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def build_model(cfg: TrainConfig, encoder: PhysicsEncoder) -> PhysicsUNet:
+    return PhysicsUNet(channels=cfg.channels, physics_dim=encoder.dim if cfg.physics else 0,
+                       dropout=cfg.dropout, input_dropout=cfg.input_dropout)
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    t = min(1.0, (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
+
+
+def _loss(model, batch, cfg: TrainConfig, g: torch.Generator):
+    n = batch["image"].shape[0]
+    target = batch["target"][None].expand(n, -1, -1, -1, -1)
+    logits, log_sigma, feats = model(batch["image"], batch["physics"] if cfg.physics else None)
+    ce = stochastic_cross_entropy(logits, log_sigma, target, samples=cfg.aleatoric_samples,
+                                  generator=g)
+    dice = soft_dice_loss(torch.softmax(logits, 1), target)
+    strat = stratification_loss(feats)
+    total = ce + cfg.dice_weight * dice + cfg.stratification_weight * strat
+    return total, {"ce": ce.item(), "dice": dice.item(), "strat": strat.item()}
+
+
+@torch.no_grad()
+def evaluate_batches(model, batches: list[dict], physics: bool) -> dict:
+    """Dice (hard, vs anatomy) and CoV of tissue volumes across realisations."""
+    model.eval()
+    dices, covs = [], []
+    for b in batches:
+        logits, _, _ = model(b["image"], b["physics"] if physics else None)
+        pred = logits.argmax(1)  # (N, ...)
+        ref = b["target"].argmax(0)
+        probs = torch.softmax(logits, 1)
+        for k in (1, 2, 3):
+            p, r = pred == k, ref == k
+            dices.append(float(2 * (p & r).sum() / (p.sum() + r.sum()).clamp_min(1)))
+        vols = probs[:, 1:].sum((2, 3, 4))  # (N, 3) soft volumes
+        covs.append((vols.std(0, unbiased=False) / vols.mean(0).clamp_min(1e-6)).tolist())
+    model.train()
+    cov = torch.tensor(covs).mean(0).tolist()
+    return {"dice_mean": sum(dices) / len(dices),
+            "cov_x1e3": {"GM": 1e3 * cov[0], "WM": 1e3 * cov[1], "CSF": 1e3 * cov[2]}}
+
+
+def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: str = "cpu"
+          ) -> dict:
+    """Train (or continue training) one model; returns the manifest."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    data_dir = Path(data_dir)
+    paths = {s: data_dir / f"{s}.nii.gz" for s in (*cfg.train_subjects, *cfg.val_subjects)}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"label maps not found: {missing[:3]} (set --data to the "
+                                "folder holding head_XX.nii.gz)")
+    t0 = time.time()
+    heads = {s: load_head(p) for s, p in paths.items()}
+    log.info("loaded %d label maps in %.1f s", len(heads), time.time() - t0)
+    encoder = PhysicsEncoder()
+    synth = SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
+    gen = SynthGenerator([heads[s] for s in cfg.train_subjects], synth, encoder, device)
+    val_gen = SynthGenerator([heads[s] for s in cfg.val_subjects], synth, encoder, device)
+    vg = torch.Generator().manual_seed(cfg.seed + 999)
+    val_batches = [val_gen.sample(vg, sequence=seq, head_index=h)
+                   for h in range(len(cfg.val_subjects)) for seq in synth.sequences
+                   for _ in range(2)]
+    model = build_model(cfg, encoder).to(device)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    g = torch.Generator().manual_seed(cfg.seed)
+    step, history = 0, {"step": [], "loss": [], "ce": [], "dice": [], "strat": [], "val": []}
+    ckpt_path = out / "checkpoint.pt"
+    if resume and ckpt_path.exists():
+        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        model.load_state_dict(ck["model"])
+        opt.load_state_dict(ck["optimizer"])
+        g.set_state(ck["generator"])
+        torch.set_rng_state(ck["torch_rng"])
+        step, history = ck["step"], ck["history"]
+        log.info("resumed %s at step %d", cfg.name, step)
+    manifest_base = {
+        "name": cfg.name,
+        "task": "tissue segmentation (background, GM, WM, CSF)",
+        "architecture": {"class": "phys_bids.models.PhysicsUNet", "args": model.config},
+        "input": {"normalisation": "image / mean(image inside brain mask), skull-stripped, "
+                                   "bias-corrected, RAS, 1 mm",
+                  "grid_mm": 1.0, "patch": cfg.patch, "orientation": "RAS"},
+        "physics_encoder": encoder.to_dict() if cfg.physics else None,
+        "parameter_spaces": synth.spaces,
+        "labels": {"0": "background", "1": "GM", "2": "WM", "3": "CSF"},
+        "split": {"train": list(cfg.train_subjects), "val": list(cfg.val_subjects),
+                  "test": list(cfg.test_subjects)},
+        "synth": synth.to_dict(),
+        "train_config": cfg.to_dict(),
+        "data": {s: {"file": paths[s].name, "sha256": sha256(paths[s])} for s in paths},
+    }
+    model.train()
+    t_start = time.time()
+    last_val = history["val"][-1] if history["val"] else None
+
+    def save(final: bool):
+        weights = out / "weights.pt"
+        _atomic_torch_save(model.state_dict(), weights)
+        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+                            "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
+                            "step": step, "history": history}, ckpt_path)
+        manifest = dict(manifest_base)
+        manifest.update({
+            "steps": step, "complete": step >= cfg.max_steps, "code_commit": _git_commit(),
+            "torch": torch.__version__, "history": history, "validation": last_val,
+            "weights_sha256": sha256(weights), "weights_file": "weights.pt",
+            "reproduce": f"python workflows/train_segmentation.py --config "
+                         f"workflows/configs/{cfg.name}.json --out <dir>",
+        })
+        atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=1).encode())
+        return manifest
+
+    manifest = None
+    while step < cfg.max_steps:
+        for pg in opt.param_groups:
+            pg["lr"] = _lr_at(cfg, step)
+        batch = gen.sample(g)
+        loss, parts = _loss(model, batch, cfg, g)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+        opt.step()
+        step += 1
+        history["step"].append(step)
+        history["loss"].append(round(loss.item(), 5))
+        for k, v in parts.items():
+            history[k].append(round(v, 5))
+        if step % 10 == 0:
+            log.info("%s step %d/%d loss %.4f (ce %.4f dice %.4f strat %.4f) %.1f s/step",
+                     cfg.name, step, cfg.max_steps, loss.item(), parts["ce"], parts["dice"],
+                     parts["strat"], (time.time() - t_start) / max(1, step - history["step"][0]
+                                                                  + 1))
+        if step % cfg.val_every == 0 or step == cfg.max_steps:
+            last_val = {"step": step, **evaluate_batches(model, val_batches, cfg.physics)}
+            history["val"].append(last_val)
+            log.info("%s validation %s", cfg.name, json.dumps(last_val))
+        out_of_time = (cfg.time_limit_min is not None
+                       and time.time() - t_start > 60 * cfg.time_limit_min)
+        if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
+            manifest = save(final=False)
+        if out_of_time:
+            log.info("%s time limit reached at step %d; resume with the same command", cfg.name,
+                     step)
+            break
+    if manifest is None:
+        manifest = save(final=True)
+    return manifest

@@ -1,0 +1,157 @@
+"""3D U-Net with a physics branch injected at two depths, MC dropout and an aleatoric head.
+
+Architecture after Borges et al. (2019, 2021): a small fully connected *physics
+branch* maps the encoded acquisition parameters to a vector that is tiled over
+space and concatenated (i) to the first encoder level, before the first
+down-sampling, and (ii) to the input of the final decoder block. Dropout layers
+stay switchable at inference for Monte-Carlo sampling (:func:`enable_mc_dropout`),
+and a separate convolutional head predicts the per-voxel, per-class log standard
+deviation of logit noise (aleatoric uncertainty, loss attenuation).
+
+With ``physics_dim=0`` the same network has no physics branch: the baseline.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+__all__ = ["PhysicsUNet", "enable_mc_dropout"]
+
+
+class _Block(nn.Sequential):
+    def __init__(self, cin: int, cout: int, dropout: float = 0.0):
+        layers: list[nn.Module] = [
+            nn.Conv3d(cin, cout, 3, padding=1, bias=False),
+            nn.InstanceNorm3d(cout, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+            nn.Conv3d(cout, cout, 3, padding=1, bias=False),
+            nn.InstanceNorm3d(cout, affine=True),
+            nn.LeakyReLU(0.01, inplace=True),
+        ]
+        if dropout > 0:
+            layers.append(nn.Dropout3d(dropout))
+        super().__init__(*layers)
+
+
+class PhysicsUNet(nn.Module):
+    """Physics-aware 3D U-Net.
+
+    Parameters
+    ----------
+    in_channels : int
+        Image channels.
+    n_classes : int
+        Output classes (background, GM, WM, CSF).
+    channels : tuple of int
+        Feature channels per level (the number of levels is its length).
+    physics_dim : int
+        Length of the encoded parameter vector; 0 builds the baseline (no branch).
+    physics_hidden : int
+        Width of the two fully connected layers of the physics branch.
+    physics_channels : int
+        Channels the physics vector adds where it is tiled.
+    dropout : float
+        Dropout3d probability after every block below the first level (MC dropout).
+    input_dropout : float
+        Dropout probability on the input (paper: 0.05).
+    aleatoric : bool
+        Add the log-sigma head.
+    """
+
+    def __init__(self, in_channels: int = 1, n_classes: int = 4,
+                 channels: tuple[int, ...] = (8, 16, 32, 64), physics_dim: int = 10,
+                 physics_hidden: int = 16, physics_channels: int = 8, dropout: float = 0.1,
+                 input_dropout: float = 0.05, aleatoric: bool = True):
+        super().__init__()
+        self.config = {
+            "in_channels": in_channels, "n_classes": n_classes, "channels": list(channels),
+            "physics_dim": physics_dim, "physics_hidden": physics_hidden,
+            "physics_channels": physics_channels, "dropout": dropout,
+            "input_dropout": input_dropout, "aleatoric": aleatoric,
+        }
+        pc = physics_channels if physics_dim > 0 else 0
+        self.physics_dim = physics_dim
+        self.physics = (
+            nn.Sequential(nn.Linear(physics_dim, physics_hidden), nn.ReLU(inplace=True),
+                          nn.Linear(physics_hidden, physics_hidden), nn.ReLU(inplace=True),
+                          nn.Linear(physics_hidden, pc))
+            if physics_dim > 0 else None
+        )
+        self.input_dropout = nn.Dropout3d(input_dropout) if input_dropout > 0 else nn.Identity()
+        c = list(channels)
+        self.enc = nn.ModuleList()
+        self.enc.append(_Block(in_channels, c[0]))
+        for i in range(1, len(c)):
+            cin = c[i - 1] + (pc if i == 1 else 0)
+            self.enc.append(_Block(cin, c[i], dropout))
+        self.dec = nn.ModuleList()
+        for i in range(len(c) - 2, -1, -1):
+            skip = c[i] + (pc if i == 0 else 0)
+            extra = pc if i == 0 else 0  # second injection: before the final block
+            self.dec.append(_Block(c[i + 1] + skip + extra, c[i], dropout if i > 0 else 0.0))
+        self.head = nn.Conv3d(c[0], n_classes, 1)
+        self.sigma_head = (
+            nn.Sequential(nn.Conv3d(c[0], c[0], 3, padding=1), nn.LeakyReLU(0.01, inplace=True),
+                          nn.Conv3d(c[0], n_classes, 1))
+            if aleatoric else None
+        )
+
+    def _tile(self, vec: Tensor | None, like: Tensor) -> list[Tensor]:
+        if vec is None:
+            return []
+        return [vec[:, :, None, None, None].expand(-1, -1, *like.shape[2:])]
+
+    def forward(self, image: Tensor, physics: Tensor | None = None
+                ) -> tuple[Tensor, Tensor | None, Tensor]:
+        """Segment a batch.
+
+        Parameters
+        ----------
+        image : tensor (B, C, X, Y, Z)
+            Spatial sizes divisible by ``2**(levels-1)``.
+        physics : tensor (B, physics_dim), optional
+            Encoded acquisition parameters (required unless the baseline).
+
+        Returns
+        -------
+        logits : tensor (B, n_classes, X, Y, Z)
+        log_sigma : tensor (B, n_classes, X, Y, Z) or None
+        features : tensor (B, channels[0], X, Y, Z)
+            Final feature maps (for the stratification loss).
+        """
+        vec = None
+        if self.physics is not None:
+            if physics is None:
+                raise ValueError("this model has a physics branch: pass the encoded parameters")
+            vec = self.physics(physics.to(image.dtype))
+        x = self.input_dropout(image)
+        skips = []
+        for i, block in enumerate(self.enc):
+            if i > 0:
+                x = F.max_pool3d(x, 2)
+            x = block(x)
+            if i == 0:
+                x = torch.cat([x, *self._tile(vec, x)], dim=1)
+            skips.append(x)
+        x = skips.pop()
+        for j, block in enumerate(self.dec):
+            skip = skips.pop()
+            x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
+            parts = [x, skip]
+            if j == len(self.dec) - 1:
+                parts += self._tile(vec, skip)
+            x = block(torch.cat(parts, dim=1))
+        logits = self.head(x)
+        log_sigma = self.sigma_head(x) if self.sigma_head is not None else None
+        return logits, log_sigma, x
+
+
+def enable_mc_dropout(model: nn.Module, enabled: bool = True) -> nn.Module:
+    """Put only the dropout layers in training mode (Monte-Carlo dropout at inference)."""
+    model.eval()
+    for m in model.modules():
+        if isinstance(m, nn.Dropout | nn.Dropout3d):
+            m.train(enabled)
+    return model

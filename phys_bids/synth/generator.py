@@ -1,0 +1,308 @@
+"""On-the-fly synthetic subjects: labels -> qMRI maps -> simulated scans (qSynth style).
+
+One call of :meth:`SynthGenerator.sample` draws a *virtual subject* (tissue
+parameters per class from the priors of :mod:`.tissues`, smooth within-class
+variation), a patch location and a random spatial transform (rotation, scaling,
+smooth elastic displacement), computes tissue fractions by 2x super-sampling the
+labels (partial volume), and simulates **N realisations of the same patch** with
+different acquisition parameters of one sequence (same-subject batch
+stratification, Borges et al. 2021). Each realisation gets its own transmit and
+receive fields, Rician noise, optional through-plane blur and skull-stripping
+imperfection. This is the augmentation layer of the paper, in torch, on any device.
+
+Images are normalised by the mean signal inside the brain mask of the *whole*
+subject (computed exactly from the class volumes), which is what inference
+computes on a skull-stripped, bias-corrected image (:func:`normalise_image`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+
+from ..physics import SPACES, PhysicsEncoder, noise_sigma, rician_noise, smooth_random_field
+from ..physics.simulate import SEQUENCES
+from .tissues import CLASSES, TARGET_OF_CLASS, priors_at
+
+__all__ = ["Head", "SynthGenerator", "normalise_image", "load_head"]
+
+_BRAIN_CLASSES = [CLASSES.index(c) for c in ("gm_cortex", "gm_deep", "wm", "csf")]
+
+
+def load_head(path) -> Head:
+    """Load a label map, reorient it to RAS at its own resolution, map to classes."""
+    import nibabel as nib
+
+    from .tissues import label_to_class
+
+    img = nib.as_closest_canonical(nib.load(str(path)))
+    zooms = img.header.get_zooms()[:3]
+    if not np.allclose(zooms, 1.0, atol=1e-3):
+        raise ValueError(f"{path}: label maps must be 1 mm isotropic, got {zooms}")
+    cls = label_to_class(np.asarray(img.dataobj))
+    # crop to the head to save memory (keep a margin for spatial augmentation)
+    nz = np.argwhere(cls > 0)
+    lo = np.maximum(nz.min(0) - 8, 0)
+    hi = np.minimum(nz.max(0) + 9, cls.shape)
+    cls = np.ascontiguousarray(cls[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+    return Head(name=str(path), classes=cls)
+
+
+@dataclass
+class Head:
+    """A subject's class volume (RAS, 1 mm) with cached sampling helpers."""
+
+    name: str
+    classes: np.ndarray
+    brain_voxels: np.ndarray = field(init=False, repr=False)
+    brain_class_fraction: np.ndarray = field(init=False, repr=False)
+
+    def __post_init__(self):
+        brain = np.isin(self.classes, _BRAIN_CLASSES)
+        idx = np.argwhere(brain)
+        rng = np.random.default_rng(0)
+        keep = rng.choice(len(idx), size=min(len(idx), 50000), replace=False)
+        self.brain_voxels = idx[np.sort(keep)]
+        counts = np.bincount(self.classes[brain].ravel(), minlength=len(CLASSES))
+        self.brain_class_fraction = counts / counts.sum()
+
+
+def normalise_image(image: Tensor, mask: Tensor) -> Tensor:
+    """Divide by the mean intensity inside the brain mask (the model's input scaling)."""
+    m = mask.to(image.dtype)
+    dims = tuple(range(image.ndim - mask.ndim, image.ndim))
+    mean = (image * m).sum(dims, keepdim=True) / m.sum().clamp_min(1.0)
+    return image / mean.clamp_min(1e-12)
+
+
+@dataclass
+class SynthConfig:
+    """Settings of the generator (stored in the model manifest)."""
+
+    patch: int = 64
+    realisations: int = 4
+    sequences: tuple[str, ...] = ("MPRAGE", "SPGR")
+    spaces: dict = field(default_factory=lambda: {"MPRAGE": "mprage-id", "SPGR": "spgr-id"})
+    rotation_deg: float = 12.0
+    scale: float = 0.10
+    elastic_mm: float = 1.5
+    snr: tuple[float, float] = (15.0, 80.0)
+    bias_strength: float = 0.2
+    b1t_strength: float = 0.08
+    blur_probability: float = 0.25
+    mask_jitter_probability: float = 0.3
+    field_strength: float = 3.0
+
+    def to_dict(self) -> dict:
+        d = dict(self.__dict__)
+        d["sequences"] = list(self.sequences)
+        d["snr"] = list(self.snr)
+        return d
+
+
+class SynthGenerator:
+    """Draw same-subject batches of simulated patches with soft tissue targets.
+
+    Parameters
+    ----------
+    heads : list of Head
+        Training anatomies.
+    config : SynthConfig
+    encoder : PhysicsEncoder
+        Encodes each realisation's parameters for the physics branch.
+    device : torch.device
+    """
+
+    def __init__(self, heads: list[Head], config: SynthConfig | None = None,
+                 encoder: PhysicsEncoder | None = None, device="cpu"):
+        self.heads = heads
+        self.cfg = config or SynthConfig()
+        self.encoder = encoder or PhysicsEncoder(self.cfg.sequences)
+        self.device = torch.device(device)
+        self.priors = priors_at(self.cfg.field_strength)
+
+    # -- geometry -------------------------------------------------------------------
+    def _sample_grid(self, head: Head, g: torch.Generator, patch: int) -> Tensor:
+        """Voxel coordinates (in the head volume) of a 2x super-sampled patch grid."""
+        cfg = self.cfg
+        ss = 2 * patch
+        centre = head.brain_voxels[int(torch.randint(len(head.brain_voxels), (1,), generator=g))]
+        ang = (torch.rand(3, generator=g, dtype=torch.float64) * 2 - 1) * math.radians(
+            cfg.rotation_deg)
+        rot = _rotation(ang)
+        scale = 1.0 + (torch.rand(3, generator=g, dtype=torch.float64) * 2 - 1) * cfg.scale
+        a = rot * scale[None, :]
+        u = (torch.arange(ss, dtype=torch.float64) + 0.5) / 2.0 - patch / 2.0  # mm
+        grid = torch.stack(torch.meshgrid(u, u, u, indexing="ij"), dim=-1)  # (ss,ss,ss,3)
+        pts = grid @ a.T + torch.as_tensor(centre, dtype=torch.float64)
+        if cfg.elastic_mm > 0:
+            disp = smooth_random_field((ss, ss, ss), control_points=4, batch=3, generator=g,
+                                       dtype=torch.float64)
+            pts = pts + cfg.elastic_mm * disp.permute(1, 2, 3, 0)
+        return pts
+
+    def _fractions(self, head: Head, pts: Tensor, patch: int) -> Tensor:
+        """Class fractions (K, P, P, P) by nearest sampling at 2x and 2x2x2 averaging."""
+        lo = torch.floor(pts.reshape(-1, 3).min(0).values).long() - 1
+        hi = torch.ceil(pts.reshape(-1, 3).max(0).values).long() + 2
+        shape = torch.tensor(head.classes.shape)
+        clo, chi = lo.clamp(min=0), torch.minimum(hi, shape)
+        crop = np.zeros(tuple((hi - lo).tolist()), dtype=np.uint8)
+        if bool((chi > clo).all()):
+            sub = head.classes[clo[0]:chi[0], clo[1]:chi[1], clo[2]:chi[2]]
+            o = (clo - lo).tolist()
+            crop[o[0]:o[0] + sub.shape[0], o[1]:o[1] + sub.shape[1], o[2]:o[2] + sub.shape[2]] = sub
+        vol = torch.from_numpy(crop).to(self.device)
+        idx = torch.round(pts - lo.to(pts.dtype)).long().to(self.device)
+        for d in range(3):
+            idx[..., d].clamp_(0, vol.shape[d] - 1)
+        lab = vol[idx[..., 0], idx[..., 1], idx[..., 2]].long()  # (ss, ss, ss)
+        onehot = F.one_hot(lab, len(CLASSES)).permute(3, 0, 1, 2).float()
+        return F.avg_pool3d(onehot[None], 2)[0]  # (K, P, P, P)
+
+    # -- physics --------------------------------------------------------------------
+    def _tissue_values(self, g: torch.Generator) -> dict[str, Tensor]:
+        """Per-class parameter means of a virtual subject: {param: (K,)}."""
+        out = {}
+        for p in ("pd", "r1", "r2s", "r2", "mt"):
+            vals = []
+            for c in CLASSES:
+                pr = self.priors[c][p]
+                v = pr.mean + pr.sd * float(torch.randn(1, generator=g))
+                vals.append(max(v, 0.0 if p in ("pd", "mt") else 1e-3))
+            out[p] = torch.tensor(vals, dtype=torch.float32, device=self.device)
+        return out
+
+    def _class_maps(self, values: dict[str, Tensor], present: list[int], shape,
+                    g: torch.Generator) -> dict[str, Tensor]:
+        """Per-class parameter maps with smooth spatial variation: {param: (Kp, *shape)}."""
+        out = {}
+        for p in ("pd", "r1", "r2s"):
+            spatial = torch.tensor([self.priors[CLASSES[k]][p].spatial for k in present],
+                                   device=self.device)
+            field_ = smooth_random_field(tuple(shape), control_points=3, batch=len(present),
+                                         generator=g).to(self.device)
+            out[p] = values[p][present].reshape(-1, 1, 1, 1) * torch.exp(
+                spatial.reshape(-1, 1, 1, 1) * field_)
+        return out
+
+    def _sample_params(self, sequence: str, n: int, g: torch.Generator) -> dict[str, Tensor]:
+        space = SPACES[self.cfg.spaces[sequence]]
+        return space.sample(n, generator=g, dtype=torch.float32)
+
+    def simulate_patch(self, sequence: str, params: dict[str, Tensor], cmaps: dict[str, Tensor],
+                       fractions: Tensor, b1t: Tensor | None = None) -> Tensor:
+        """Signed mixture signal ``sum_c f_c S_c`` for N parameter sets: (N, *shape)."""
+        model = SEQUENCES[sequence]
+        n = next(iter(params.values())).shape[0]
+        kw = {k: v.reshape(n, 1, 1, 1, 1).to(self.device) for k, v in params.items()}
+        if b1t is not None and "b1t" in model.optional:
+            kw["b1t"] = b1t[:, None]
+        maps = [cmaps[m][None] for m in model.maps if m in cmaps]
+        sig = model.function(*maps, **kw)  # (N, Kp, *shape)
+        return (sig * fractions[None]).sum(1)
+
+    def sample(self, generator: torch.Generator, *, sequence: str | None = None,
+               head_index: int | None = None) -> dict:
+        """One same-subject batch.
+
+        Returns
+        -------
+        dict with
+            ``image`` (N, 1, P, P, P) normalised magnitude images,
+            ``target`` (4, P, P, P) soft fractions of background/GM/WM/CSF inside the mask,
+            ``physics`` (N, D) encoded parameters, ``params`` dict of (N,) tensors,
+            ``sequence`` str, ``mask`` (P, P, P) bool brain mask, ``r1`` (P, P, P) effective R1.
+        """
+        g = generator
+        cfg = self.cfg
+        p = cfg.patch
+        n = cfg.realisations
+        if head_index is None:
+            head_index = int(torch.randint(len(self.heads), (1,), generator=g))
+        head = self.heads[head_index]
+        if sequence is None:
+            sequence = cfg.sequences[int(torch.randint(len(cfg.sequences), (1,), generator=g))]
+        pts = self._sample_grid(head, g, p)
+        frac = self._fractions(head, pts, p)  # (K, P, P, P)
+        present = [k for k in range(len(CLASSES)) if float(frac[k].sum()) > 0]
+        values = self._tissue_values(g)
+        cmaps = self._class_maps(values, present, (p, p, p), g)
+        cmaps["r2"] = values["r2"][present].reshape(-1, 1, 1, 1).expand(-1, p, p, p)
+        cmaps["mt"] = values["mt"][present].reshape(-1, 1, 1, 1).expand(-1, p, p, p)
+        fr = frac[present]
+        params = self._sample_params(sequence, n, g)
+        b1t = 1.0 + cfg.b1t_strength * smooth_random_field((p, p, p), control_points=3, batch=n,
+                                                           generator=g).to(self.device)
+        signal = self.simulate_patch(sequence, params, cmaps, fr, b1t)
+        # whole-brain mean (normaliser): exact from class fractions of the subject's brain
+        w = torch.as_tensor(head.brain_class_fraction, dtype=torch.float32, device=self.device)
+        pure = self._pure_signals(sequence, params, values)  # (N, K)
+        norm = (pure.abs() * w[None]).sum(1)  # (N,)
+        # receive field, noise, blur
+        bias = torch.exp(cfg.bias_strength * smooth_random_field(
+            (p, p, p), control_points=3, batch=n, generator=g)).to(self.device)
+        signal = signal * bias
+        snr = cfg.snr[0] + (cfg.snr[1] - cfg.snr[0]) * torch.rand(n, generator=g)
+        sigma = (norm / snr.to(self.device)).reshape(n, 1, 1, 1)
+        image = rician_noise(signal, sigma, generator=g)
+        image = self._maybe_blur(image, g)
+        # brain mask with skull-stripping imperfection
+        brain = frac[_BRAIN_CLASSES].sum(0)
+        mask = brain > 0.5
+        u = float(torch.rand(1, generator=g))
+        if u < cfg.mask_jitter_probability / 2:
+            mask = F.max_pool3d(mask[None, None].float(), 3, 1, 1)[0, 0] > 0
+        elif u < cfg.mask_jitter_probability:
+            mask = -F.max_pool3d(-mask[None, None].float(), 3, 1, 1)[0, 0] > 0
+        image = image * mask / norm.reshape(n, 1, 1, 1)
+        tmap = torch.as_tensor(TARGET_OF_CLASS, device=self.device)
+        target = torch.zeros(4, p, p, p, device=self.device)
+        target.index_add_(0, tmap, frac)
+        target[1:] *= mask
+        target[0] = 1.0 - target[1:].sum(0)
+        r1 = (cmaps["r1"] * fr).sum(0) / fr.sum(0).clamp_min(1e-6)
+        return {
+            "image": image[:, None].float(),
+            "target": target,
+            "physics": self.encoder.encode(sequence, params, device=self.device),
+            "params": params,
+            "sequence": sequence,
+            "mask": mask,
+            "r1": r1,
+            "head": head_index,
+        }
+
+    def _pure_signals(self, sequence: str, params: dict[str, Tensor],
+                      values: dict[str, Tensor]) -> Tensor:
+        """Signals of each pure class at its mean parameters: (N, K)."""
+        model = SEQUENCES[sequence]
+        n = next(iter(params.values())).shape[0]
+        kw = {k: v.reshape(n, 1).to(self.device) for k, v in params.items()}
+        maps = [values[m][None] for m in model.maps]
+        return model.function(*maps, **kw)
+
+    def _maybe_blur(self, image: Tensor, g: torch.Generator) -> Tensor:
+        """Through-plane resolution loss (thick slices) along a random axis."""
+        if float(torch.rand(1, generator=g)) >= self.cfg.blur_probability:
+            return image
+        axis = int(torch.randint(3, (1,), generator=g))
+        k = [1, 1, 1]
+        k[axis] = 2
+        low = F.avg_pool3d(image[:, None], kernel_size=k, stride=k)
+        return F.interpolate(low, size=image.shape[1:], mode="trilinear", align_corners=False)[:, 0]
+
+
+def _rotation(angles: Tensor) -> Tensor:
+    """Rotation matrix from three Euler angles (radians), float64."""
+    cx, cy, cz = torch.cos(angles)
+    sx, sy, sz = torch.sin(angles)
+    rx = torch.tensor([[1, 0, 0], [0, cx, -sx], [0, sx, cx]], dtype=torch.float64)
+    ry = torch.tensor([[cy, 0, sy], [0, 1, 0], [-sy, 0, cy]], dtype=torch.float64)
+    rz = torch.tensor([[cz, -sz, 0], [sz, cz, 0], [0, 0, 1]], dtype=torch.float64)
+    return rz @ ry @ rx

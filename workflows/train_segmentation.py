@@ -1,0 +1,58 @@
+#!/usr/bin/env python
+"""Train a phys-bids segmentation model from the head label maps (CPU or GPU).
+
+Reproduce the shipped models (each command resumes from the checkpoint in --out,
+so a longer schedule continues from the committed one):
+
+    python workflows/train_segmentation.py --config workflows/configs/seg-physics.json \
+        --out phys_bids/data/models/seg-physics
+    python workflows/train_segmentation.py --config workflows/configs/seg-baseline.json \
+        --out phys_bids/data/models/seg-baseline
+
+--data defaults to $PHYS_BIDS_DATA/label-maps or ../shared/data/label-maps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from phys_bids.models.training import TrainConfig, train
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", required=True, help="training configuration JSON")
+    ap.add_argument("--out", required=True, help="output folder (weights, checkpoint, manifest)")
+    ap.add_argument("--data", default=None, help="folder with head_XX.nii.gz label maps")
+    ap.add_argument("--max-steps", type=int, default=None, help="override the schedule length")
+    ap.add_argument("--time-limit-min", type=float, default=None,
+                    help="stop (and checkpoint) after this many minutes")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda")
+    ap.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    cfg = TrainConfig.from_json(args.config)
+    if args.max_steps is not None:
+        cfg.max_steps = args.max_steps
+    if args.time_limit_min is not None:
+        cfg.time_limit_min = args.time_limit_min
+    if args.threads is not None:
+        cfg.threads = args.threads
+    data = args.data
+    if data is None:
+        root = os.environ.get("PHYS_BIDS_DATA",
+                              str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
+        data = str(Path(root) / "label-maps")
+    manifest = train(cfg, data, args.out, resume=not args.no_resume, device=args.device)
+    print(f"{cfg.name}: {manifest['steps']} steps, weights sha256 {manifest['weights_sha256']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
