@@ -49,7 +49,7 @@ class TrainConfig:
     input_dropout: float = 0.05
     patch: int = 48
     realisations: int = 4
-    max_steps: int = 3000
+    max_steps: int = 1500
     lr: float = 2e-3
     min_lr: float = 1e-4
     warmup: int = 20
@@ -196,7 +196,9 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         g.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         step, history = ck["step"], ck["history"]
+        history.setdefault("resumed_at", []).append(step)
         log.info("resumed %s at step %d", cfg.name, step)
+    code_commit = _git_commit()  # the code this run started from
     manifest_base = {
         "name": cfg.name,
         "task": "tissue segmentation (background, GM, WM, CSF)",
@@ -225,7 +227,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
                             "step": step, "history": history}, ckpt_path)
         manifest = dict(manifest_base)
         manifest.update({
-            "steps": step, "complete": step >= cfg.max_steps, "code_commit": _git_commit(),
+            "steps": step, "complete": step >= cfg.max_steps, "code_commit": code_commit,
             "torch": torch.__version__, "history": history, "validation": last_val,
             "weights_sha256": sha256(weights), "weights_file": "weights.pt",
             "reproduce": f"python workflows/train_segmentation.py --config "

@@ -1,0 +1,1 @@
+"""BIDS input/output helpers: sidecar inheritance, protocol override files."""

@@ -1,0 +1,91 @@
+"""Protocol override files: acquisition parameters the sidecars lack or get wrong.
+
+Format (JSON; values in BIDS units - seconds, degrees)::
+
+    {
+      "PhysBIDSProtocol": 1,
+      "runs": [
+        {"match": "sub-*_acq-mprage*_T1w", "fields": {"InversionTime": 0.9}},
+        {"match": "sub-07_*", "fields": {"PulseSequenceType": "MPRAGE"}}
+      ]
+    }
+
+``match`` is a shell-style pattern tested against the image file name without its
+extension; every matching entry applies, later entries winning. The fields are
+checked exactly like sidecar fields (:mod:`phys_bids.physics.sidecar`).
+
+>>> p = Protocol.from_dict({"PhysBIDSProtocol": 1, "runs": [
+...     {"match": "sub-*_T1w", "fields": {"InversionTime": 0.9}}]})
+>>> p.fields_for("sub-01_T1w.nii.gz")
+{'InversionTime': 0.9}
+>>> p.fields_for("sub-01_FLAIR.nii.gz")
+{}
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..physics.sidecar import SIDECAR_FIELDS
+
+__all__ = ["Protocol", "ProtocolFileError", "ALLOWED_FIELDS"]
+
+ALLOWED_FIELDS = frozenset(SIDECAR_FIELDS) | {
+    "PulseSequenceType", "ScanningSequence", "SequenceVariant", "SequenceName", "MTState",
+}
+
+
+class ProtocolFileError(ValueError):
+    """The protocol file is malformed (one actionable line)."""
+
+
+@dataclass(frozen=True)
+class Protocol:
+    runs: tuple[tuple[str, dict], ...]
+    source: str = "<dict>"
+
+    @classmethod
+    def from_dict(cls, data, source: str = "<dict>") -> Protocol:
+        where = f"protocol file {source}"
+        if not isinstance(data, dict) or data.get("PhysBIDSProtocol") != 1:
+            raise ProtocolFileError(f"{where}: expected a JSON object with \"PhysBIDSProtocol\": 1 "
+                                    "(see docs/protocol-file.md)")
+        runs = data.get("runs")
+        if not isinstance(runs, list):
+            raise ProtocolFileError(f"{where}: \"runs\" must be a list of {{match, fields}}")
+        out = []
+        for i, run in enumerate(runs):
+            if not (isinstance(run, dict) and isinstance(run.get("match"), str)
+                    and isinstance(run.get("fields"), dict)):
+                raise ProtocolFileError(f"{where}: runs[{i}] needs a \"match\" string and a "
+                                        "\"fields\" object")
+            unknown = sorted(set(run["fields"]) - ALLOWED_FIELDS)
+            if unknown:
+                raise ProtocolFileError(f"{where}: runs[{i}] has unknown field(s) {unknown}; "
+                                        f"allowed: {sorted(ALLOWED_FIELDS)}")
+            out.append((run["match"], dict(run["fields"])))
+        return cls(tuple(out), source)
+
+    @classmethod
+    def load(cls, path) -> Protocol:
+        try:
+            data = json.loads(Path(path).read_text())
+        except OSError as err:
+            raise ProtocolFileError(f"cannot read protocol file {path}: {err.strerror}") from None
+        except json.JSONDecodeError as err:
+            raise ProtocolFileError(f"protocol file {path} is not valid JSON: {err}") from None
+        return cls.from_dict(data, str(path))
+
+    def fields_for(self, filename: str) -> dict:
+        name = Path(filename).name
+        for ext in (".nii.gz", ".nii"):
+            if name.endswith(ext):
+                name = name[: -len(ext)]
+        merged: dict = {}
+        for pattern, fields in self.runs:
+            if fnmatch.fnmatchcase(name, pattern):
+                merged.update(fields)
+        return merged
