@@ -57,7 +57,8 @@ def load_sidecar(image: str | Path, root: str | Path) -> dict:
             try:
                 data = json.loads(js.read_text())
             except (OSError, json.JSONDecodeError) as err:
-                raise SidecarError(f"{js}: not valid JSON ({err}); fix or remove the file") from None
+                raise SidecarError(f"{js}: not valid JSON ({err}); fix or remove the file"
+                                   ) from None
             if not isinstance(data, dict):
                 raise SidecarError(f"{js}: a sidecar must be a JSON object")
             merged.update(data)

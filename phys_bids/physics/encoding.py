@@ -15,7 +15,7 @@ sequences; features of the other sequences are zero.
 >>> x = enc.encode("MPRAGE", {"ti": torch.tensor([0.6, 0.9, 1.2])})
 >>> x.shape
 torch.Size([3, 10])
->>> [round(float(v), 3) for v in x[:, 2]]  # standardised TI over U(0.6, 1.2)
+>>> [round(float(v), 3) + 0.0 for v in x[:, 2]]  # standardised TI over U(0.6, 1.2)
 [-1.732, 0.0, 1.732]
 """
 

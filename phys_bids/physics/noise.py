@@ -66,7 +66,7 @@ def rician_noise(signal: Tensor, sigma, *, generator: torch.Generator | None = N
 def smooth_random_field(shape: tuple[int, ...], *, control_points: int = 4, batch: int = 1,
                         generator: torch.Generator | None = None, dtype=torch.float32,
                         device=None) -> Tensor:
-    """A smooth zero-mean random field: N(0,1) control points upsampled cubically.
+    """A smooth zero-mean random field: N(0,1) control points, (tri)linearly interpolated.
 
     Returns a tensor of shape ``(batch, *shape)`` with unit standard deviation at the
     control points. Used for bias fields, B1 maps and smooth within-tissue variation.
@@ -74,7 +74,7 @@ def smooth_random_field(shape: tuple[int, ...], *, control_points: int = 4, batc
     nd = len(shape)
     coarse = torch.randn((batch, 1, *([control_points] * nd)), generator=generator,
                          dtype=dtype, device=device)
-    mode = {1: "linear", 2: "bicubic", 3: "trilinear"}[nd]
+    mode = {1: "linear", 2: "bilinear", 3: "trilinear"}[nd]
     field = F.interpolate(coarse, size=shape, mode=mode, align_corners=True)
     return field[:, 0]
 

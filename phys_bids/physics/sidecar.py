@@ -34,7 +34,7 @@ protocol override file, see ``docs/protocol-file.md``).
 ...                           "RepetitionTime": 2300, "InversionTime": 0.9})
 Traceback (most recent call last):
 ...
-phys_bids.physics.sidecar.UnitsError: RepetitionTime=2300 is not plausible in seconds (BIDS uses seconds); it looks like milliseconds: write 2.3
+phys_bids.physics.sidecar.UnitsError: RepetitionTime=2300 is not plausible in seconds ...
 """
 
 from __future__ import annotations

@@ -97,8 +97,8 @@ def simulate(sequence: str, maps: dict[str, Tensor], params: dict, *,
     magnitude : bool
         Return ``|S|`` (what a magnitude image shows); ``False`` keeps the sign.
     chunk : int, optional
-        Voxels per chunk; default: chunked (32k voxels, run in parallel over the torch threads) when no input requires grad
-        and the volume is larger than that, otherwise in one pass.
+        Voxels per chunk. Default: 32k-voxel chunks run in parallel over the torch
+        threads when no input requires grad and the volume is larger; else one pass.
 
     Returns
     -------
@@ -123,7 +123,8 @@ def simulate(sequence: str, maps: dict[str, Tensor], params: dict, *,
         if m is None and name != "mt":
             raise KeyError(f"{sequence} needs the {name!r} map")
     nvox = ref.numel()
-    needs_grad = any(t.requires_grad for t in [*pvals.values(), *[m for m in margs if m is not None]])
+    tensors = [*pvals.values(), *[m for m in margs if m is not None]]
+    needs_grad = any(t.requires_grad for t in tensors)
     if chunk is None:
         chunk = nvox if (needs_grad or nvox <= 1 << 15) else 1 << 15
 

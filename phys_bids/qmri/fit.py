@@ -134,7 +134,7 @@ def mp2rage_t1(uni: Tensor, *, ti1, ti2, tr, echo_spacing, n_excitations, fa1, f
     lut = seq.mp2rage_uni(i1, i2)
     # keep the longest strictly decreasing run (UNI falls with T1 over the useful range)
     d = torch.diff(lut) < 0
-    best, start, run_start = (0, 0), 0, 0
+    best, run_start = (0, 0), 0
     for i, dec in enumerate(d.tolist() + [False]):
         if not dec:
             if i - run_start > best[1] - best[0]:

@@ -25,7 +25,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-from ..physics import SPACES, PhysicsEncoder, noise_sigma, rician_noise, smooth_random_field
+from ..physics import SPACES, PhysicsEncoder, rician_noise, smooth_random_field
 from ..physics.simulate import SEQUENCES
 from .tissues import CLASSES, TARGET_OF_CLASS, priors_at
 

@@ -1,0 +1,86 @@
+import torch
+
+from phys_bids.physics import SPACES, PhysicsEncoder, in_training_space, simulate
+from phys_bids.physics.noise import bias_field, noise_sigma, rician_noise
+
+
+def test_samplers_are_seeded_and_inside_their_bounds():
+    for name, space in SPACES.items():
+        a = space.sample(500, generator=torch.Generator().manual_seed(3))
+        b = space.sample(500, generator=torch.Generator().manual_seed(3))
+        for k in a:
+            assert torch.equal(a[k], b[k]), name
+        if space.name.startswith(("mprage", "spgr")):
+            assert space.contains(a), name
+
+
+def test_training_space_query_names_the_offending_parameter():
+    assert in_training_space("SPGR", {"tr": 0.05, "te": 0.005, "fa": 30}) == (True, [])
+    assert in_training_space("SPGR", {"tr": 0.05, "te": 0.005, "fa": 85}) == (False, ["fa"])
+    assert in_training_space("MPRAGE", {"ti": 0.5}) == (False, ["ti"])
+    assert in_training_space("FLAIR", {"ti": 2.5}) == (False, ["sequence"])
+    # out-of-distribution spaces contain the training spaces
+    idd = SPACES["spgr-id"].sample(100, generator=torch.Generator().manual_seed(0))
+    assert SPACES["spgr-ood"].contains(idd)
+
+
+def test_encoder_standardises_in_distribution_features():
+    enc = PhysicsEncoder()
+    for seq in ("MPRAGE", "SPGR"):
+        p = SPACES[enc.spaces[seq]].sample(20000, generator=torch.Generator().manual_seed(1))
+        x = enc.encode(seq, p, dtype=torch.float64)
+        o = enc.offsets[seq]
+        k = o + (2 if seq == "MPRAGE" else 6)
+        assert torch.allclose(x[:, o:k].mean(0), torch.zeros(k - o, dtype=torch.float64), atol=0.03)
+        assert torch.allclose(x[:, o:k].std(0), torch.ones(k - o, dtype=torch.float64), atol=0.03)
+        assert bool((x[:, enc.sequences.index(seq)] == 1).all())
+        others = [i for i in range(enc.dim) if not (o <= i < k) and i != enc.sequences.index(seq)]
+        assert bool((x[:, others] == 0).all())
+
+
+def test_simulate_chunked_equals_single_pass():
+    g = torch.Generator().manual_seed(0)
+    shape = (40, 40, 50)
+    maps = {"pd": torch.rand(shape, generator=g), "r1": torch.rand(shape, generator=g) + 0.2,
+            "r2s": torch.rand(shape, generator=g) * 30}
+    p = SPACES["spgr-ood"].sample(3, generator=g)
+    a = simulate("SPGR", maps, p, chunk=10**9)
+    b = simulate("SPGR", maps, p, chunk=4096)
+    assert a.shape == (3, 40, 40, 50)
+    assert torch.equal(a, b)
+
+
+def test_rician_noise_has_requested_snr_and_is_seeded():
+    s = torch.full((200000,), 10.0)
+    sigma = noise_sigma(s, 20.0)
+    n1 = rician_noise(s, sigma, generator=torch.Generator().manual_seed(5))
+    n2 = rician_noise(s, sigma, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(n1, n2)
+    assert abs(float(n1.std()) - 0.5) < 0.01  # high SNR: Rician ~ Gaussian with sigma = 10/20
+    zero = rician_noise(torch.zeros(200000), 1.0, generator=torch.Generator().manual_seed(6))
+    assert abs(float(zero.mean()) - (torch.pi / 2) ** 0.5) < 0.01  # Rayleigh mean
+
+
+def test_bias_field_is_smooth_positive_and_seeded():
+    f = bias_field((32, 32, 32), strength=0.3, generator=torch.Generator().manual_seed(2))
+    assert f.shape == (1, 32, 32, 32) and bool((f > 0).all())
+    assert float((f[:, 1:] / f[:, :-1]).log().abs().max()) < 0.15  # ~10 voxels between nodes
+    g = bias_field((32, 32, 32), strength=0.3, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(f, g)
+
+
+def test_physics_layer_imports_nothing_above_it():
+    import ast
+    import pathlib
+
+    import phys_bids.physics as ph
+
+    for f in pathlib.Path(ph.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level >= 2:
+                raise AssertionError(f"{f.name} imports from a higher layer: {node.module}")
+            if isinstance(node, ast.Import | ast.ImportFrom):
+                mod = getattr(node, "module", None) or ""
+                names = [a.name for a in node.names]
+                assert not any(n.startswith("phys_bids.") and not n.startswith(
+                    "phys_bids.physics") for n in [mod, *names]), f.name
