@@ -82,8 +82,24 @@ SEQUENCES: dict[str, SequenceModel] = {
 }
 
 
+_COMPILED: dict[str, Callable] = {}
+
+
+def _compiled(model: SequenceModel, magnitude: bool) -> Callable:
+    key = f"{model.name}:{magnitude}"
+    if key not in _COMPILED:
+        fn = model.function
+
+        def run(*maps, **params):
+            out = fn(*maps, **params)
+            return out.abs() if magnitude else out
+
+        _COMPILED[key] = torch.compile(run, dynamic=False)
+    return _COMPILED[key]
+
+
 def simulate(sequence: str, maps: dict[str, Tensor], params: dict, *,
-             magnitude: bool = True, chunk: int | None = None) -> Tensor:
+             magnitude: bool = True, chunk: int | None = None, backend: str = "eager") -> Tensor:
     """Simulate a batch of images.
 
     Parameters
@@ -96,6 +112,10 @@ def simulate(sequence: str, maps: dict[str, Tensor], params: dict, *,
         Parameters of the sequence, each a number or a tensor of shape ``(B,)``.
     magnitude : bool
         Return ``|S|`` (what a magnitude image shows); ``False`` keeps the sign.
+    backend : {"eager", "compile"}
+        ``"compile"`` fuses the equation into one loop with ``torch.compile`` (needs a
+        C++ compiler; the first call per sequence compiles for ~40 s on CPU). Results
+        agree with eager to float rounding.
     chunk : int, optional
         Voxels per chunk. Default: 32k-voxel chunks run in parallel over the torch
         threads when no input requires grad and the volume is larger; else one pass.
@@ -125,6 +145,13 @@ def simulate(sequence: str, maps: dict[str, Tensor], params: dict, *,
     nvox = ref.numel()
     tensors = [*pvals.values(), *[m for m in margs if m is not None]]
     needs_grad = any(t.requires_grad for t in tensors)
+    if backend == "compile":
+        fn = _compiled(model, magnitude)
+        with torch.no_grad() if not needs_grad else torch.enable_grad():
+            out = fn(*margs, **pvals)
+        return out.reshape(batch, *spatial)
+    if backend != "eager":
+        raise ValueError(f"backend must be 'eager' or 'compile', not {backend!r}")
     if chunk is None:
         chunk = nvox if (needs_grad or nvox <= 1 << 15) else 1 << 15
 
