@@ -48,6 +48,14 @@ def stratification_loss(features: Tensor) -> Tensor:
     """L2 between the final feature maps of same-subject realisations (Borges 2021, sec. 2.2).
 
     ``features`` (N, C, ...) holds N realisations of the same anatomy; the loss is the
-    mean squared deviation from their mean (zero when all realisations agree).
+    mean over the N(N-1)/2 pairs of the mean squared difference of their feature maps
+    (exactly zero when all realisations agree; equal to twice the across-realisation
+    variance).
     """
-    return ((features - features.mean(0, keepdim=True)) ** 2).mean()
+    n = features.shape[0]
+    if n < 2:
+        return features.new_zeros(())
+    total = features.new_zeros(())
+    for i in range(n - 1):
+        total = total + ((features[i + 1:] - features[i:i + 1]) ** 2).mean((1, 2, 3, 4)).sum()
+    return total / (n * (n - 1) / 2)

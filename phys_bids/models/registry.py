@@ -1,0 +1,84 @@
+"""Shipped models: find, verify (sha256) and build them from their manifests.
+
+Each model lives in ``phys_bids/data/models/<name>/`` with ``weights.pt`` and the
+``manifest.json`` written by training. :func:`load_model` refuses weights whose hash
+differs from the manifest's, so a corrupted or swapped file never segments a scan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..physics import PhysicsEncoder
+from .unet import PhysicsUNet
+
+__all__ = ["MODELS_DIR", "ModelCorruptError", "LoadedModel", "available_models", "load_model"]
+
+MODELS_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
+
+
+class ModelCorruptError(RuntimeError):
+    """Shipped weights do not match their manifest."""
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    network: PhysicsUNet
+    manifest: dict
+    encoder: PhysicsEncoder | None
+
+    @property
+    def physics(self) -> bool:
+        return self.encoder is not None
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def available_models(root: Path | None = None) -> list[str]:
+    root = MODELS_DIR if root is None else Path(root)
+    return sorted(p.parent.name for p in root.glob("*/manifest.json"))
+
+
+def load_model(name_or_dir: str | Path, *, device="cpu", root: Path | None = None) -> LoadedModel:
+    """Load a shipped model by name (or a model folder) after checking its hash."""
+    folder = Path(name_or_dir)
+    if not (folder / "manifest.json").exists():
+        folder = (MODELS_DIR if root is None else Path(root)) / str(name_or_dir)
+    mpath = folder / "manifest.json"
+    if not mpath.exists():
+        raise FileNotFoundError(f"no model {name_or_dir!r}; available: {available_models(root)}")
+    manifest = json.loads(mpath.read_text())
+    wpath = folder / manifest.get("weights_file", "weights.pt")
+    digest = _sha256(wpath)
+    if digest != manifest["weights_sha256"]:
+        raise ModelCorruptError(f"{wpath}: sha256 {digest[:12]}... does not match the manifest "
+                                f"({manifest['weights_sha256'][:12]}...); reinstall phys-bids")
+    args = dict(manifest["architecture"]["args"])
+    args["channels"] = tuple(args["channels"])
+    net = PhysicsUNet(**args)
+    net.load_state_dict(torch.load(wpath, map_location=device, weights_only=True))
+    net.to(device).eval()
+    enc_cfg = manifest.get("physics_encoder")
+    encoder = (PhysicsEncoder(tuple(enc_cfg["sequences"]), enc_cfg["spaces"])
+               if enc_cfg else None)
+    if encoder is not None:
+        frozen = enc_cfg["standardisation"]
+        now = encoder.to_dict()["standardisation"]
+        for s in frozen:
+            for (m0, s0), (m1, s1) in zip(frozen[s], now[s], strict=True):
+                if abs(m0 - m1) > 1e-9 * max(1, abs(m0)) or abs(s0 - s1) > 1e-9 * max(1, s0):
+                    raise ModelCorruptError(f"{name_or_dir}: the physics encoding changed since "
+                                            "training; retrain or pin the encoder")
+    return LoadedModel(manifest["name"], net, manifest, encoder)

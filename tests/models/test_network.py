@@ -1,0 +1,149 @@
+import json
+import shutil
+
+import pytest
+import torch
+
+from phys_bids.models import PhysicsUNet, enable_mc_dropout, stratification_loss
+from phys_bids.models.inference import sliding_window_logits
+from phys_bids.models.losses import soft_dice_loss, stochastic_cross_entropy
+from phys_bids.models.registry import ModelCorruptError, available_models, load_model
+from phys_bids.models.training import TrainConfig, train
+
+from ..phantoms import write_phantom
+
+
+def tiny(physics_dim=10, **kw):
+    torch.manual_seed(0)
+    return PhysicsUNet(channels=(4, 8), physics_dim=physics_dim, **kw)
+
+
+def test_physics_changes_the_physics_model_not_the_baseline():
+    x = torch.randn(1, 1, 16, 16, 16)
+    p1, p2 = torch.zeros(1, 10), torch.ones(1, 10)
+    phys, base = tiny(10).eval(), tiny(0).eval()
+    assert not torch.allclose(phys(x, p1)[0], phys(x, p2)[0])
+    assert torch.equal(base(x, p1)[0], base(x, p2)[0])
+    with pytest.raises(ValueError, match="physics branch"):
+        phys(x, None)
+
+
+def test_stratification_loss_zero_for_identical_realisations():
+    f = torch.randn(1, 4, 8, 8, 8)
+    assert float(stratification_loss(f.expand(3, -1, -1, -1, -1))) == 0.0
+    assert float(stratification_loss(torch.randn(3, 4, 8, 8, 8))) > 0.1
+
+
+def test_stochastic_ce_reduces_to_ce_and_attenuates():
+    logits = torch.randn(2, 4, 6, 6, 6)
+    target = torch.softmax(torch.randn(2, 4, 6, 6, 6), 1)
+    ce = -(target * torch.log_softmax(logits, 1)).sum(1).mean()
+    tiny_sigma = torch.full_like(logits, -20.0)
+    assert torch.allclose(stochastic_cross_entropy(logits, tiny_sigma, target), ce, atol=1e-5)
+    assert torch.allclose(stochastic_cross_entropy(logits, None, target), ce)
+
+
+def test_mc_dropout_samples_differ_and_eval_is_deterministic():
+    net = tiny(10, dropout=0.5)
+    x, p = torch.randn(1, 1, 16, 16, 16), torch.zeros(1, 10)
+    net.eval()
+    assert torch.equal(net(x, p)[0], net(x, p)[0])
+    enable_mc_dropout(net)
+    assert not torch.equal(net(x, p)[0], net(x, p)[0])
+
+
+def test_tiny_network_learns():
+    torch.manual_seed(0)
+    net = tiny(10)
+    x = torch.randn(2, 1, 16, 16, 16)
+    target = torch.zeros(2, 4, 16, 16, 16)
+    target[:, 2] = (x[:, 0] > 0).float()
+    target[:, 1] = 1 - target[:, 2]
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    losses = []
+    for _ in range(25):
+        logits, ls, _ = net(x, torch.zeros(2, 10))
+        loss = stochastic_cross_entropy(logits, ls, target) + soft_dice_loss(logits.softmax(1),
+                                                                            target, classes=(1, 2))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_sliding_window_equals_one_pass_when_the_window_covers_the_image():
+    net = tiny(10).eval()
+    x, p = torch.randn(1, 1, 13, 16, 10), torch.zeros(1, 10)
+    out = sliding_window_logits(net, x, p, window=64)
+    assert out.shape == (1, 4, 13, 16, 10)
+    xp = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, 1))  # x: 13 -> 14 (multiple of 2)
+    assert torch.allclose(out, net(xp, p)[0][:, :, :13, :16, :10], atol=1e-5)
+    tiled = sliding_window_logits(net, x, p, window=8, overlap=0.5, flip_tta=True)
+    assert tiled.shape == out.shape and torch.isfinite(tiled).all()
+
+
+def _tiny_cfg(**kw):
+    base = dict(name="tiny", channels=(4, 8), patch=16, realisations=2, max_steps=4,
+                val_every=2, checkpoint_every=2, train_subjects=("head_a",),
+                val_subjects=("head_b",), test_subjects=(), aleatoric_samples=2, warmup=1)
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+@pytest.fixture(scope="module")
+def label_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("labels")
+    write_phantom(d / "head_a.nii.gz", 40, 0)
+    write_phantom(d / "head_b.nii.gz", 40, 1)
+    return d
+
+
+def test_training_writes_manifest_resumes_and_is_deterministic(label_dir, tmp_path):
+    m = train(_tiny_cfg(), label_dir, tmp_path / "a")
+    assert m["steps"] == 4 and m["complete"]
+    assert m["split"] == {"train": ["head_a"], "val": ["head_b"], "test": []}
+    assert set(m["data"]) == {"head_a", "head_b"} and len(m["history"]["loss"]) == 4
+    loaded = load_model(tmp_path / "a")
+    assert loaded.physics and loaded.manifest["weights_sha256"] == m["weights_sha256"]
+    # resume: continue the schedule from the checkpoint
+    m2 = train(_tiny_cfg(max_steps=6), label_dir, tmp_path / "a")
+    assert m2["steps"] == 6 and m2["history"]["resumed_at"] == [4]
+    # determinism: same seed, same weights bit for bit
+    m3 = train(_tiny_cfg(), label_dir, tmp_path / "b")
+    assert m3["weights_sha256"] == m["weights_sha256"]
+    base = train(_tiny_cfg(physics=False, max_steps=2), label_dir, tmp_path / "c")
+    assert load_model(tmp_path / "c").encoder is None and base["physics_encoder"] is None
+
+
+def test_corrupted_weights_are_refused(label_dir, tmp_path):
+    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "m")
+    w = tmp_path / "m" / "weights.pt"
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelCorruptError, match="does not match"):
+        load_model(tmp_path / "m")
+
+
+SHIPPED = [m for m in ("seg-physics", "seg-baseline") if m in available_models()]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_model_reproduces_its_stored_prediction(name, tmp_path):
+    """The fixture is written by workflows/ship_model.py when a model is shipped."""
+    from pathlib import Path
+
+    from phys_bids.models.registry import MODELS_DIR
+    from phys_bids.models.shipping import reference_prediction
+
+    ref = json.loads((Path(__file__).parent / "data" / f"{name}-prediction.json").read_text())
+    model = load_model(name)
+    assert model.manifest["weights_sha256"] == ref["weights_sha256"]
+    got = reference_prediction(model, seed=ref["seed"], shape=ref["shape"], ti=ref["ti"])
+    assert got == pytest.approx(ref["mean_probs"], abs=1e-5)
+    # and the registry refuses a tampered copy
+    shutil.copytree(MODELS_DIR / name, tmp_path / name)
+    (tmp_path / name / "weights.pt").write_bytes(b"x")
+    with pytest.raises(ModelCorruptError):
+        load_model(tmp_path / name)
