@@ -147,11 +147,12 @@ def evaluate_batches(model, batches: list[dict], physics: bool) -> dict:
     for b in batches:
         logits, _, _ = model(b["image"], b["physics"] if physics else None)
         pred = logits.argmax(1)  # (N, ...)
-        ref = b["target"].argmax(0)
+        ref = b["target"].argmax(0)  # (...)
         probs = torch.softmax(logits, 1)
-        for k in (1, 2, 3):
-            p, r = pred == k, ref == k
-            dices.append(float(2 * (p & r).sum() / (p.sum() + r.sum()).clamp_min(1)))
+        for i in range(pred.shape[0]):  # Dice per realisation
+            for k in (1, 2, 3):
+                p, r = pred[i] == k, ref == k
+                dices.append(float(2 * (p & r).sum() / (p.sum() + r.sum()).clamp_min(1)))
         vols = probs[:, 1:].sum((2, 3, 4))  # (N, 3) soft volumes
         covs.append((vols.std(0, unbiased=False) / vols.mean(0).clamp_min(1e-6)).tolist())
     model.train()

@@ -147,3 +147,20 @@ def test_shipped_model_reproduces_its_stored_prediction(name, tmp_path):
     (tmp_path / name / "weights.pt").write_bytes(b"x")
     with pytest.raises(ModelCorruptError):
         load_model(tmp_path / name)
+
+
+def test_validation_dice_is_one_for_a_perfect_prediction_and_bounded():
+    from phys_bids.models.training import evaluate_batches
+
+    target = torch.zeros(4, 8, 8, 8)
+    target[1, :4], target[2, 4:6], target[3, 6:] = 1, 1, 1
+
+    class Oracle(torch.nn.Module):
+        def forward(self, image, physics):
+            n = image.shape[0]
+            return (20 * target[None].expand(n, -1, -1, -1, -1), None, None)
+
+    batch = {"image": torch.zeros(3, 1, 8, 8, 8), "physics": None, "target": target}
+    res = evaluate_batches(Oracle(), [batch], physics=False)
+    assert res["dice_mean"] == pytest.approx(1.0)
+    assert res["cov_x1e3"]["GM"] == pytest.approx(0.0, abs=1e-6)
