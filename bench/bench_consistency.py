@@ -36,7 +36,6 @@ import torch
 from phys_bids.models.inference import sliding_window_logits
 from phys_bids.models.registry import load_model
 from phys_bids.physics import SPACES
-from phys_bids.physics.simulate import SEQUENCES
 from phys_bids.synth import CLASSES, SynthConfig, SynthGenerator, load_head
 from phys_bids.synth.gold_standard import physics_gold_standard
 from phys_bids.synth.tissues import TARGET_OF_CLASS

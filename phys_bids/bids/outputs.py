@@ -1,0 +1,48 @@
+"""BIDS-Derivatives names: every output file name of phys-bids is made here.
+
+>>> src = "sub-01_ses-pre_acq-mprage_run-1_T1w.nii.gz"
+>>> derivative_name(src, suffix="dseg", space="MNI152NLin2009aSym")
+'sub-01_ses-pre_acq-mprage_run-1_space-MNI152NLin2009aSym_dseg.nii.gz'
+>>> derivative_name(src, suffix="probseg", label="GM")
+'sub-01_ses-pre_acq-mprage_run-1_label-GM_probseg.nii.gz'
+>>> derivative_name(src, suffix="R1map", desc="segphysics")
+'sub-01_ses-pre_acq-mprage_run-1_desc-segphysics_R1map.nii.gz'
+>>> derivative_name(src, suffix="volumes", extension=".tsv")
+'sub-01_ses-pre_acq-mprage_run-1_volumes.tsv'
+>>> derivative_path(src, suffix="dseg")
+'sub-01/ses-pre/anat/sub-01_ses-pre_acq-mprage_run-1_dseg.nii.gz'
+"""
+
+from __future__ import annotations
+
+from .sidecars import parse_entities
+
+__all__ = ["ENTITY_ORDER", "derivative_name", "derivative_path"]
+
+#: BIDS entity order (specification, appendix "Entity table").
+ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "mod", "echo", "flip",
+                "inv", "mt", "part", "space", "res", "den", "label", "desc")
+
+
+def derivative_name(source: str, *, suffix: str, extension: str = ".nii.gz", **entities) -> str:
+    """Name of a derivative of ``source``: its entities plus ``entities``, BIDS-ordered."""
+    ents, _ = parse_entities(source)
+    for k, v in entities.items():
+        if v is None:
+            continue
+        if k not in ENTITY_ORDER:
+            raise ValueError(f"unknown BIDS entity {k!r}")
+        if not str(v).isalnum():
+            raise ValueError(f"entity {k}-{v}: values must be alphanumeric")
+        ents[k] = str(v)
+    parts = [f"{k}-{ents[k]}" for k in ENTITY_ORDER if k in ents]
+    return "_".join([*parts, suffix]) + extension
+
+
+def derivative_path(source: str, *, suffix: str, extension: str = ".nii.gz", datatype="anat",
+                    **entities) -> str:
+    """Path relative to the derivatives root: ``sub-X[/ses-Y]/<datatype>/<name>``."""
+    ents, _ = parse_entities(source)
+    folder = [f"sub-{ents['sub']}"] + ([f"ses-{ents['ses']}"] if "ses" in ents else [])
+    return "/".join([*folder, datatype, derivative_name(source, suffix=suffix,
+                                                         extension=extension, **entities)])
