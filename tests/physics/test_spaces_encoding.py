@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from phys_bids.physics import SPACES, PhysicsEncoder, in_training_space, simulate
@@ -84,3 +85,14 @@ def test_physics_layer_imports_nothing_above_it():
                 names = [a.name for a in node.names]
                 assert not any(n.startswith("phys_bids.") and not n.startswith(
                     "phys_bids.physics") for n in [mod, *names]), f.name
+
+
+@pytest.mark.slow
+def test_compiled_backend_matches_eager():
+    g = torch.Generator().manual_seed(0)
+    maps = {"pd": torch.rand(32, 32, 32, generator=g), "r1": torch.rand(32, 32, 32, generator=g)
+            + 0.2, "r2s": torch.rand(32, 32, 32, generator=g) * 30}
+    p = SPACES["spgr-ood"].sample(3, generator=g, dtype=torch.float32)
+    eager = simulate("SPGR", maps, p)
+    compiled = simulate("SPGR", maps, p, backend="compile")
+    assert torch.allclose(eager, compiled, rtol=1e-5, atol=1e-7)
