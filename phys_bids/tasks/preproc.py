@@ -1,0 +1,83 @@
+"""Pydra 1.0 tasks and workflow for T1w preprocessing.
+
+Each task loads its inputs, calls the plain function of :mod:`phys_bids.preproc`,
+and writes its outputs into the task's own working directory (Pydra's cache), so
+that reruns are cached and interrupted runs resume.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fileformats.generic import File
+from pydra.compose import python, workflow
+
+__all__ = ["SkullStrip", "N4BiasCorrect", "RegisterToTemplate", "MidSpace", "PreprocT1w"]
+
+
+def _save(img, name: str) -> Path:
+    import nibabel as nib
+
+    out = Path.cwd() / name
+    nib.save(img, str(out))
+    return out
+
+
+@python.define(outputs=["brain", "mask", "volume_ml"])
+def SkullStrip(in_file: File, method: str = "deepbet", threads: int = 1
+               ) -> tuple[File, File, float]:
+    """Brain extraction (deepbet or none), input geometry kept."""
+    import nibabel as nib
+
+    from phys_bids.preproc import skull_strip
+
+    res = skull_strip(nib.load(str(in_file)), method=method, threads=threads)
+    return _save(res.brain, "brain.nii.gz"), _save(res.mask, "mask.nii.gz"), res.volume_ml
+
+
+@python.define(outputs=["out_file", "bias_field"])
+def N4BiasCorrect(in_file: File, mask: File, threads: int = 1) -> tuple[File, File]:
+    """N4 inside the brain mask."""
+    import nibabel as nib
+
+    from phys_bids.preproc import n4_correct
+
+    res = n4_correct(nib.load(str(in_file)), nib.load(str(mask)), threads=threads)
+    return _save(res.corrected, "n4.nii.gz"), _save(res.field, "bias_field.nii.gz")
+
+
+@python.define(outputs=["out_file", "transform"])
+def RegisterToTemplate(in_file: File, template: File, mode: str = "Rigid", threads: int = 1,
+                       seed: int = 0) -> tuple[File, File]:
+    """Rigid/affine registration of a brain to a template brain (ITK transform)."""
+    import nibabel as nib
+
+    from phys_bids.preproc.register import register_to_template
+
+    res = register_to_template(nib.load(str(in_file)), nib.load(str(template)),
+                               Path.cwd() / "xfm.mat", mode=mode, threads=threads, seed=seed)
+    return _save(res.in_template, "in_template.nii.gz"), res.transform
+
+
+@python.define(outputs=["out_files", "transforms"])
+def MidSpace(in_files: list[File], threads: int = 1, seed: int = 0
+             ) -> tuple[list[File], list[File]]:
+    """Unbiased mid space of several scans of one subject."""
+    import nibabel as nib
+
+    from phys_bids.preproc.midspace import midspace
+
+    res = midspace([nib.load(str(f)) for f in in_files], Path.cwd(), threads=threads, seed=seed)
+    outs = [_save(img, f"scan{i}_mid.nii.gz") for i, img in enumerate(res.images)]
+    return outs, res.transforms
+
+
+@workflow.define(outputs=["brain", "mask", "n4", "in_template", "transform"])
+def PreprocT1w(in_file: File, template: File, skull_strip: str = "deepbet", threads: int = 1,
+               seed: int = 0):
+    """Skull strip -> N4 -> rigid registration to the template."""
+    strip = workflow.add(SkullStrip(in_file=in_file, method=skull_strip, threads=threads))
+    n4 = workflow.add(N4BiasCorrect(in_file=strip.brain, mask=strip.mask, threads=threads))
+    reg = workflow.add(RegisterToTemplate(in_file=n4.out_file, template=template, threads=threads,
+                                          seed=seed))
+    return strip.brain, strip.mask, n4.out_file, reg.out_file, reg.transform
