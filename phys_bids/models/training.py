@@ -33,7 +33,8 @@ from ..synth import SynthConfig, SynthGenerator, load_head
 from .losses import soft_dice_loss, stochastic_cross_entropy, stratification_loss
 from .unet import PhysicsUNet
 
-__all__ = ["TrainConfig", "train", "sha256", "atomic_write_bytes", "evaluate_batches"]
+__all__ = ["TrainConfig", "train", "sha256", "atomic_write_bytes", "evaluate_batches",
+           "validation_batches", "revalidate"]
 
 log = logging.getLogger("phys_bids.train")
 
@@ -161,6 +162,27 @@ def evaluate_batches(model, batches: list[dict], physics: bool) -> dict:
             "cov_x1e3": {"GM": 1e3 * cov[0], "WM": 1e3 * cov[1], "CSF": 1e3 * cov[2]}}
 
 
+def validation_batches(cfg: TrainConfig, val_gen: SynthGenerator) -> list[dict]:
+    """The fixed validation batches of a run (2 per validation subject and sequence)."""
+    vg = torch.Generator().manual_seed(cfg.seed + 999)
+    return [val_gen.sample(vg, sequence=seq, head_index=h)
+            for h in range(len(cfg.val_subjects)) for seq in val_gen.cfg.sequences
+            for _ in range(2)]
+
+
+def revalidate(manifest: dict, model, data_dir) -> dict:
+    """Recompute a shipped model's validation metrics on its own validation batches."""
+    cfg_d = dict(manifest["train_config"])
+    for k in ("channels", "train_subjects", "val_subjects", "test_subjects"):
+        cfg_d[k] = tuple(cfg_d[k])
+    cfg = TrainConfig(**cfg_d)
+    heads = [load_head(Path(data_dir) / f"{s}.nii.gz") for s in cfg.val_subjects]
+    synth = SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
+    gen = SynthGenerator(heads, synth, PhysicsEncoder())
+    torch.manual_seed(cfg.seed)
+    return evaluate_batches(model, validation_batches(cfg, gen), cfg.physics)
+
+
 def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: str = "cpu"
           ) -> dict:
     """Train (or continue training) one model; returns the manifest."""
@@ -181,10 +203,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
     synth = SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
     gen = SynthGenerator([heads[s] for s in cfg.train_subjects], synth, encoder, device)
     val_gen = SynthGenerator([heads[s] for s in cfg.val_subjects], synth, encoder, device)
-    vg = torch.Generator().manual_seed(cfg.seed + 999)
-    val_batches = [val_gen.sample(vg, sequence=seq, head_index=h)
-                   for h in range(len(cfg.val_subjects)) for seq in synth.sequences
-                   for _ in range(2)]
+    val_batches = validation_batches(cfg, val_gen)
     model = build_model(cfg, encoder).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
