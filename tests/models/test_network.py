@@ -106,6 +106,11 @@ def test_training_writes_manifest_resumes_and_is_deterministic(label_dir, tmp_pa
     assert set(m["data"]) == {"head_a", "head_b"} and len(m["history"]["loss"]) == 4
     loaded = load_model(tmp_path / "a")
     assert loaded.physics and loaded.manifest["weights_sha256"] == m["weights_sha256"]
+    from phys_bids.models.training import revalidate
+
+    val = revalidate(loaded.manifest, loaded.network, label_dir)
+    assert 0.0 <= val["dice_mean"] <= 1.0
+    assert val == revalidate(loaded.manifest, loaded.network, label_dir)  # same batches
     # resume: continue the schedule from the checkpoint
     m2 = train(_tiny_cfg(max_steps=6), label_dir, tmp_path / "a")
     assert m2["steps"] == 6 and m2["history"]["resumed_at"] == [4]
