@@ -85,13 +85,15 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--head", default=str(DATA / "heads" / "colin27_T1w.nii.gz"))
     ap.add_argument("--json", default=None)
+    ap.add_argument("--steps", default="skull_strip,n4,n4_antspy_defaults,rigid,"
+                    "rigid_antspy_defaults", help="comma-separated subset (skull_strip first)")
     args = ap.parse_args(argv)
     work = tempfile.mkdtemp(prefix="phys-bids-bench-")
     import shutil
 
     shutil.copy(args.head, os.path.join(work, "head.nii.gz"))
     rows = []
-    for step in ("skull_strip", "n4", "n4_antspy_defaults", "rigid", "rigid_antspy_defaults"):
+    for step in args.steps.split(","):
         proc = subprocess.run([sys.executable, "-c", STEP, step, work, str(args.threads)],
                               capture_output=True, text=True)
         if proc.returncode != 0:

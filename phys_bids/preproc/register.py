@@ -22,11 +22,12 @@ __all__ = ["nib_to_ants", "ants_to_nib", "RegistrationResult", "register_to_temp
 
 _LPS = np.diag([-1.0, -1.0, 1.0])
 
-#: Chosen for speed on a 1 mm brain with 2 threads (accuracy in tests/preproc/test_register.py).
+#: Chosen for speed on a 1 mm brain with 2 threads: the finest level is 2 mm (shrink 2),
+#: which keeps sub-millimetre accuracy (tests/preproc/test_register.py, bench/bench_preproc.py).
 REGISTRATION_DEFAULTS = {
-    "aff_metric": "mattes", "aff_sampling": 32, "aff_random_sampling_rate": 0.25,
-    "aff_iterations": (200, 100, 30), "aff_shrink_factors": (4, 2, 1),
-    "aff_smoothing_sigmas": (2, 1, 0),
+    "aff_metric": "mattes", "aff_sampling": 32, "aff_random_sampling_rate": 0.1,
+    "aff_iterations": (100, 50, 20), "aff_shrink_factors": (6, 4, 2),
+    "aff_smoothing_sigmas": (3, 2, 1),
 }
 
 
