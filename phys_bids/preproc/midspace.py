@@ -1,7 +1,9 @@
 """Unbiased mid-space registration of two or more scans of one subject.
 
 Every scan ``i`` is rigidly registered to the first, giving ``T_i`` (4x4, ITK/LPS
-physical space, mapping points of scan 0 to scan i; ``T_0 = I``). The mid space is
+physical space, mapping points of scan 0 to scan i; ``T_0 = I``). For two scans the
+registration runs in both directions and the two estimates are averaged in the log
+domain, which makes the result symmetric in its inputs by construction. The mid space is
 the log-Euclidean mean ``M = expm(mean_i logm(T_i))`` and the transform from mid
 space to scan ``i`` is ``T_i M^-1``. For two scans this is the halfway transform
 ``T^(1/2)`` (matrix square root) for one and ``T^(-1/2)`` for the other, so swapping
@@ -72,13 +74,22 @@ def midspace(images: list[nib.Nifti1Image], out_dir, *, threads: int | None = No
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     names = names or [f"scan{i}" for i in range(len(images))]
-    mats = [np.eye(4)]
-    for i in range(1, len(images)):
-        # fixed = scan 0, moving = scan i: the transform maps scan-0 points to scan-i points
-        res = register_to_template(images[i], images[0], out / f".reg-{i}.mat", threads=threads,
-                                   seed=seed)
-        mats.append(ants_matrix(ants.read_transform(str(res.transform))))
+    def reg(fixed: int, moving: int) -> np.ndarray:
+        # the transform maps points of scan `fixed` to points of scan `moving`
+        res = register_to_template(images[moving], images[fixed], out / f".reg-{moving}.mat",
+                                   threads=threads, seed=seed)
+        m = ants_matrix(ants.read_transform(str(res.transform)))
         os.remove(res.transform)
+        return m
+
+    mats = [np.eye(4)]
+    if len(images) == 2:
+        # symmetric estimate: both directions, averaged in the log domain, so that
+        # swapping the inputs gives exactly the inverse transform
+        fwd, bwd = reg(0, 1), reg(1, 0)
+        mats.append(expm(0.5 * (_real(logm(fwd)) - _real(logm(bwd)))))
+    else:
+        mats += [reg(0, i) for i in range(1, len(images))]
     mean = expm(np.mean([_real(logm(m)) for m in mats], axis=0))
     mean_inv = np.linalg.inv(mean)
     to_scan = [m @ mean_inv for m in mats]  # mid -> scan i (LPS)
