@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..physics.sidecar import SIDECAR_FIELDS
+from .sidecars import strip_extension
 
 __all__ = ["Protocol", "ProtocolFileError", "ALLOWED_FIELDS"]
 
@@ -80,10 +81,7 @@ class Protocol:
         return cls.from_dict(data, str(path))
 
     def fields_for(self, filename: str) -> dict:
-        name = Path(filename).name
-        for ext in (".nii.gz", ".nii"):
-            if name.endswith(ext):
-                name = name[: -len(ext)]
+        name = strip_extension(Path(filename).name)
         merged: dict = {}
         for pattern, fields in self.runs:
             if fnmatch.fnmatchcase(name, pattern):

@@ -14,14 +14,15 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-__all__ = ["parse_entities", "load_sidecar", "SidecarError"]
+__all__ = ["parse_entities", "load_sidecar", "strip_extension", "SidecarError"]
 
 
 class SidecarError(ValueError):
     """A sidecar cannot be read (one actionable line)."""
 
 
-def _stem(name: str) -> str:
+def strip_extension(name: str) -> str:
+    """File name without its (possibly double) extension."""
     for ext in (".nii.gz", ".nii", ".json", ".tsv"):
         if name.endswith(ext):
             return name[: -len(ext)]
@@ -30,7 +31,7 @@ def _stem(name: str) -> str:
 
 def parse_entities(name: str) -> tuple[dict[str, str], str]:
     """Entities and suffix of a BIDS file name."""
-    parts = _stem(Path(name).name).split("_")
+    parts = strip_extension(Path(name).name).split("_")
     ents = {}
     for p in parts[:-1]:
         if "-" in p:

@@ -7,13 +7,13 @@ differs from the manifest's, so a corrupted or swapped file never segments a sca
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from ..io import sha256
 from ..physics import PhysicsEncoder
 from .unet import PhysicsUNet
 
@@ -38,14 +38,6 @@ class LoadedModel:
         return self.encoder is not None
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def available_models(root: Path | None = None) -> list[str]:
     root = MODELS_DIR if root is None else Path(root)
     return sorted(p.parent.name for p in root.glob("*/manifest.json"))
@@ -61,7 +53,7 @@ def load_model(name_or_dir: str | Path, *, device="cpu", root: Path | None = Non
         raise FileNotFoundError(f"no model {name_or_dir!r}; available: {available_models(root)}")
     manifest = json.loads(mpath.read_text())
     wpath = folder / manifest.get("weights_file", "weights.pt")
-    digest = _sha256(wpath)
+    digest = sha256(wpath)
     if digest != manifest["weights_sha256"]:
         raise ModelCorruptError(f"{wpath}: sha256 {digest[:12]}... does not match the manifest "
                                 f"({manifest['weights_sha256'][:12]}...); reinstall phys-bids")

@@ -16,11 +16,9 @@ Every file is written atomically (temporary file, then rename).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
-import os
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -28,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import atomic_write, sha256
 from ..physics import PhysicsEncoder
 from ..synth import SynthConfig, SynthGenerator, load_head
 from .losses import soft_dice_loss, stochastic_cross_entropy, stratification_loss
@@ -69,12 +68,16 @@ class TrainConfig:
     synth: dict = field(default_factory=dict)
 
     @classmethod
-    def from_json(cls, path) -> TrainConfig:
-        data = json.loads(Path(path).read_text())
+    def from_dict(cls, data: dict) -> TrainConfig:
+        data = dict(data)
         for k in ("channels", "train_subjects", "val_subjects", "test_subjects"):
             if k in data:
                 data[k] = tuple(data[k])
         return cls(**data)
+
+    @classmethod
+    def from_json(cls, path) -> TrainConfig:
+        return cls.from_dict(json.loads(Path(path).read_text()))
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -83,25 +86,12 @@ class TrainConfig:
         return d
 
 
-def sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: tmp.write_bytes(data))
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _git_commit() -> str:
@@ -172,10 +162,7 @@ def validation_batches(cfg: TrainConfig, val_gen: SynthGenerator) -> list[dict]:
 
 def revalidate(manifest: dict, model, data_dir) -> dict:
     """Recompute a shipped model's validation metrics on its own validation batches."""
-    cfg_d = dict(manifest["train_config"])
-    for k in ("channels", "train_subjects", "val_subjects", "test_subjects"):
-        cfg_d[k] = tuple(cfg_d[k])
-    cfg = TrainConfig(**cfg_d)
+    cfg = TrainConfig.from_dict(manifest["train_config"])
     heads = [load_head(Path(data_dir) / f"{s}.nii.gz") for s in cfg.val_subjects]
     synth = SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
     gen = SynthGenerator(heads, synth, PhysicsEncoder())
@@ -239,7 +226,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
     t_start = time.time()
     last_val = history["val"][-1] if history["val"] else None
 
-    def save(final: bool):
+    def save():
         weights = out / "weights.pt"
         _atomic_torch_save(model.state_dict(), weights)
         _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -283,11 +270,11 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         out_of_time = (cfg.time_limit_min is not None
                        and time.time() - t_start > 60 * cfg.time_limit_min)
         if step % cfg.checkpoint_every == 0 or step == cfg.max_steps or out_of_time:
-            manifest = save(final=False)
+            manifest = save()
         if out_of_time:
             log.info("%s time limit reached at step %d; resume with the same command", cfg.name,
                      step)
             break
     if manifest is None:
-        manifest = save(final=True)
+        manifest = save()
     return manifest

@@ -178,7 +178,7 @@ def simulate(sequence: str, maps: dict[str, Tensor], params: dict, *,
             # off; run whole chunks in parallel instead, one intra-op thread each.
             torch.set_num_threads(1)
             try:
-                with torch.no_grad(), ThreadPoolExecutor(nthreads) as pool:
+                with ThreadPoolExecutor(nthreads) as pool:  # _no_grad: grad mode is per thread
                     list(pool.map(_no_grad(work), starts))
             finally:
                 torch.set_num_threads(nthreads)

@@ -17,6 +17,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..io import atomic_write
+
 __all__ = ["nib_to_ants", "ants_to_nib", "RegistrationResult", "register_to_template",
            "to_template", "to_native", "REGISTRATION_DEFAULTS"]
 
@@ -86,9 +88,7 @@ def register_to_template(moving: nib.Nifti1Image, template: nib.Nifti1Image, tra
                             **p)
     out = Path(transform_out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}.mat")
-    shutil.copyfile(reg["fwdtransforms"][0], tmp)
-    os.replace(tmp, out)
+    atomic_write(out, lambda tmp: shutil.copyfile(reg["fwdtransforms"][0], tmp))
     warped = ants.apply_transforms(fixed, mov, [str(out)], interpolator="linear")
     return RegistrationResult(out, ants_to_nib(warped))
 

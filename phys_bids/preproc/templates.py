@@ -27,6 +27,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from ..io import atomic_write
+
 __all__ = ["Template", "OFFLINE_TEMPLATE", "ONLINE_TEMPLATE", "seed_templateflow",
            "get_template"]
 
@@ -54,9 +56,7 @@ def _fname(tpl: str, key: str) -> str:
 
 
 def _atomic_save(img, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.nii.gz")
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: nib.save(img, str(tmp)))
 
 
 def _present(p: Path) -> bool:
