@@ -1,7 +1,9 @@
 """A small synthetic multi-site BIDS dataset made by the project's own simulator.
 
-Three procedural anatomies (:mod:`phys_bids.synth.phantom`) are "scanned" at three
-sites, as travelling subjects (one session per site), with vendor-typical sidecars:
+Three heads made from the ICBM152 2009a tissue maps that ship with nilearn (GM and
+WM probabilities, CSF filling the brain mask, skull and scalp shells), each scaled,
+rotated and shifted differently, are "scanned" at three sites, as travelling
+subjects (one session per site), with vendor-typical sidecars:
 
 ============  =====================  ==================================================
 session       sequence               sidecar convention
@@ -12,11 +14,13 @@ session       sequence               sidecar convention
 ``siteC``     SPGR, TR 20 ms, FA 25  GE: ``RepetitionTimeExcitation``
 ============  =====================  ==================================================
 
-Images are whole heads (skull and scalp), 1 mm, with a smooth receive field and
-Rician noise (SNR 30), simulated with the same static equations the networks are
-told about, so the known truth is the label map: the same anatomy at every site.
+Images are whole heads on a 1.5 mm grid (default), with partial volume from the
+tissue fractions, a smooth receive field and Rician noise (SNR 30), simulated with
+the same static equations the networks are told about: the same anatomy at every
+site, so that any volume difference between sessions is a site effect.
+``--anatomy phantom`` makes small procedural heads instead (fast, for unit tests).
 
-    python -m phys_bids.demo OUTPUT_DIR [--subjects 3] [--size 112] [--seed 0]
+    python -m phys_bids.demo OUTPUT_DIR [--subjects 3] [--voxel 1.5] [--seed 0]
 """
 
 from __future__ import annotations
@@ -71,33 +75,124 @@ def _tissue_maps(classes: np.ndarray) -> dict[str, torch.Tensor]:
     return out
 
 
-def write_demo_dataset(root, *, subjects: int = 3, size: int = 112, seed: int = 0) -> Path:
-    """Write the demo dataset to ``root`` (which must not exist or be empty)."""
+def _mixed_maps(fractions: np.ndarray, scale: dict[str, float]) -> dict[str, torch.Tensor]:
+    """Partial-volume maps: per-voxel fractions of each class times the class values."""
+    out = {}
+    f = torch.from_numpy(fractions.astype(np.float32))
+    for p in ("pd", "r1", "r2s", "r2", "mt"):
+        lut = torch.tensor([PRIORS[c][p].mean * scale.get(p, 1.0) for c in CLASSES],
+                           dtype=torch.float32)
+        out[p] = torch.einsum("k...,k->...", f, lut)
+    out["r1"] = out["r1"].clamp_min(1e-3)
+    return out
+
+
+def _mni_anatomy():
+    """Class fractions on the 1 mm MNI grid from nilearn's ICBM152 2009a tissue maps.
+
+    GM and WM are the template's probabilities; CSF fills the rest of the brain mask
+    (grown by 2 mm); skull and scalp are shells around it (by distance, 2-8 mm and
+    8-14 mm), so that the image is a whole head the skull stripper must work on.
+    """
+    from nilearn.datasets import (
+        load_mni152_brain_mask,
+        load_mni152_gm_template,
+        load_mni152_wm_template,
+    )
+    from scipy import ndimage
+
+    gm_img = load_mni152_gm_template(resolution=1)
+    gm = gm_img.get_fdata(dtype=np.float32)
+    wm = load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
+    brain = load_mni152_brain_mask(resolution=1).get_fdata() > 0
+    dist = ndimage.distance_transform_edt(~brain)
+    frac = np.zeros((len(CLASSES), *gm.shape), np.float32)
+    total = np.clip(gm + wm, 0, 1)
+    frac[CLASSES.index("gm_cortex")] = gm / np.maximum(gm + wm, 1) * total
+    frac[CLASSES.index("wm")] = wm / np.maximum(gm + wm, 1) * total
+    inside = brain | (dist <= 2)
+    frac[CLASSES.index("csf")] = np.where(inside, 1 - total, 0)
+    frac[CLASSES.index("skull")] = ((dist > 2) & (dist <= 8)) & ~inside
+    frac[CLASSES.index("scalp_fat")] = (dist > 8) & (dist <= 14)
+    frac[0] = 1 - frac[1:].sum(0)
+    return frac, gm_img.affine
+
+
+def _rotation(angles) -> np.ndarray:
+    a, b, c = angles
+    rx = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    ry = np.array([[np.cos(b), 0, np.sin(b)], [0, 1, 0], [-np.sin(b), 0, np.cos(b)]])
+    rz = np.array([[np.cos(c), -np.sin(c), 0], [np.sin(c), np.cos(c), 0], [0, 0, 1]])
+    return rz @ ry @ rx
+
+
+def _subject_on_grid(frac, mni_affine, rng, voxel: float):
+    """One subject: the MNI anatomy scaled, rotated and shifted, sampled on a scanner
+    grid of ``voxel`` mm (order-1 interpolation of the class fractions)."""
+    from scipy import ndimage
+
+    scale = rng.uniform(0.92, 1.05, 3)
+    rot = _rotation(np.deg2rad(rng.uniform(-8, 8, 3)))
+    shift = rng.uniform(-6, 6, 3)
+    # subject world -> MNI world
+    to_mni = np.linalg.inv(rot @ np.diag(scale))
+    shape = tuple(int(np.ceil(e / voxel)) for e in (176, 208, 176))
+    grid_aff = np.diag([voxel, voxel, voxel, 1.0])
+    grid_aff[:3, 3] = -np.array(shape) * voxel / 2 + shift
+    vox_to_mni_vox = np.linalg.inv(mni_affine)[:3, :3] @ to_mni @ grid_aff[:3, :3]
+    offset = (np.linalg.inv(mni_affine)[:3, :3] @ to_mni @ grid_aff[:3, 3]
+              + np.linalg.inv(mni_affine)[:3, 3])
+    out = np.stack([ndimage.affine_transform(f, vox_to_mni_vox, offset, output_shape=shape,
+                                             order=1, cval=0.0) for f in frac])
+    out[0] = np.clip(1 - out[1:].sum(0), 0, 1)
+    return out, grid_aff
+
+
+def write_demo_dataset(root, *, subjects: int = 3, voxel: float = 1.5, seed: int = 0,
+                       anatomy: str = "mni", size: int = 48) -> Path:
+    """Write the demo dataset to ``root`` (which must not exist or be empty).
+
+    ``anatomy="mni"`` (default): heads made from the ICBM152 tissue maps, varied per
+    subject (scale, rotation, position), on a ``voxel`` mm grid. ``anatomy="phantom"``:
+    small procedural heads of ``size``^3 1 mm voxels (fast, for unit tests).
+    """
     root = Path(root)
+    if anatomy not in ("mni", "phantom"):
+        raise ValueError(f"anatomy must be 'mni' or 'phantom', not {anatomy!r}")
     if root.exists() and any(root.iterdir()):
         raise FileExistsError(f"{root} is not empty; choose a new folder for the demo dataset")
     root.mkdir(parents=True, exist_ok=True)
     _write_json(root / "dataset_description.json", {
         "Name": "phys-bids demo: travelling subjects at three sites", "BIDSVersion": "1.9.0",
-        "DatasetType": "raw", "License": "CC0",
+        "DatasetType": "raw", "License": "CC0", "Authors": ["phys-bids developers"],
         "GeneratedBy": [{"Name": "phys-bids demo", "Description": "simulated from "
-                         "procedural anatomies with phys_bids.physics"}]})
+                         "tissue maps with phys_bids.physics"}]})
     (root / "README").write_text(__doc__ or "")
     rows = ["participant_id\tsex\tage"]
-    affine = np.diag([1.0, 1.0, 1.0, 1.0])
-    affine[:3, 3] = -(size - 1) / 2
     g = torch.Generator().manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    mni = _mni_anatomy() if anatomy == "mni" else None
     for s in range(1, subjects + 1):
         sub = f"sub-{s:02d}"
         rows.append(f"{sub}\tn/a\tn/a")
-        classes = label_to_class(phantom_labels(size, seed=seed + s))
-        maps = _tissue_maps(classes)
+        if mni is not None:
+            frac, affine = _subject_on_grid(*mni, rng, voxel)
+            jitter = {"pd": rng.uniform(0.97, 1.03), "r1": rng.uniform(0.95, 1.05)}
+            maps = _mixed_maps(frac, jitter)
+            brain = frac[1:5].sum(0) > 0.5
+        else:
+            classes = label_to_class(phantom_labels(size, seed=seed + s))
+            affine = np.diag([1.0, 1.0, 1.0, 1.0])
+            affine[:3, 3] = -(size - 1) / 2
+            maps = _tissue_maps(classes)
+            brain = classes > 0
+        shape = tuple(maps["pd"].shape)
         for ses, site in SITES.items():
             model = SEQUENCES[site["sequence"]]
             signal = model.function(*[maps[m] for m in model.maps if m in maps],
                                     **{k: torch.tensor(v) for k, v in site["params"].items()})
-            signal = signal.abs() * bias_field((size,) * 3, strength=0.15, generator=g)[0]
-            ref = float(signal[torch.from_numpy(classes > 0)].mean())
+            signal = signal.abs() * bias_field(shape, strength=0.15, generator=g)[0]
+            ref = float(signal[torch.from_numpy(brain)].mean())
             image = rician_noise(signal, ref / 30.0, generator=g)
             image = (image / float(image.max()) * 1000).numpy().astype(np.float32)
             anat = root / sub / f"ses-{ses}" / "anat"
@@ -116,11 +211,14 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("output_dir")
     ap.add_argument("--subjects", type=int, default=3)
-    ap.add_argument("--size", type=int, default=112, help="image edge in 1 mm voxels")
+    ap.add_argument("--voxel", type=float, default=1.5, help="voxel size in mm (MNI anatomy)")
+    ap.add_argument("--anatomy", choices=["mni", "phantom"], default="mni",
+                    help="heads from the ICBM152 tissue maps, or small procedural phantoms")
+    ap.add_argument("--size", type=int, default=48, help="phantom edge in 1 mm voxels")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    root = write_demo_dataset(args.output_dir, subjects=args.subjects, size=args.size,
-                              seed=args.seed)
+    root = write_demo_dataset(args.output_dir, subjects=args.subjects, voxel=args.voxel,
+                              seed=args.seed, anatomy=args.anatomy, size=args.size)
     print(f"demo dataset written to {root}")
     return 0
 

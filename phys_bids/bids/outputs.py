@@ -11,13 +11,18 @@
 'sub-01_ses-pre_acq-mprage_run-1_volumes.tsv'
 >>> derivative_path(src, suffix="dseg")
 'sub-01/ses-pre/anat/sub-01_ses-pre_acq-mprage_run-1_dseg.nii.gz'
+>>> xfm_path(src, to="MNI152NLin2009aSym")
+'sub-01/ses-pre/anat/sub-01_ses-pre_acq-mprage_run-1_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat'
+>>> figure_path(src, step="segmentation")
+'sub-01/figures/sub-01_ses-pre_acq-mprage_run-1_desc-segmentation_T1w.png'
 """
 
 from __future__ import annotations
 
 from .sidecars import parse_entities
 
-__all__ = ["ENTITY_ORDER", "derivative_name", "derivative_path"]
+__all__ = ["ENTITY_ORDER", "derivative_name", "derivative_path", "xfm_path", "figure_path",
+           "report_path"]
 
 #: BIDS entity order (specification, appendix "Entity table").
 ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "mod", "echo", "flip",
@@ -46,3 +51,30 @@ def derivative_path(source: str, *, suffix: str, extension: str = ".nii.gz", dat
     folder = [f"sub-{ents['sub']}"] + ([f"ses-{ents['ses']}"] if "ses" in ents else [])
     return "/".join([*folder, datatype, derivative_name(source, suffix=suffix,
                                                          extension=extension, **entities)])
+
+
+def _folder(source: str, datatype: str | None) -> list[str]:
+    ents, _ = parse_entities(source)
+    return ([f"sub-{ents['sub']}"] + ([f"ses-{ents['ses']}"] if "ses" in ents else [])
+            + ([datatype] if datatype else []))
+
+
+def xfm_path(source: str, *, to: str, from_: str = "T1w", mode: str = "image",
+             extension: str = ".mat") -> str:
+    """An ITK transform (fMRIPrep's ``from-/to-/mode-`` convention; listed in .bidsignore)."""
+    ents, _ = parse_entities(source)
+    parts = [f"{k}-{ents[k]}" for k in ENTITY_ORDER if k in ents]
+    name = "_".join([*parts, f"from-{from_}", f"to-{to}", f"mode-{mode}", "xfm"]) + extension
+    return "/".join([*_folder(source, "anat"), name])
+
+
+def figure_path(source: str, *, step: str, suffix: str = "T1w") -> str:
+    """A report figure: ``sub-X/figures/<entities>_desc-<step>_<suffix>.png``."""
+    ents, _ = parse_entities(source)
+    name = derivative_name(source, suffix=suffix, extension=".png", desc=step)
+    return f"sub-{ents['sub']}/figures/{name}"
+
+
+def report_path(subject: str) -> str:
+    """The per-subject HTML report at the root of the derivatives."""
+    return f"sub-{subject}.html"

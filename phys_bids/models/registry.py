@@ -8,6 +8,7 @@ differs from the manifest's, so a corrupted or swapped file never segments a sca
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +39,16 @@ class LoadedModel:
         return self.encoder is not None
 
 
+def _root(root) -> Path:
+    """``root``, else ``$PHYS_BIDS_MODELS`` (a folder of model folders), else the shipped."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("PHYS_BIDS_MODELS")
+    return Path(env) if env else MODELS_DIR
+
+
 def available_models(root: Path | None = None) -> list[str]:
-    root = MODELS_DIR if root is None else Path(root)
+    root = _root(root)
     return sorted(p.parent.name for p in root.glob("*/manifest.json"))
 
 
@@ -47,7 +56,7 @@ def load_model(name_or_dir: str | Path, *, device="cpu", root: Path | None = Non
     """Load a shipped model by name (or a model folder) after checking its hash."""
     folder = Path(name_or_dir)
     if not (folder / "manifest.json").exists():
-        folder = (MODELS_DIR if root is None else Path(root)) / str(name_or_dir)
+        folder = _root(root) / str(name_or_dir)
     mpath = folder / "manifest.json"
     if not mpath.exists():
         raise FileNotFoundError(f"no model {name_or_dir!r}; available: {available_models(root)}")

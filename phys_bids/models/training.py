@@ -244,6 +244,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         return manifest
 
     manifest = None
+    session_start = step
     while step < cfg.max_steps:
         for pg in opt.param_groups:
             pg["lr"] = _lr_at(cfg, step)
@@ -261,8 +262,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         if step % 10 == 0:
             log.info("%s step %d/%d loss %.4f (ce %.4f dice %.4f strat %.4f) %.1f s/step",
                      cfg.name, step, cfg.max_steps, loss.item(), parts["ce"], parts["dice"],
-                     parts["strat"], (time.time() - t_start) / max(1, step - history["step"][0]
-                                                                  + 1))
+                     parts["strat"], (time.time() - t_start) / max(1, step - session_start))
         if step % cfg.val_every == 0 or step == cfg.max_steps:
             last_val = {"step": step, **evaluate_batches(model, val_batches, cfg.physics)}
             history["val"].append(last_val)

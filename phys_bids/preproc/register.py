@@ -55,6 +55,8 @@ def ants_to_nib(aimg, header: nib.Nifti1Header | None = None, dtype=np.float32
     hdr = header.copy() if header is not None else None
     out = nib.Nifti1Image(aimg.numpy().astype(dtype), aff, hdr)
     out.header.set_data_dtype(dtype)
+    if hdr is None:
+        out.header.set_xyzt_units("mm")
     return out
 
 

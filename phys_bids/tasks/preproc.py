@@ -2,7 +2,8 @@
 
 Each task loads its inputs, calls the plain function of :mod:`phys_bids.preproc`,
 and writes its outputs into the task's own working directory (Pydra's cache), so
-that reruns are cached and interrupted runs resume.
+that reruns are cached and interrupted runs resume. ``label`` names the scan in
+progress events (:mod:`phys_bids.progress`); it does not change the results.
 """
 
 from __future__ import annotations
@@ -15,48 +16,60 @@ from pydra.compose import python, workflow
 __all__ = ["SkullStrip", "N4BiasCorrect", "RegisterToTemplate", "MidSpace", "PreprocT1w"]
 
 
-def _save(img, name: str) -> Path:
+def _save(img, name: str, label: str = "") -> Path:
+    """Save into the task's folder; the label prefixes the name, because Pydra gathers the
+    files of split runs into one folder, where equal names would collide."""
     import nibabel as nib
 
-    out = Path.cwd() / name
+    out = Path.cwd() / (f"{label}_{name}" if label else name)
     nib.save(img, str(out))
     return out
 
 
-@python.define(outputs=["brain", "mask", "volume_ml"])
-def SkullStrip(in_file: File, method: str = "deepbet", threads: int = 1
-               ) -> tuple[File, File, float]:
+@python.define(outputs=["brain", "mask", "volume_ml", "warnings"])
+def SkullStrip(in_file: File, method: str = "deepbet", threads: int = 1, label: str = ""
+               ) -> tuple[File, File, float, list]:
     """Brain extraction (deepbet or none), input geometry kept."""
     import nibabel as nib
 
     from phys_bids.preproc import skull_strip
+    from phys_bids.progress import step
 
-    res = skull_strip(nib.load(str(in_file)), method=method, threads=threads)
-    return _save(res.brain, "brain.nii.gz"), _save(res.mask, "mask.nii.gz"), res.volume_ml
+    with step(label or Path(in_file).name, "skull strip"):
+        res = skull_strip(nib.load(str(in_file)), method=method, threads=threads)
+    return (_save(res.brain, "brain.nii.gz", label), _save(res.mask, "mask.nii.gz", label),
+            res.volume_ml, list(res.warnings))
 
 
 @python.define(outputs=["out_file", "bias_field"])
-def N4BiasCorrect(in_file: File, mask: File, threads: int = 1) -> tuple[File, File]:
+def N4BiasCorrect(in_file: File, mask: File, threads: int = 1, label: str = ""
+                  ) -> tuple[File, File]:
     """N4 inside the brain mask."""
     import nibabel as nib
 
     from phys_bids.preproc import n4_correct
+    from phys_bids.progress import step
 
-    res = n4_correct(nib.load(str(in_file)), nib.load(str(mask)), threads=threads)
-    return _save(res.corrected, "n4.nii.gz"), _save(res.field, "bias_field.nii.gz")
+    with step(label or Path(in_file).name, "N4"):
+        res = n4_correct(nib.load(str(in_file)), nib.load(str(mask)), threads=threads)
+    return (_save(res.corrected, "n4.nii.gz", label),
+            _save(res.field, "bias_field.nii.gz", label))
 
 
 @python.define(outputs=["out_file", "transform"])
 def RegisterToTemplate(in_file: File, template: File, mode: str = "Rigid", threads: int = 1,
-                       seed: int = 0) -> tuple[File, File]:
+                       seed: int = 0, label: str = "") -> tuple[File, File]:
     """Rigid/affine registration of a brain to a template brain (ITK transform)."""
     import nibabel as nib
 
     from phys_bids.preproc.register import register_to_template
+    from phys_bids.progress import step
 
-    res = register_to_template(nib.load(str(in_file)), nib.load(str(template)),
-                               Path.cwd() / "xfm.mat", mode=mode, threads=threads, seed=seed)
-    return _save(res.in_template, "in_template.nii.gz"), res.transform
+    with step(label or Path(in_file).name, "registration"):
+        res = register_to_template(nib.load(str(in_file)), nib.load(str(template)),
+                                   Path.cwd() / (f"{label}_xfm.mat" if label else "xfm.mat"),
+                                   mode=mode, threads=threads, seed=seed)
+    return _save(res.in_template, "in_template.nii.gz", label), res.transform
 
 
 @python.define(outputs=["out_files", "transforms"])
@@ -74,10 +87,12 @@ def MidSpace(in_files: list[File], threads: int = 1, seed: int = 0
 
 @workflow.define(outputs=["brain", "mask", "n4", "in_template", "transform"])
 def PreprocT1w(in_file: File, template: File, skull_strip: str = "deepbet", threads: int = 1,
-               seed: int = 0):
+               seed: int = 0, label: str = ""):
     """Skull strip -> N4 -> rigid registration to the template."""
-    strip = workflow.add(SkullStrip(in_file=in_file, method=skull_strip, threads=threads))
-    n4 = workflow.add(N4BiasCorrect(in_file=strip.brain, mask=strip.mask, threads=threads))
+    strip = workflow.add(SkullStrip(in_file=in_file, method=skull_strip, threads=threads,
+                                    label=label))
+    n4 = workflow.add(N4BiasCorrect(in_file=strip.brain, mask=strip.mask, threads=threads,
+                                    label=label))
     reg = workflow.add(RegisterToTemplate(in_file=n4.out_file, template=template, threads=threads,
-                                          seed=seed))
+                                          seed=seed, label=label))
     return strip.brain, strip.mask, n4.out_file, reg.out_file, reg.transform

@@ -1,0 +1,340 @@
+"""The ``phys-bids`` command line (BIDS-Apps contract, fMRIPrep conventions).
+
+Exit status: 0 when everything asked for was done; 1 when some subjects failed (the
+others complete, the failures are summarised at the end); 2 for a usage error or
+input that cannot be processed at all. Errors are one line on stderr (the
+traceback only with ``-v``); nothing is written for a subject that fails and the
+input dataset is never written to.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from . import __version__
+
+log = logging.getLogger("phys_bids")
+
+EXIT_OK, EXIT_SUBJECTS_FAILED, EXIT_USAGE = 0, 1, 2
+
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
+                "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "NUMEXPR_NUM_THREADS")
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: affinity mask and cgroup (container) quota."""
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, int(int(quota) // int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n or 1)
+
+
+def _models() -> list[str]:
+    from .models.registry import available_models
+
+    return available_models()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    cpus = available_cpus()
+    ap = argparse.ArgumentParser(
+        prog="phys-bids",
+        description="Physics-aware brain tissue segmentation and volumes for BIDS datasets. "
+                    "The participant level preprocesses every T1w image (skull strip, N4, "
+                    "rigid registration to MNI), segments GM/WM/CSF with a network told the "
+                    "acquisition parameters from the JSON sidecars, and writes BIDS-"
+                    "Derivatives, an HTML report per subject and logs. The group level "
+                    "gathers the volumes of all subjects into one table.",
+        epilog="Exit status: 0 done; 1 some subjects failed (others completed); 2 usage or "
+               "input error. Documentation: docs/usage.md, docs/outputs.md, "
+               "docs/bad-input.md.")
+    ap.add_argument("bids_dir", metavar="BIDS_DIR",
+                    help="root of the input BIDS dataset (read only; never written to)")
+    ap.add_argument("output_dir", metavar="OUTPUT_DIR",
+                    help="folder of the derivatives (created; must be outside BIDS_DIR)")
+    ap.add_argument("analysis_level", choices=["participant", "group"],
+                    help="participant: process subjects; group: gather their volumes")
+    g = ap.add_argument_group("selection")
+    g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
+                   help="subjects to process, with or without 'sub-' (default: all)")
+    g.add_argument("--session-label", nargs="+", metavar="LABEL",
+                   help="sessions to process, with or without 'ses-' (default: all)")
+    g.add_argument("--bids-filter-file", metavar="FILE",
+                   help='JSON selecting T1w images with pybids entities, e.g. {"t1w": '
+                        '{"acquisition": "mprage", "run": 1}} (default: every T1w)')
+    g = ap.add_argument_group("processing")
+    g.add_argument("--model", default="seg-physics",
+                   help="segmentation model shipped with phys-bids: seg-physics (told the "
+                        "acquisition) or seg-baseline (not told) (default: %(default)s)")
+    g.add_argument("--skull-strip", choices=["deepbet", "none"], default="deepbet",
+                   help="brain extraction: deepbet (CNN, CPU) or none for images that are "
+                        "already brain-extracted (default: %(default)s)")
+    g.add_argument("--protocol-file", metavar="FILE",
+                   help="JSON of per-run acquisition-parameter overrides for sidecars that "
+                        "lack or get them wrong (format: docs/protocol-file.md)")
+    g.add_argument("--seed", type=int, default=0,
+                   help="random seed; the same seed gives bit-identical outputs on CPU with "
+                        "the same --omp-nthreads (default: %(default)s)")
+    g = ap.add_argument_group("resources")
+    g.add_argument("-w", "--work-dir", metavar="DIR",
+                   help="Pydra cache and pybids index; keep it to resume an interrupted run "
+                        "(default: OUTPUT_DIR/../phys-bids-work)")
+    g.add_argument("--nprocs", type=int, default=cpus,
+                   help="CPUs for concurrent tasks (default: the CPUs available, "
+                        "%(default)s here)")
+    g.add_argument("--omp-nthreads", type=int, default=None,
+                   help="threads per task for torch, ITK and BLAS (default: --nprocs, "
+                        "at most 8)")
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                   help="where the networks run: auto uses a GPU when present "
+                        "(default: %(default)s)")
+    g.add_argument("--pydra-worker", choices=["serial", "cf", "slurm"], default="serial",
+                   help="how Pydra runs tasks: serial in this process, cf in a process pool "
+                        "of --nprocs/--omp-nthreads workers, slurm as SLURM jobs "
+                        "(default: %(default)s)")
+    g.add_argument("--slurm-args", default="", metavar="ARGS",
+                   help="extra sbatch arguments for --pydra-worker slurm, e.g. "
+                        "'--partition=short --mem=8G'")
+    g = ap.add_argument_group("other")
+    g.add_argument("--skip-bids-validation", action="store_true",
+                   help="do not run bids-validator-deno on BIDS_DIR")
+    g.add_argument("--overwrite", action="store_true",
+                   help="replace outputs of a different configuration already in OUTPUT_DIR")
+    g.add_argument("-v", "--verbose", action="store_true",
+                   help="debug logging and full tracebacks")
+    g.add_argument("--version", action="version", version=f"phys-bids {__version__}")
+    return ap
+
+
+class CliError(Exception):
+    """Input that cannot be processed at all: one line, exit status 2."""
+
+
+def _pin_threads(n: int) -> None:
+    for var in _THREAD_VARS:
+        os.environ[var] = str(n)
+
+
+def _setup_logging(verbose: bool) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    h = logging.StreamHandler(sys.stderr)
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root.addHandler(h)
+    root.setLevel(logging.DEBUG if verbose else logging.INFO)
+    for noisy in ("pydra", "bids", "matplotlib", "fileformats", "PIL", "numexpr"):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _validator() -> str | None:
+    import shutil
+
+    exe = shutil.which("bids-validator-deno")
+    if exe is None:
+        cand = Path(sys.executable).parent / "bids-validator-deno"
+        exe = str(cand) if cand.exists() else None
+    return exe
+
+
+def validate_bids(root: Path) -> str:
+    """Run bids-validator-deno; raise CliError on errors; return a one-line summary."""
+    import collections
+    import subprocess
+
+    exe = _validator()
+    if exe is None:
+        return ("bids-validator-deno is not installed: input not validated (pip install "
+                "bids-validator-deno, or pass --skip-bids-validation)")
+    try:
+        proc = subprocess.run([exe, "--format", "json", str(root)], capture_output=True,
+                              text=True, timeout=600)
+        issues = json.loads(proc.stdout)["issues"]["issues"]
+    except (subprocess.TimeoutExpired, json.JSONDecodeError, KeyError, OSError) as err:
+        return f"the BIDS validator did not run ({type(err).__name__}); input not validated"
+    errors = [i for i in issues if i.get("severity") == "error"]
+    warns = collections.Counter(i["code"] for i in issues if i.get("severity") == "warning")
+    if errors:
+        first = errors[0]
+        raise CliError(f"BIDS_DIR fails BIDS validation with {len(errors)} error(s), first: "
+                       f"{first['code']} at {first.get('location', '?')}; fix them (run "
+                       "bids-validator-deno) or pass --skip-bids-validation")
+    top = ", ".join(f"{c} x{n}" for c, n in warns.most_common(3))
+    return f"BIDS validation: 0 errors, {sum(warns.values())} warnings" + (
+        f" ({top})" if top else "")
+
+
+def _device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise CliError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return choice
+
+
+def _file_logging(out_dir: Path, argv: list[str], config: dict) -> Path:
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+    folder = out_dir / "logs" / f"run-{stamp}-{os.getpid()}"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "command.txt").write_text(shlex.join(["phys-bids", *argv]) + "\n")
+    (folder / "config.json").write_text(json.dumps(config, indent=2, default=str) + "\n")
+    h = logging.FileHandler(folder / "phys-bids.log")
+    h.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+    h.setLevel(logging.DEBUG)
+    logging.getLogger().addHandler(h)
+    return folder
+
+
+def run(args, argv: list[str]) -> int:
+    from .bids.layout import (
+        DatasetError,
+        check_dataset,
+        check_output_dirs,
+        index_dataset,
+        load_filter_file,
+        select_t1w,
+    )
+    from .bids.protocol import Protocol, ProtocolFileError
+
+    try:
+        root = check_dataset(args.bids_dir)
+        work_default = Path(args.output_dir).expanduser().resolve().parent / "phys-bids-work"
+        out_dir, work_dir = check_output_dirs(root, args.output_dir,
+                                              args.work_dir or work_default)
+        if args.analysis_level == "group":
+            from .group import run_group
+
+            return run_group(root, out_dir)
+        bids_filter = load_filter_file(args.bids_filter_file) if args.bids_filter_file else None
+        if args.protocol_file:
+            Protocol.load(args.protocol_file)  # fail early on a malformed file
+        from .models.registry import load_model
+        from .preproc.templates import get_template
+
+        if args.model not in _models():
+            raise CliError(f"--model {args.model}: unknown; available: {', '.join(_models())}")
+        device = _device(args.device)
+        if not args.skip_bids_validation:
+            log.info("%s", validate_bids(root))
+        layout = index_dataset(root, work_dir)
+        selection = select_t1w(layout, participants=args.participant_label,
+                               sessions=args.session_label, bids_filter=bids_filter)
+    except (DatasetError, ProtocolFileError, CliError) as err:
+        raise CliError(str(err)) from None
+
+    from .bids.derivatives import DerivativesWriter
+    from .progress import PROGRESS_ENV, ProgressDisplay, read_events
+    from .workflows.participant import Settings, SubjectError, run_subject
+
+    settings = Settings(model=args.model, skull_strip=args.skull_strip, seed=args.seed,
+                        omp_nthreads=args.omp_nthreads, nprocs=args.nprocs, device=device,
+                        worker=args.pydra_worker, slurm_args=args.slurm_args,
+                        overwrite=args.overwrite,
+                        protocol_file=str(Path(args.protocol_file).resolve())
+                        if args.protocol_file else None)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    template = get_template(work_dir / "templateflow"
+                            if not os.environ.get("TEMPLATEFLOW_HOME") else None)
+    model = load_model(args.model, device=device)
+    writer = DerivativesWriter(out_dir, root, version=__version__, container=_container())
+    n_runs = sum(len(v) for v in selection.values())
+    log.info("%d subject(s), %d T1w run(s) selected: %s", len(selection), n_runs,
+             "; ".join(f"sub-{s}: {', '.join(r.name for r in runs) or 'none'}"
+                       for s, runs in selection.items()))
+    logs = None
+    failures: dict[str, str] = {}
+    progress = work_dir / f"progress-{os.getpid()}.jsonl"
+    os.environ[PROGRESS_ENV] = str(progress)
+    t0 = time.time()
+    with ProgressDisplay(progress):
+        for subject, runs in selection.items():
+            try:
+                summaries = run_subject(subject, runs, settings=settings, bids_root=root,
+                                        work_dir=work_dir, writer=writer, template=template,
+                                        model=model)
+                if logs is None:
+                    logs = _file_logging(out_dir, argv, {**vars(args), "settings":
+                                                         vars(settings)})
+                for s in summaries:
+                    for q in s["qc"]:
+                        log.warning("sub-%s %s: QC: %s", subject, s["label"], q)
+                log.info("sub-%s done: %s", subject, "; ".join(
+                    f"{s['label']} GM {s['volumes']['GM']:.1f} WM {s['volumes']['WM']:.1f} "
+                    f"CSF {s['volumes']['CSF']:.1f} mL" for s in summaries))
+            except SubjectError as err:
+                failures[subject] = str(err)
+                log.error("%s", err)
+                if args.verbose:
+                    log.exception("traceback")
+    if logs is None and not failures:
+        logs = _file_logging(out_dir, argv, vars(args))
+    if logs is not None:
+        events = [e for e in read_events(progress) if e["state"] == "done"]
+        rows = ["label\tstep\tseconds\tpeak_rss_mb"] + [
+            f"{e['label']}\t{e['step']}\t{e.get('seconds', '')}\t{e.get('peak_rss_mb', '')}"
+            for e in events]
+        (logs / "steps.tsv").write_text("\n".join(rows) + "\n")
+    progress.unlink(missing_ok=True)
+    done = len(selection) - len(failures)
+    log.info("finished in %.0f s: %d of %d subject(s) processed%s", time.time() - t0, done,
+             len(selection), f"; outputs in {out_dir}" if done else "")
+    if failures:
+        log.error("%d subject(s) failed:\n%s", len(failures),
+                  "\n".join(f"  {m}" for m in failures.values()))
+        return EXIT_SUBJECTS_FAILED if done else EXIT_USAGE
+    return EXIT_OK
+
+
+def _container() -> dict | None:
+    kind = os.environ.get("PHYS_BIDS_CONTAINER")
+    if not kind:
+        return None
+    return {"Type": kind, "Tag": os.environ.get("PHYS_BIDS_CONTAINER_TAG", __version__)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.nprocs < 1:
+        parser.error("--nprocs must be >= 1")
+    if args.omp_nthreads is None:
+        args.omp_nthreads = min(args.nprocs, 8)
+    if args.omp_nthreads < 1:
+        parser.error("--omp-nthreads must be >= 1")
+    _pin_threads(args.omp_nthreads)
+    _setup_logging(args.verbose)
+    try:
+        import torch
+
+        torch.set_num_threads(args.omp_nthreads)
+        return run(args, argv)
+    except CliError as err:
+        print(f"phys-bids: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("phys-bids: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+    except Exception as err:
+        if args.verbose:
+            raise
+        print(f"phys-bids: error: {type(err).__name__}: {err} (run with -v for the traceback)",
+              file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

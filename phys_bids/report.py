@@ -1,0 +1,166 @@
+"""Per-subject HTML reports, readable offline: one figure per step, the acquisition
+parameters used and where each came from, QC flags and warnings.
+
+Figures are PNG files under ``sub-X/figures/`` referenced by relative paths from
+``sub-X.html`` at the root of the derivatives (the fMRIPrep layout). Nothing in a
+report depends on the clock, so reruns produce the same files.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+
+import nibabel as nib
+import numpy as np
+
+from .bids.outputs import figure_path, report_path
+
+__all__ = ["run_figures", "subject_report"]
+
+_COLOURS = np.array([[0, 0, 0, 0], [0.2, 0.8, 0.2, 0.45], [0.95, 0.95, 0.3, 0.45],
+                     [0.2, 0.5, 1.0, 0.45]])
+
+
+def _canonical(path) -> np.ndarray:
+    return nib.as_closest_canonical(nib.load(str(path))).get_fdata(dtype=np.float32)
+
+
+def _slices(vol: np.ndarray, centre=None):
+    c = [s // 2 for s in vol.shape[:3]] if centre is None else centre
+    return [np.rot90(vol[c[0], :, :]), np.rot90(vol[:, c[1], :]), np.rot90(vol[:, :, c[2]])]
+
+
+def _centre(mask: np.ndarray) -> list[int]:
+    idx = np.argwhere(mask)
+    return [int(v) for v in idx.mean(0)] if idx.size else [s // 2 for s in mask.shape]
+
+
+def _figure(panels, title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), dpi=80)
+    for ax, draw in zip(axes, panels, strict=True):
+        draw(ax)
+        ax.set_axis_off()
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _grey(ax, sl):
+    hi = np.percentile(sl, 99.5) if np.any(sl) else 1.0
+    ax.imshow(sl, cmap="gray", vmin=0, vmax=hi or 1.0, interpolation="nearest")
+
+
+def _contour_panels(img, mask, colour="r"):
+    c = _centre(mask > 0)
+    pairs = zip(_slices(img, c), _slices(mask.astype(np.float32), c), strict=True)
+
+    def make(a, m):
+        def draw(ax):
+            _grey(ax, a)
+            if np.any(m > 0.5) and np.any(m < 0.5):
+                ax.contour(m, levels=[0.5], colors=colour, linewidths=0.8)
+        return draw
+    return [make(a, m) for a, m in pairs]
+
+
+def _save(writer, rel: str, png: bytes) -> str:
+    p = writer.root / rel
+    p.parent.mkdir(parents=True, exist_ok=True)
+    from .io import atomic_write
+
+    if not (p.exists() and p.read_bytes() == png):
+        atomic_write(p, lambda tmp: tmp.write_bytes(png))
+    return rel
+
+
+def run_figures(writer, source: str, subject: str, out: dict, template) -> dict[str, str]:
+    """One PNG per step of one run; returns {step: path relative to the derivatives}."""
+    native = _canonical(out["n4"])
+    mask = _canonical(out["mask"]) > 0
+    figs = {}
+    raw = _canonical(out["raw"]) if out.get("raw") else native
+    figs["skull strip"] = _save(writer, figure_path(source, step="skullstrip"), _figure(
+        _contour_panels(raw, mask), "brain mask (red) on the input image"))
+    field = _canonical(out["bias_field"])
+    c = _centre(mask)
+
+    def field_panel(sl):
+        def draw(ax):
+            ax.imshow(sl, cmap="magma", interpolation="nearest")
+        return draw
+    figs["N4"] = _save(writer, figure_path(source, step="n4", suffix="biasfield"), _figure(
+        [field_panel(s) for s in _slices(field, c)], "N4 bias field"))
+    in_tpl = _canonical(out["in_template"])
+    tmask = _canonical(template.mask) > 0
+    figs["registration"] = _save(writer, figure_path(source, step="registration"), _figure(
+        _contour_panels(in_tpl, tmask, colour="c"),
+        f"brain in {template.name} space; template brain outline (cyan)"))
+    dseg = nib.as_closest_canonical(nib.load(str(out["dseg"]))).get_fdata().astype(np.int64)
+
+    def seg_panel(a, d):
+        def draw(ax):
+            _grey(ax, a)
+            ax.imshow(_COLOURS[np.clip(d, 0, 3)], interpolation="nearest")
+        return draw
+    panels = [seg_panel(a, d) for a, d in
+              zip(_slices(native, c), _slices(dseg, c), strict=True)]
+    figs["segmentation"] = _save(writer, figure_path(source, step="segmentation"), _figure(
+        panels, "tissue labels: GM green, WM yellow, CSF blue"))
+    return figs
+
+
+def _table(rows: list[tuple], head: tuple) -> str:
+    h = "".join(f"<th>{html.escape(str(x))}</th>" for x in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(x))}</td>" for x in r) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{h}</tr>{body}</table>"
+
+
+_CSS = ("body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-collapse:"
+        "collapse;margin:.5em 0}td,th{border:1px solid #bbb;padding:2px 8px}"
+        ".flag{color:#a00}.ok{color:#070}img{max-width:100%}")
+
+
+def subject_report(writer, subject: str, runs: list[dict], provenance: dict) -> str:
+    """Write ``sub-X.html``; returns its path relative to the derivatives."""
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>phys-bids: sub-"
+             f"{html.escape(subject)}</title><style>{_CSS}</style></head><body>",
+             f"<h1>phys-bids report: sub-{html.escape(subject)}</h1>",
+             "<h2>Summary</h2>",
+             _table([(r["run"], r["sequence"], "yes" if r["in_training_space"] else "NO",
+                      len(r["qc"]), len(r["warnings"])) for r in runs],
+                    ("run", "sequence", "in training space", "QC flags", "warnings"))]
+    for r in runs:
+        parts.append(f"<h2>{html.escape(r['run'])}</h2>")
+        parts.append("<h3>Acquisition parameters used</h3>")
+        parts.append(_table([(k, v, r["sources"].get(k, "")) for k, v in r["params"].items()],
+                            ("parameter (SI units)", "value", "source (origin:field)")))
+        if r["qc"]:
+            parts.append("<h3>QC flags</h3><ul>" + "".join(
+                f"<li class='flag'>{html.escape(q)}</li>" for q in r["qc"]) + "</ul>")
+        else:
+            parts.append("<p class='ok'>No QC flags.</p>")
+        if r["warnings"]:
+            parts.append("<h3>Warnings</h3><ul>" + "".join(
+                f"<li>{html.escape(w)}</li>" for w in r["warnings"]) + "</ul>")
+        parts.append("<h3>Tissue volumes</h3>")
+        parts.append(_table([(t, f"{v:.1f}") for t, v in r["volumes"].items()],
+                            ("tissue", "volume (mL)")))
+        parts.append(f"<p>Brain mask {r['brain_volume_ml']:.0f} mL; brain overlap with the "
+                     f"template after registration (Dice) {r['registration_dice']:.3f}.</p>")
+        for stepname, rel in r["figures"].items():
+            parts.append(f"<h3>{html.escape(stepname)}</h3><img src='{html.escape(rel)}' "
+                         f"alt='{html.escape(stepname)}'>")
+    parts.append("<h2>Provenance</h2><pre>" + html.escape(json.dumps(provenance, indent=2))
+                 + "</pre></body></html>")
+    return writer.write_text(report_path(subject), "\n".join(parts) + "\n").name

@@ -1,0 +1,105 @@
+"""Pydra 1.0 tasks for tissue segmentation on the model grid and the way back to native."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fileformats.generic import File
+from pydra.compose import python
+
+from phys_bids.synth.tissues import TARGETS
+
+__all__ = ["Segment", "ToNative", "TISSUES"]
+
+#: dseg values and names (0 is background), as in ``dseg.tsv``.
+TISSUES = {k: name for k, name in enumerate(TARGETS) if k}
+
+
+@python.define(outputs=["probseg", "dseg", "mask", "in_training_space", "outside"])
+def Segment(in_template: File, mask: File, transform: File, template: File, model: str,
+            model_sha256: str, sequence: str, params: dict, threads: int = 1,
+            device: str = "cpu", label: str = "") -> tuple[File, File, File, bool, list]:
+    """Tissue probabilities (background, GM, WM, CSF) of a template-space brain.
+
+    ``model_sha256`` only keys the cache: new weights under the same name rerun.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from phys_bids.models.registry import load_model
+    from phys_bids.models.segment import segment_brain
+    from phys_bids.physics.spaces import in_training_space
+    from phys_bids.preproc.register import to_template
+    from phys_bids.progress import step
+
+    name = label or Path(in_template).name
+    with step(name, "segmentation"):
+        loaded = load_model(model, device=device)
+        if loaded.manifest["weights_sha256"] != model_sha256:
+            raise RuntimeError(f"model {model} changed during the run; start again")
+        tpl = nib.load(str(template))
+        img = nib.load(str(in_template))
+        m = to_template(nib.load(str(mask)), tpl, transform, interpolation="nearestNeighbor")
+        mdata = np.asanyarray(m.dataobj) > 0
+        res = segment_brain(loaded, img.get_fdata(dtype=np.float32), mdata, sequence, params,
+                            threads=threads, device=device)
+        inside, outside = in_training_space(sequence, params)
+        probs = np.moveaxis(res.probabilities, 0, -1)
+        hdr = img.header.copy()
+        hdr.set_data_dtype(np.float32)
+        p_out = Path.cwd() / f"{label}_probseg_template.nii.gz"
+        nib.save(nib.Nifti1Image(probs.astype(np.float32), img.affine, hdr), str(p_out))
+        hdr8 = img.header.copy()
+        hdr8.set_data_dtype(np.uint8)
+        d_out = Path.cwd() / f"{label}_dseg_template.nii.gz"
+        nib.save(nib.Nifti1Image(probs.argmax(-1).astype(np.uint8), img.affine, hdr8), str(d_out))
+        m_out = Path.cwd() / f"{label}_mask_template.nii.gz"
+        nib.save(nib.Nifti1Image(mdata.astype(np.uint8), img.affine, hdr8), str(m_out))
+    return p_out, d_out, m_out, bool(inside), list(outside)
+
+
+@python.define(outputs=["probseg", "dseg", "volumes"])
+def ToNative(probseg: File, native: File, mask: File, transform: File, label: str = ""
+             ) -> tuple[File, File, dict]:
+    """Probabilities back onto the native grid (linear), labels from them, volumes in mL.
+
+    The native header is kept exactly. Volumes are sums of probabilities (partial
+    volume counts) times the voxel volume; ``ICV`` is GM + WM + CSF.
+    """
+    import nibabel as nib
+    import numpy as np
+
+    from phys_bids.preproc.register import to_native
+    from phys_bids.progress import step
+    from phys_bids.synth.tissues import TARGETS
+
+    with step(label or Path(native).name, "back to native space"):
+        ref = nib.load(str(native))
+        ref3 = nib.Nifti1Image(np.zeros(ref.shape[:3], np.float32), ref.affine, ref.header)
+        tp = nib.load(str(probseg))
+        pdata = tp.get_fdata(dtype=np.float32)
+        chans = []
+        for k in range(pdata.shape[-1]):
+            ch = nib.Nifti1Image(pdata[..., k], tp.affine)
+            chans.append(np.asanyarray(to_native(ch, ref3, transform).dataobj))
+        p = np.clip(np.stack(chans, -1), 0, None)
+        brain = np.asanyarray(nib.load(str(mask)).dataobj) > 0
+        p[~brain] = 0
+        p[~brain, 0] = 1
+        p /= np.maximum(p.sum(-1, keepdims=True), 1e-6)
+        zooms = np.sqrt((ref.affine[:3, :3] ** 2).sum(0))
+        voxel_ml = float(np.prod(zooms)) / 1000.0
+        volumes = {name: round(float(p[..., k].sum(dtype=np.float64)) * voxel_ml, 4)
+                   for k, name in enumerate(TARGETS) if k}
+        volumes["ICV"] = round(volumes["GM"] + volumes["WM"] + volumes["CSF"], 4)
+        hdr = ref.header.copy()
+        hdr.set_data_dtype(np.float32)
+        hdr.set_data_shape((*ref.shape[:3], p.shape[-1]))
+        p_out = Path.cwd() / f"{label}_probseg_native.nii.gz"
+        nib.save(nib.Nifti1Image(p.astype(np.float32), ref.affine, hdr), str(p_out))
+        hdr8 = ref.header.copy()
+        hdr8.set_data_dtype(np.uint8)
+        hdr8.set_data_shape(ref.shape[:3])
+        d_out = Path.cwd() / f"{label}_dseg_native.nii.gz"
+        nib.save(nib.Nifti1Image(p.argmax(-1).astype(np.uint8), ref.affine, hdr8), str(d_out))
+    return p_out, d_out, volumes

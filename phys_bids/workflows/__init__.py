@@ -1,0 +1,1 @@
+"""Runtime workflows (importable when installed): the participant level."""

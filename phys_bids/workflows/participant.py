@@ -1,0 +1,350 @@
+"""The participant level: per-scan Pydra workflow, its submission, and the outputs.
+
+For every T1w run of a subject::
+
+    skull strip -> N4 -> rigid registration to the template -> segmentation on the
+    model grid (physics branch told the acquisition) -> back to native space
+
+:func:`participant_workflow` builds the Pydra workflow of one subject (the runs
+are a split of :class:`T1wRun`); settings reach it as keyword arguments. The Pydra
+cache lives in the work directory, so a completed run is not recomputed and an
+interrupted one resumes. Outputs are written only after a subject's workflow has
+finished (:func:`write_outputs`), each file atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+from fileformats.generic import File
+from pydra.compose import workflow
+
+from .. import __version__
+from ..bids.checks import InputImageError, check_anatomical
+from ..bids.derivatives import DerivativesWriter
+from ..bids.layout import T1wRun, ambiguous_runs
+from ..bids.outputs import derivative_path, xfm_path
+from ..bids.protocol import Protocol
+from ..bids.sidecars import SidecarError, load_sidecar
+from ..physics.sidecar import ParameterError, acquisition_from_sidecar
+from ..physics.spaces import in_training_space
+from ..tasks.preproc import N4BiasCorrect, RegisterToTemplate, SkullStrip
+from ..tasks.segment import TISSUES, Segment, ToNative
+
+__all__ = ["Settings", "PreparedRun", "SubjectError", "prepare_run", "T1wRunWorkflow",
+           "Participant", "participant_workflow", "run_subject", "write_outputs"]
+
+log = logging.getLogger("phys_bids.participant")
+
+WORKERS = {"serial": "debug", "cf": "cf", "slurm": "slurm"}
+
+
+class SubjectError(RuntimeError):
+    """A subject cannot be processed (one actionable line); other subjects go on."""
+
+
+@dataclass
+class Settings:
+    """Everything that changes the results, plus how to run (workers, threads)."""
+
+    model: str = "seg-physics"
+    skull_strip: str = "deepbet"
+    seed: int = 0
+    omp_nthreads: int = 1
+    nprocs: int = 1
+    device: str = "cpu"
+    worker: str = "serial"
+    slurm_args: str = ""
+    overwrite: bool = False
+    protocol_file: str | None = None
+
+    def digest(self, model_sha256: str, template: str) -> str:
+        """Hash of the settings that change outputs (not the worker or thread counts...
+        except ``omp_nthreads``, which can change the last bits of float sums)."""
+        protocol = Path(self.protocol_file).read_text() if self.protocol_file else ""
+        key = json.dumps({"model": self.model, "sha": model_sha256, "template": template,
+                          "skull_strip": self.skull_strip, "seed": self.seed,
+                          "threads": self.omp_nthreads, "protocol": protocol,
+                          "version": __version__}, sort_keys=True)
+        return hashlib.sha256(key.encode()).hexdigest()[:16]
+
+
+@dataclass
+class PreparedRun:
+    """A run whose image and acquisition passed the checks."""
+
+    run: T1wRun
+    sequence: str
+    params: dict
+    sources: dict
+    in_training_space: bool
+    outside: list[str]
+    warnings: list[str] = field(default_factory=list)
+
+
+def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
+                physics: bool) -> PreparedRun:
+    """Check the image and read its acquisition (raises :class:`SubjectError`)."""
+    try:
+        check_anatomical(run.path)
+    except InputImageError as err:
+        raise SubjectError(str(err)) from None
+    try:
+        sidecar = load_sidecar(run.path, bids_root)
+    except SidecarError as err:
+        raise SubjectError(str(err)) from None
+    overrides = protocol.fields_for(run.name) if protocol else {}
+    try:
+        acq = acquisition_from_sidecar(sidecar, suffix="T1w", overrides=overrides)
+        params = acq.model_params()
+    except ParameterError as err:
+        if physics:
+            raise SubjectError(f"{run.name}: {err}") from None
+        return PreparedRun(run, "unknown", {}, {}, False, ["sequence"],
+                           [f"acquisition not read ({err}); the baseline model does not "
+                            "need it"])
+    inside, outside = in_training_space(acq.sequence, params)
+    warnings = list(acq.warnings)
+    if not inside:
+        warnings.append(f"acquisition parameter(s) {', '.join(outside)} outside the model's "
+                        "training space: volumes are less reliable (flagged in the outputs)")
+    sources = {k: acq.sources.get(k, "") for k in params}
+    return PreparedRun(run, acq.sequence, params, sources, inside, outside, warnings)
+
+
+_RUN_OUTPUTS = ["mask", "brain_volume_ml", "strip_warnings", "n4", "bias_field", "in_template",
+                "transform", "probseg_template", "dseg_template", "mask_template",
+                "probseg", "dseg", "volumes"]
+
+
+@workflow.define(outputs=_RUN_OUTPUTS)
+def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict, model: str,
+                   model_sha256: str, skull_strip: str = "deepbet", threads: int = 1,
+                   seed: int = 0, device: str = "cpu", label: str = ""):
+    """One T1w run: preprocessing, segmentation on the model grid, back to native."""
+    strip = workflow.add(SkullStrip(in_file=in_file, method=skull_strip, threads=threads,
+                                    label=label))
+    n4 = workflow.add(N4BiasCorrect(in_file=strip.brain, mask=strip.mask, threads=threads,
+                                    label=label))
+    reg = workflow.add(RegisterToTemplate(in_file=n4.out_file, template=template,
+                                          threads=threads, seed=seed, label=label))
+    seg = workflow.add(Segment(in_template=reg.out_file, mask=strip.mask,
+                               transform=reg.transform, template=template, model=model,
+                               model_sha256=model_sha256, sequence=sequence, params=params,
+                               threads=threads, device=device, label=label))
+    nat = workflow.add(ToNative(probseg=seg.probseg, native=in_file, mask=strip.mask,
+                                transform=reg.transform, label=label))
+    return (strip.mask, strip.volume_ml, strip.warnings, n4.out_file, n4.bias_field,
+            reg.out_file, reg.transform, seg.probseg, seg.dseg, seg.mask, nat.probseg,
+            nat.dseg, nat.volumes)
+
+
+@workflow.define(outputs=_RUN_OUTPUTS)
+def Participant(in_files: list[File], labels: list[str], sequences: list[str],
+                params: list[dict], template: File, model: str, model_sha256: str,
+                skull_strip: str = "deepbet", threads: int = 1, seed: int = 0,
+                device: str = "cpu"):
+    """All T1w runs of one subject (a split of :class:`T1wRunWorkflow`)."""
+    runs = workflow.add(
+        T1wRunWorkflow(template=template, model=model, model_sha256=model_sha256,
+                       skull_strip=skull_strip, threads=threads, seed=seed, device=device)
+        .split(("in_file", "label", "sequence", "params"), in_file=in_files, label=labels,
+               sequence=sequences, params=params)
+        .combine("in_file"), name="run")
+    return tuple(getattr(runs, o) for o in _RUN_OUTPUTS)
+
+
+def participant_workflow(prepared: list[PreparedRun], *, template: Path, model: str,
+                         model_sha256: str, skull_strip: str = "deepbet", threads: int = 1,
+                         seed: int = 0, device: str = "cpu") -> Participant:
+    """The Pydra workflow of one subject's runs, configured by keyword arguments."""
+    return Participant(in_files=[p.run.path for p in prepared],
+                       labels=[p.run.label for p in prepared],
+                       sequences=[p.sequence for p in prepared],
+                       params=[p.params for p in prepared], template=template, model=model,
+                       model_sha256=model_sha256, skull_strip=skull_strip, threads=threads,
+                       seed=seed, device=device)
+
+
+def _submitter(settings: Settings, cache_root: Path):
+    from pydra.engine.submitter import Submitter
+
+    worker = WORKERS[settings.worker]
+    kwargs = {}
+    if worker == "cf":
+        kwargs["n_procs"] = max(1, settings.nprocs // max(1, settings.omp_nthreads))
+    elif worker == "slurm" and settings.slurm_args:
+        kwargs["sbatch_args"] = settings.slurm_args
+    return Submitter(worker=worker, cache_root=cache_root, **kwargs)
+
+
+def run_subject(subject: str, runs: list[T1wRun], *, settings: Settings, bids_root: Path,
+                work_dir: Path, writer: DerivativesWriter, template, model) -> list[dict]:
+    """Process one subject end to end; returns one summary per run.
+
+    Raises :class:`SubjectError` with one actionable line; nothing of the subject is
+    written in that case.
+    """
+    if not runs:
+        raise SubjectError(f"sub-{subject} has no T1w image (anat/*_T1w.nii[.gz]) matching the "
+                           "selection; check the dataset or --bids-filter-file")
+    dup = ambiguous_runs(runs)
+    if dup:
+        raise SubjectError(f"sub-{subject}: ambiguous runs {', '.join(dup)} share every entity;"
+                           " keep one of each or filter with --bids-filter-file")
+    protocol = Protocol.load(settings.protocol_file) if settings.protocol_file else None
+    prepared = [prepare_run(r, bids_root, protocol, physics=model.physics) for r in runs]
+    sha = model.manifest["weights_sha256"]
+    digest = settings.digest(sha, template.name)
+    _check_previous(writer.root, subject, digest, settings.overwrite)
+    wf = participant_workflow(prepared, template=template.t1w_brain, model=settings.model,
+                              model_sha256=sha, skull_strip=settings.skull_strip,
+                              threads=settings.omp_nthreads, seed=settings.seed,
+                              device=settings.device)
+    try:
+        with _submitter(settings, work_dir / "pydra") as sub:
+            result = sub(wf)
+    except Exception as err:  # a task failed: report it as this subject's failure
+        msg = str(err).strip().splitlines()
+        last = (msg[-1] if msg else repr(err)).strip("'\"")
+        raise SubjectError(f"sub-{subject}: processing failed: {last} "
+                           "(run with -v and see the log in OUTPUT_DIR/logs)") from err
+    if result.errored:
+        raise SubjectError(f"sub-{subject}: processing failed (see the log in "
+                           "OUTPUT_DIR/logs)")
+    outs = result.outputs
+    per_run = [{o: getattr(outs, o)[i] for o in _RUN_OUTPUTS} for i in range(len(prepared))]
+    if settings.overwrite:
+        shutil.rmtree(writer.root / f"sub-{subject}", ignore_errors=True)
+    return write_outputs(subject, prepared, per_run, settings=settings, writer=writer,
+                         template=template, model=model, digest=digest)
+
+
+def _check_previous(root: Path, subject: str, digest: str, overwrite: bool) -> None:
+    if overwrite:
+        return
+    for js in sorted((root / f"sub-{subject}").rglob("*_dseg.json")):
+        try:
+            old = json.loads(js.read_text()).get("PhysBIDS", {}).get("ConfigurationDigest")
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old != digest:
+            raise SubjectError(f"sub-{subject}: OUTPUT_DIR holds outputs of another "
+                               "configuration or version; pass --overwrite to replace them or "
+                               "choose another OUTPUT_DIR")
+
+
+def _provenance(p: PreparedRun, settings: Settings, template, model, digest: str) -> dict:
+    return {
+        "Version": __version__,
+        "Seed": settings.seed,
+        "Threads": settings.omp_nthreads,
+        "Model": {"Name": model.name, "WeightsSha256": model.manifest["weights_sha256"],
+                  "TrainingSteps": model.manifest.get("steps"),
+                  "PhysicsAware": model.physics},
+        "Template": {"Name": template.name, "Source": template.source},
+        "SkullStripMethod": settings.skull_strip,
+        "Acquisition": {"Sequence": p.sequence, "Parameters": p.params,
+                        "ParameterSources": p.sources},
+        "InTrainingSpace": p.in_training_space,
+        "OutsideTrainingSpace": p.outside,
+        "ConfigurationDigest": digest,
+    }
+
+
+def _registration_dice(mask_template, template) -> float:
+    import nibabel as nib
+
+    a = np.asanyarray(nib.load(str(mask_template)).dataobj) > 0
+    b = np.asanyarray(nib.load(str(template.mask)).dataobj) > 0
+    return float(2 * (a & b).sum() / max(1, a.sum() + b.sum()))
+
+
+def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict], *,
+                  settings: Settings, writer: DerivativesWriter, template, model, digest: str
+                  ) -> list[dict]:
+    """Write every derivative, the figures and the report of one subject."""
+    import nibabel as nib
+
+    from .. import report
+
+    writer.init_dataset()
+    summaries = []
+    tpl = template.name
+    for p, out in zip(prepared, per_run, strict=True):
+        src = p.run.name
+        prov = _provenance(p, settings, template, model, digest)
+        sources = [f"bids:raw:{p.run.relpath}"]
+
+        def put(rel_kwargs, path=None, img=None, extra=None, _src=src, _sources=sources,
+                _prov=prov):
+            rel = derivative_path(_src, **rel_kwargs)
+            if img is not None:
+                writer.save_image(rel, img)
+            else:
+                writer.copy_file(rel, path)
+            side = {"Sources": _sources, **(extra or {}), "PhysBIDS": _prov}
+            writer.write_json(rel.replace(".nii.gz", ".json"), side)
+            return rel
+
+        put({"suffix": "mask", "desc": "brain"}, out["mask"], extra={"Type": "Brain"})
+        put({"suffix": "T1w", "desc": "preproc"}, out["n4"], extra={"SkullStripped": True})
+        put({"suffix": "T1w", "desc": "preproc", "space": tpl}, out["in_template"],
+            extra={"SkullStripped": True})
+        xfm = xfm_path(src, to=tpl)
+        writer.copy_file(xfm, out["transform"])
+        prob = nib.load(str(out["probseg"]))
+        pdata = prob.get_fdata(dtype=np.float32)
+        for k, name in TISSUES.items():
+            hdr = prob.header.copy()
+            hdr.set_data_shape(pdata.shape[:3])
+            put({"suffix": "probseg", "label": name},
+                img=nib.Nifti1Image(pdata[..., k], prob.affine, hdr))
+        put({"suffix": "dseg"}, out["dseg"])
+        put({"suffix": "dseg", "space": tpl}, out["dseg_template"])
+        vols = out["volumes"]
+        rows = ["tissue\tvolume_ml\tin_training_space\toutside_training_space"]
+        flag = "true" if p.in_training_space else "false"
+        outside = ",".join(p.outside) or "n/a"
+        rows += [f"{t}\t{vols[t]:.4f}\t{flag}\t{outside}" for t in ("GM", "WM", "CSF", "ICV")]
+        morph = derivative_path(src, suffix="morph", extension=".tsv")
+        writer.write_text(morph, "\n".join(rows) + "\n")
+        writer.write_json(morph.replace(".tsv", ".json"), {
+            "tissue": {"Description": "GM, WM, CSF, or ICV (= GM + WM + CSF)"},
+            "volume_ml": {"Description": "sum of the native-space tissue probabilities times "
+                          "the voxel volume", "Units": "mL"},
+            "in_training_space": {"Description": "whether the acquisition parameters were "
+                                  "inside the model's training space"},
+            "outside_training_space": {"Description": "the parameters outside it"},
+            "Sources": sources, "PhysBIDS": prov})
+        reg_dice = _registration_dice(out["mask_template"], template)
+        qc = []
+        if not 800 <= out["brain_volume_ml"] <= 2200:
+            qc.append(f"brain mask volume {out['brain_volume_ml']:.0f} mL is outside "
+                      "800-2200 mL: check the skull strip")
+        if reg_dice < 0.85:
+            qc.append(f"brain overlap with the template after registration is {reg_dice:.2f} "
+                      "(< 0.85): check the registration figure")
+        if not p.in_training_space:
+            qc.append("acquisition outside the training space: "
+                      + ", ".join(p.outside))
+        figures = report.run_figures(writer, src, subject, {**out, "raw": p.run.path},
+                                     template)
+        summaries.append({"run": p.run.relpath, "label": p.run.label, "sequence": p.sequence,
+                          "params": p.params, "sources": p.sources,
+                          "in_training_space": p.in_training_space, "outside": p.outside,
+                          "warnings": [*p.warnings, *out["strip_warnings"]], "qc": qc,
+                          "volumes": vols, "brain_volume_ml": out["brain_volume_ml"],
+                          "registration_dice": reg_dice, "figures": figures})
+    report.subject_report(writer, subject, summaries, provenance={
+        "version": __version__, "model": model.name,
+        "weights_sha256": model.manifest["weights_sha256"], "template": template.name,
+        "template_source": template.source, "seed": settings.seed,
+        "settings": asdict(settings)})
+    return summaries
