@@ -1,6 +1,6 @@
 """The ``phys-bids`` command line (BIDS-Apps contract, fMRIPrep conventions).
 
-Exit status: 0 when everything asked for was done; 1 when some subjects failed (the
+Exit status: 0 when everything asked for was done; 1 when subjects failed (the
 others complete, the failures are summarised at the end); 2 for a usage error or
 input that cannot be processed at all. Errors are one line on stderr (the
 traceback only with ``-v``); nothing is written for a subject that fails and the
@@ -56,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "acquisition parameters from the JSON sidecars, and writes BIDS-"
                     "Derivatives, an HTML report per subject and logs. The group level "
                     "gathers the volumes of all subjects into one table.",
-        epilog="Exit status: 0 done; 1 some subjects failed (others completed); 2 usage or "
+        epilog="Exit status: 0 done; 1 subjects failed (the others completed); 2 usage or "
                "input error. Documentation: docs/usage.md, docs/outputs.md, "
                "docs/bad-input.md.")
     ap.add_argument("bids_dir", metavar="BIDS_DIR",
@@ -294,7 +294,7 @@ def run(args, argv: list[str]) -> int:
     if failures:
         log.error("%d subject(s) failed:\n%s", len(failures),
                   "\n".join(f"  {m}" for m in failures.values()))
-        return EXIT_SUBJECTS_FAILED if done else EXIT_USAGE
+        return EXIT_SUBJECTS_FAILED
     return EXIT_OK
 
 
@@ -308,13 +308,16 @@ def _container() -> dict | None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.nprocs < 1:
-        parser.error("--nprocs must be >= 1")
-    if args.omp_nthreads is None:
-        args.omp_nthreads = min(args.nprocs, 8)
-    if args.omp_nthreads < 1:
-        parser.error("--omp-nthreads must be >= 1")
+    try:  # argparse exits (status 2, or 0 for --help/--version): return that status instead
+        args = parser.parse_args(argv)
+        if args.nprocs < 1:
+            parser.error("--nprocs must be >= 1")
+        if args.omp_nthreads is None:
+            args.omp_nthreads = min(args.nprocs, 8)
+        if args.omp_nthreads < 1:
+            parser.error("--omp-nthreads must be >= 1")
+    except SystemExit as exc:
+        return int(exc.code or 0)
     _pin_threads(args.omp_nthreads)
     _setup_logging(args.verbose)
     try:

@@ -10,7 +10,7 @@ from phys_bids.physics.sidecar import acquisition_from_sidecar
 
 
 def test_demo_dataset_sidecars_map_to_the_simulated_parameters(tmp_path):
-    root = write_demo_dataset(tmp_path / "demo", subjects=2, size=40, seed=1)
+    root = write_demo_dataset(tmp_path / "demo", subjects=2, size=40, seed=1, anatomy="phantom")
     images = sorted(root.rglob("*_T1w.nii.gz"))
     assert len(images) == 2 * len(SITES)
     means = {}
@@ -29,11 +29,27 @@ def test_demo_dataset_sidecars_map_to_the_simulated_parameters(tmp_path):
 
 
 def test_demo_is_deterministic_and_refuses_a_non_empty_folder(tmp_path):
-    a = write_demo_dataset(tmp_path / "a", subjects=1, size=32, seed=3)
-    b = write_demo_dataset(tmp_path / "b", subjects=1, size=32, seed=3)
+    a = write_demo_dataset(tmp_path / "a", subjects=1, size=32, seed=3, anatomy="phantom")
+    b = write_demo_dataset(tmp_path / "b", subjects=1, size=32, seed=3, anatomy="phantom")
     for fa in sorted(a.rglob("*.nii.gz")):
         fb = b / fa.relative_to(a)
         da, db = (np.asarray(nib.load(f).dataobj) for f in (fa, fb))
         assert hashlib.sha256(da.tobytes()).hexdigest() == hashlib.sha256(db.tobytes()).hexdigest()
     with pytest.raises(FileExistsError, match="not empty"):
         write_demo_dataset(a)
+
+
+def test_mni_demo_heads_are_brain_sized_and_differ_between_subjects(tmp_path):
+    root = write_demo_dataset(tmp_path / "d", subjects=2, voxel=2.0, seed=0)
+    shapes, sums = set(), []
+    for sub in ("01", "02"):
+        img = nib.load(root / f"sub-{sub}/ses-siteA/anat/sub-{sub}_ses-siteA_T1w.nii.gz")
+        data = np.asarray(img.dataobj)
+        assert np.allclose(np.abs(np.diag(img.affine)[:3]), 2.0)
+        shapes.add(data.shape)
+        head = data > 0.1 * data.max()
+        # a whole head: between 2 and 6 litres of signal above 10 % of the maximum
+        assert 2000 < head.sum() * 8 / 1000 < 6000
+        sums.append(float(data.sum()))
+    assert shapes == {(88, 104, 88)}
+    assert sums[0] != sums[1]

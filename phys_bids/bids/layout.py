@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -99,9 +100,24 @@ def check_output_dirs(bids_dir: Path, output_dir, work_dir) -> tuple[Path, Path]
         probe = p
         while not probe.exists():
             probe = probe.parent
-        if not os.access(probe, os.W_OK | os.X_OK):
-            raise DatasetError(f"{what} {p} is not writable (no write permission on {probe}); "
-                               "choose another folder or fix its permissions")
+        try:  # access() says yes to root even on read-only mounts: really try
+            fd, tmp = tempfile.mkstemp(prefix=".phys-bids-probe", dir=probe)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as err:
+            raise DatasetError(f"{what} {p} is not writable ({err.strerror} in {probe}); "
+                               "choose another folder or fix its permissions") from None
+    desc = out / "dataset_description.json"
+    if desc.exists():
+        try:
+            data = json.loads(desc.read_text())
+            ours = data["GeneratedBy"][0]["Name"] == "phys-bids"
+        except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError):
+            ours = False
+        if not ours:
+            raise DatasetError(f"OUTPUT_DIR {out} holds another dataset (its "
+                               "dataset_description.json is not from phys-bids); choose an "
+                               "empty folder")
     return out, work
 
 

@@ -24,6 +24,7 @@ checked exactly like sidecar fields (:mod:`phys_bids.physics.sidecar`).
 
 from __future__ import annotations
 
+import difflib
 import fnmatch
 import json
 from dataclasses import dataclass
@@ -65,8 +66,10 @@ class Protocol:
                                         "\"fields\" object")
             unknown = sorted(set(run["fields"]) - ALLOWED_FIELDS)
             if unknown:
-                raise ProtocolFileError(f"{where}: runs[{i}] has unknown field(s) {unknown}; "
-                                        f"allowed: {sorted(ALLOWED_FIELDS)}")
+                close = difflib.get_close_matches(unknown[0], sorted(ALLOWED_FIELDS), n=1)
+                hint = f" (did you mean {close[0]}?)" if close else ""
+                raise ProtocolFileError(f"{where}: runs[{i}] has unknown field(s) {unknown}"
+                                        f"{hint}; allowed fields: docs/protocol-file.md")
             out.append((run["match"], dict(run["fields"])))
         return cls(tuple(out), source)
 

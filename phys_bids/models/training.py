@@ -50,6 +50,10 @@ class TrainConfig:
     patch: int = 48
     realisations: int = 4
     max_steps: int = 1500
+    #: ends of earlier cosine cycles (warm restarts, Loshchilov & Hutter 2017): a longer
+    #: schedule continues a committed one exactly, and a run from scratch replays both
+    cycles: tuple[int, ...] = ()
+    restart_lr: float | None = None  # peak of the later cycles (default lr / 2)
     lr: float = 2e-3
     min_lr: float = 1e-4
     warmup: int = 20
@@ -70,7 +74,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, data: dict) -> TrainConfig:
         data = dict(data)
-        for k in ("channels", "train_subjects", "val_subjects", "test_subjects"):
+        for k in ("channels", "train_subjects", "val_subjects", "test_subjects", "cycles"):
             if k in data:
                 data[k] = tuple(data[k])
         return cls(**data)
@@ -81,7 +85,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
-        for k in ("channels", "train_subjects", "val_subjects", "test_subjects"):
+        for k in ("channels", "train_subjects", "val_subjects", "test_subjects", "cycles"):
             d[k] = list(d[k])
         return d
 
@@ -112,10 +116,19 @@ def build_model(cfg: TrainConfig, encoder: PhysicsEncoder) -> PhysicsUNet:
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    t = min(1.0, (step - cfg.warmup) / max(1, cfg.max_steps - cfg.warmup))
-    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
+    """Cosine schedule with linear warm-up, restarted at the ends of ``cfg.cycles``."""
+    ends = [*cfg.cycles, cfg.max_steps]
+    start, cycle = 0, 0
+    while cycle < len(ends) - 1 and step >= ends[cycle]:
+        start = ends[cycle]
+        cycle += 1
+    end = ends[cycle]
+    peak = cfg.lr if cycle == 0 else (cfg.restart_lr or cfg.lr / 2)
+    warm = cfg.warmup if cycle == 0 else 0
+    if step - start < warm:
+        return peak * (step - start + 1) / warm
+    t = min(1.0, (step - start - warm) / max(1, end - start - warm))
+    return cfg.min_lr + 0.5 * (peak - cfg.min_lr) * (1 + math.cos(math.pi * t))
 
 
 def _loss(model, batch, cfg: TrainConfig, g: torch.Generator):
