@@ -27,7 +27,9 @@ _LPS = np.diag([-1.0, -1.0, 1.0])
 #: Chosen for speed on a 1 mm brain with 2 threads: the finest level is 2 mm (shrink 2),
 #: which keeps sub-millimetre accuracy (tests/preproc/test_register.py, bench/bench_preproc.py).
 REGISTRATION_DEFAULTS = {
-    "aff_metric": "mattes", "aff_sampling": 32, "aff_random_sampling_rate": 0.1,
+    # GC (global correlation): Mattes MI accumulates its joint histogram across threads
+    # in a run-dependent order, so multi-threaded runs differ; GC repeats bit for bit
+    "aff_metric": "GC", "aff_sampling": 32, "aff_random_sampling_rate": 0.1,
     "aff_iterations": (100, 50, 20), "aff_shrink_factors": (6, 4, 2),
     "aff_smoothing_sigmas": (3, 2, 1),
 }
@@ -86,8 +88,11 @@ def register_to_template(moving: nib.Nifti1Image, template: nib.Nifti1Image, tra
         os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
     p = {**REGISTRATION_DEFAULTS, **params}
     fixed, mov = nib_to_ants(template), nib_to_ants(moving)
-    reg = ants.registration(fixed, mov, type_of_transform=mode, random_seed=seed, verbose=False,
-                            **p)
+    # antspyx reads the seed of the metric's random sampling from its config (a
+    # ``random_seed=`` keyword is silently ignored), and ANTs takes seed 0 to mean "the
+    # clock": seed + 1 makes every --seed, 0 included, repeatable
+    ants.config._random_seed = int(seed) + 1
+    reg = ants.registration(fixed, mov, type_of_transform=mode, verbose=False, **p)
     out = Path(transform_out)
     out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(out, lambda tmp: shutil.copyfile(reg["fwdtransforms"][0], tmp))

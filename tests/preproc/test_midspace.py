@@ -40,9 +40,9 @@ def test_known_motion_recovered_and_swap_invariant(pair, tmp_path):
     moved = (err[:3, :3] @ pts.T).T + err[:3, 3]
     assert np.linalg.norm(moved - pts, axis=1).max() <= 0.5  # mm over the brain
     swapped = midspace([b, a], tmp_path / "ba", threads=2)
-    # symmetric by construction; what remains is ITK's run-to-run variation of a
-    # multi-threaded, randomly sampled registration (~0.02-0.04 mm here)
-    assert np.allclose(swapped.affine, res.affine, atol=0.1)
+    # symmetric by construction, and registration is repeatable (seeded sampling, GC
+    # metric): swapping the inputs gives the same space up to float rounding
+    assert np.allclose(swapped.affine, res.affine, atol=1e-4)
     for x, y in ((res.images[0], swapped.images[1]), (res.images[1], swapped.images[0])):
         dx, dy = np.asarray(x.dataobj), np.asarray(y.dataobj)
         assert np.corrcoef(dx.ravel(), dy.ravel())[0, 1] > 0.999

@@ -1,0 +1,222 @@
+"""The participant and group levels end to end, on the demo dataset (2 mm heads).
+
+One module-scoped run processes two subjects, one of which has a broken image: the
+other completes, the failure is summarised, outputs validate, the input is
+untouched, a second run does no work, and a run killed with SIGKILL and started
+again gives byte-identical outputs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from phys_bids.bids.layout import check_dataset
+from phys_bids.demo import write_demo_dataset
+from phys_bids.models.registry import load_model
+
+from .helpers import cli, make_read_only, make_writable, tree_hashes
+
+SUB = "sub-01/ses-siteA/anat/sub-01_ses-siteA"
+EXPECTED = sorted([
+    f"{SUB}_desc-brain_mask.nii.gz", f"{SUB}_desc-brain_mask.json",
+    f"{SUB}_desc-preproc_T1w.nii.gz", f"{SUB}_desc-preproc_T1w.json",
+    f"{SUB}_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz",
+    f"{SUB}_space-MNI152NLin2009aSym_desc-preproc_T1w.json",
+    f"{SUB}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat",
+    *[f"{SUB}_label-{t}_probseg.{e}" for t in ("GM", "WM", "CSF") for e in ("nii.gz", "json")],
+    f"{SUB}_dseg.nii.gz", f"{SUB}_dseg.json",
+    f"{SUB}_space-MNI152NLin2009aSym_dseg.nii.gz", f"{SUB}_space-MNI152NLin2009aSym_dseg.json",
+    f"{SUB}_morph.tsv", f"{SUB}_morph.json",
+    *[f"sub-01/figures/sub-01_ses-siteA_desc-{s}.png" for s in
+      ("skullstrip_T1w", "n4_biasfield", "registration_T1w", "segmentation_T1w")],
+    "sub-01.html", "dataset_description.json", "dseg.tsv", ".bidsignore", "README.md",
+])
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    base = tmp_path_factory.mktemp("study")
+    bids = write_demo_dataset(base / "bids", subjects=2, voxel=2.0, seed=0)
+    bad = bids / "sub-02/ses-siteA/anat/sub-02_ses-siteA_T1w.nii.gz"
+    img = nib.load(bad)
+    data = img.get_fdata(dtype=np.float32)
+    data[10, 10, 10] = np.nan
+    nib.save(nib.Nifti1Image(data, img.affine, img.header), str(bad))
+    make_read_only(bids)
+    before = tree_hashes(bids)
+    out, work = base / "out", base / "work"
+    args = [bids, out, "participant", "--session-label", "siteA", "-w", work,
+            "--omp-nthreads", "2", "--nprocs", "2"]
+    t0 = time.time()
+    first = cli(*args)
+    yield {"bids": bids, "out": out, "work": work, "args": args, "first": first,
+           "before": before, "base": base, "seconds": time.time() - t0}
+    make_writable(bids)
+
+
+def test_one_subject_fails_the_other_completes(study):
+    r = study["first"]
+    assert r.returncode == 1, r.stderr
+    assert "sub-02" in r.stderr and "1 voxels are NaN or Inf" in r.stderr
+    assert "1 subject(s) failed" in r.stderr and "1 of 2 subject(s) processed" in r.stderr
+    assert "Traceback" not in r.stderr
+    out = study["out"]
+    files = sorted(p.relative_to(out).as_posix() for p in out.rglob("*")
+                   if p.is_file() and not p.relative_to(out).as_posix().startswith("logs/")
+                   and p.name != ".phys-bids.lock")
+    assert files == EXPECTED
+    assert not (out / "sub-02").exists() and not (out / "sub-02.html").exists()
+
+
+def test_input_is_unchanged(study):
+    assert tree_hashes(study["bids"]) == study["before"]
+
+
+def test_logs_hold_the_command_configuration_and_step_costs(study):
+    logs = sorted((study["out"] / "logs").glob("run-*"))
+    assert len(logs) == 1
+    assert "participant" in (logs[0] / "command.txt").read_text()
+    config = json.loads((logs[0] / "config.json").read_text())
+    assert config["settings"]["model"] == "seg-physics" and config["settings"]["seed"] == 0
+    steps = (logs[0] / "steps.tsv").read_text().splitlines()
+    names = {ln.split("\t")[1] for ln in steps[1:]}
+    assert {"skull strip", "N4", "registration", "segmentation"} <= names
+    assert "1 voxels are NaN or Inf" in (logs[0] / "phys-bids.log").read_text()
+
+
+def test_outputs_are_valid_bids_derivatives(study):
+    from phys_bids.cli import _validator
+
+    exe = _validator()
+    if exe is None:
+        pytest.skip("bids-validator-deno is not installed")
+    r = subprocess.run([exe, "--format", "json", str(study["out"])], capture_output=True,
+                       text=True, timeout=300)
+    issues = json.loads(r.stdout)["issues"]["issues"]
+    errors = [(i["code"], i.get("location")) for i in issues if i["severity"] == "error"]
+    assert errors == []
+
+
+def test_sidecars_and_description_carry_provenance(study):
+    out = study["out"]
+    desc = json.loads((out / "dataset_description.json").read_text())
+    assert desc["DatasetType"] == "derivative"
+    assert desc["GeneratedBy"][0]["Name"] == "phys-bids"
+    assert desc["SourceDatasets"][0]["URL"] == Path(study["bids"]).resolve().as_uri()
+    side = json.loads((out / f"{SUB}_dseg.json").read_text())
+    assert side["Sources"] == ["bids:raw:sub-01/ses-siteA/anat/sub-01_ses-siteA_T1w.nii.gz"]
+    prov = side["PhysBIDS"]
+    model = load_model("seg-physics")
+    assert prov["Model"]["WeightsSha256"] == model.manifest["weights_sha256"]
+    assert prov["Acquisition"] == {"Sequence": "MPRAGE", "Parameters": {"ti": 0.9},
+                                   "ParameterSources": {"ti": "sidecar:InversionTime"}}
+    assert prov["InTrainingSpace"] is True and prov["Seed"] == 0
+    assert prov["Template"]["Name"] == "MNI152NLin2009aSym"
+    assert json.loads((out / f"{SUB}_desc-preproc_T1w.json").read_text())["SkullStripped"]
+    assert (out / "dseg.tsv").read_text().splitlines()[1:] == [
+        "0\tbackground\tBG", "1\tgray matter\tGM", "2\twhite matter\tWM",
+        "3\tcerebrospinal fluid\tCSF"]
+
+
+def test_native_outputs_keep_the_input_geometry_and_volumes_add_up(study):
+    out, bids = study["out"], study["bids"]
+    src = nib.load(bids / "sub-01/ses-siteA/anat/sub-01_ses-siteA_T1w.nii.gz")
+    dseg = nib.load(out / f"{SUB}_dseg.nii.gz")
+    assert dseg.shape == src.shape and np.array_equal(dseg.affine, src.affine)
+    labels = np.asarray(dseg.dataobj)
+    assert set(np.unique(labels)) <= {0, 1, 2, 3} and (labels > 0).mean() > 0.1
+    probs = np.stack([nib.load(out / f"{SUB}_label-{t}_probseg.nii.gz").get_fdata()
+                      for t in ("GM", "WM", "CSF")])
+    assert probs.min() >= 0 and probs.sum(0).max() <= 1 + 1e-5
+    rows = dict(ln.split("\t")[:2] for ln in (out / f"{SUB}_morph.tsv").read_text().splitlines())
+    voxel_ml = 8 / 1000
+    for i, t in enumerate(("GM", "WM", "CSF")):
+        assert float(rows[t]) == pytest.approx(probs[i].sum() * voxel_ml, rel=1e-4)
+    icv = float(rows["ICV"])
+    # a whole brain, and no tissue is more than 70 % of it
+    assert 900 < icv < 2300
+    assert max(float(rows[t]) for t in ("GM", "WM", "CSF")) < 0.7 * icv
+
+
+def test_report_is_self_contained(study):
+    out = study["out"]
+    html = (out / "sub-01.html").read_text()
+    assert "Acquisition parameters used" in html and "sidecar:InversionTime" in html
+    srcs = [s.split("'")[0] for s in html.split("<img src='")[1:]]
+    assert len(srcs) == 4 and all((out / s).is_file() for s in srcs)
+    assert "http" not in html.replace("https://github.com/phys-bids/phys-bids", "")
+
+
+def test_second_run_does_no_work(study):
+    out = study["out"]
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")
+              if p.is_file() and "logs" not in p.parts}
+    t0 = time.time()
+    r = cli(*study["args"])
+    assert r.returncode == 1
+    assert "started" not in r.stderr, r.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps
+    assert time.time() - t0 < max(30.0, 0.5 * study["seconds"])
+
+
+def test_other_configuration_needs_overwrite(study):
+    r = cli(*study["args"], "--seed", "3", "--participant-label", "01")
+    assert r.returncode == 1
+    assert "pass --overwrite to replace them" in r.stderr
+
+
+def test_group_level_gathers_volumes(study):
+    r = cli(study["bids"], study["out"], "group", "-w", study["work"])
+    assert r.returncode == 0, r.stderr
+    lines = (study["out"] / "group" / "volumes.tsv").read_text().splitlines()
+    head = lines[0].split("\t")
+    rows = [dict(zip(head, ln.split("\t"), strict=True)) for ln in lines[1:]]
+    assert [r["participant_id"] for r in rows] == ["sub-01"]
+    assert rows[0]["site"] == "Site A/Prisma" and rows[0]["Manufacturer"] == "Siemens"
+    morph = (study["out"] / f"{SUB}_morph.tsv").read_text()
+    assert f"GM\t{rows[0]['GM_ml']}\t" in morph
+    assert json.loads((study["out"] / "group" / "volumes.json").read_text())["GM_ml"]
+
+
+def test_killed_run_resumes_to_identical_outputs(study):
+    base = study["base"]
+    out, work = base / "out-killed", base / "work-killed"
+    args = [study["bids"], out, "participant", "--session-label", "siteA", "-w", work,
+            "--omp-nthreads", "2", "--nprocs", "2", "--participant-label", "01"]
+    proc = subprocess.Popen([sys.executable, "-m", "phys_bids", *map(str, args)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    deadline = time.time() + 600
+    killed = False
+    while time.time() < deadline and proc.poll() is None:
+        events = "".join(p.read_text() for p in work.glob("progress-*.jsonl")) \
+            if work.exists() else ""
+        if '"step": "segmentation", "state": "start"' in events:
+            os.killpg(proc.pid, signal.SIGKILL)
+            killed = True
+            break
+        time.sleep(0.2)
+    proc.wait()
+    assert killed, "the run ended before it could be killed"
+    assert not (out / "sub-01").exists() or not any((out / "sub-01").rglob("*_dseg.nii.gz"))
+    r = cli(*args)
+    assert r.returncode == 0, r.stderr
+    # the resumed run reused the finished steps
+    assert "skull strip started" not in r.stderr and "segmentation started" in r.stderr
+    a = tree_hashes(study["out"], exclude=("logs/", "group/", ".phys-bids.lock"))
+    b = tree_hashes(out, exclude=("logs/", ".phys-bids.lock"))
+    assert a == b
+
+
+def test_check_dataset_resolves_the_root(study):
+    assert check_dataset(study["bids"]) == Path(study["bids"]).resolve()
