@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -217,8 +218,16 @@ def main(argv=None) -> int:
     ap.add_argument("--size", type=int, default=48, help="phantom edge in 1 mm voxels")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    root = write_demo_dataset(args.output_dir, subjects=args.subjects, voxel=args.voxel,
-                              seed=args.seed, anatomy=args.anatomy, size=args.size)
+    desc = Path(args.output_dir) / "dataset_description.json"
+    if desc.exists() and json.loads(desc.read_text()).get("Name", "").startswith("phys-bids demo"):
+        print(f"the demo dataset is already in {args.output_dir}; nothing to do")
+        return 0
+    try:
+        root = write_demo_dataset(args.output_dir, subjects=args.subjects, voxel=args.voxel,
+                                  seed=args.seed, anatomy=args.anatomy, size=args.size)
+    except FileExistsError as err:
+        print(f"phys-bids demo: error: {err}", file=sys.stderr)
+        return 2
     print(f"demo dataset written to {root}")
     return 0
 
