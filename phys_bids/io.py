@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["sha256", "atomic_write"]
+__all__ = ["sha256", "atomic_write", "read_json"]
 
 
 def sha256(path) -> str:
@@ -35,3 +36,13 @@ def atomic_write(path, write: Callable[[Path], object]) -> Path:
         if tmp.exists():
             tmp.unlink()
     return path
+
+
+def read_json(path, what: str, error: type[Exception]):
+    """Parse a JSON file named ``what`` in messages; problems raise ``error`` (one line)."""
+    try:
+        return json.loads(Path(path).read_text())
+    except OSError as err:
+        raise error(f"cannot read {what} {path}: {err.strerror}") from None
+    except json.JSONDecodeError as err:
+        raise error(f"{what} {path} is not valid JSON: {err}") from None

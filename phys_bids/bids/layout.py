@@ -12,6 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..io import read_json
 from .sidecars import parse_entities
 
 __all__ = ["DatasetError", "T1wRun", "check_dataset", "check_output_dirs", "index_dataset",
@@ -123,12 +124,7 @@ def check_output_dirs(bids_dir: Path, output_dir, work_dir) -> tuple[Path, Path]
 
 def load_filter_file(path) -> dict:
     """A ``--bids-filter-file``: ``{"t1w": {<pybids entity>: value | [values] | null}}``."""
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as err:
-        raise DatasetError(f"cannot read --bids-filter-file {path}: {err.strerror}") from None
-    except json.JSONDecodeError as err:
-        raise DatasetError(f"--bids-filter-file {path} is not valid JSON: {err}") from None
+    data = read_json(path, "--bids-filter-file", DatasetError)
     if not isinstance(data, dict):
         raise DatasetError(f"--bids-filter-file {path}: expected a JSON object like "
                            '{"t1w": {"acquisition": "mprage"}}')

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..io import read_json
 from ..physics.sidecar import SIDECAR_FIELDS
 from .sidecars import strip_extension
 
@@ -75,13 +75,7 @@ class Protocol:
 
     @classmethod
     def load(cls, path) -> Protocol:
-        try:
-            data = json.loads(Path(path).read_text())
-        except OSError as err:
-            raise ProtocolFileError(f"cannot read protocol file {path}: {err.strerror}") from None
-        except json.JSONDecodeError as err:
-            raise ProtocolFileError(f"protocol file {path} is not valid JSON: {err}") from None
-        return cls.from_dict(data, str(path))
+        return cls.from_dict(read_json(path, "protocol file", ProtocolFileError), str(path))
 
     def fields_for(self, filename: str) -> dict:
         name = strip_extension(Path(filename).name)
