@@ -220,3 +220,18 @@ def test_killed_run_resumes_to_identical_outputs(study):
 
 def test_check_dataset_resolves_the_root(study):
     assert check_dataset(study["bids"]) == Path(study["bids"]).resolve()
+
+
+def test_process_pool_worker_runs_the_workflow_and_flags_qc(tmp_path):
+    """--pydra-worker cf: tasks in a process pool; a tiny phantom trips the QC flags."""
+    bids = write_demo_dataset(tmp_path / "bids", subjects=1, size=40, seed=2,
+                              anatomy="phantom")
+    out = tmp_path / "out"
+    r = cli(bids, out, "participant", "-w", tmp_path / "work", "--pydra-worker", "cf",
+            "--nprocs", "2", "--omp-nthreads", "1", "--skip-bids-validation",
+            "--session-label", "siteA", "siteC")
+    assert r.returncode == 0, r.stderr
+    assert len(list(out.rglob("*_dseg.nii.gz"))) == 4  # 2 runs x (native + model grid)
+    html = (out / "sub-01.html").read_text()
+    assert "check the skull strip" in html and "check the registration figure" in html
+    assert "QC: brain mask volume" in r.stderr
