@@ -154,8 +154,17 @@ def subject_report(writer, subject: str, runs: list[dict], provenance: dict) -> 
             parts.append("<h3>Warnings</h3><ul>" + "".join(
                 f"<li>{html.escape(w)}</li>" for w in r["warnings"]) + "</ul>")
         parts.append("<h3>Tissue volumes</h3>")
-        parts.append(_table([(t, f"{v:.1f}") for t, v in r["volumes"].items()],
-                            ("tissue", "volume (mL)")))
+        mc = r.get("mc")
+        if mc:
+            parts.append(_table([(t, f"{v:.1f}", f"{mc[t]['median']:.1f}",
+                                  f"{mc[t]['q1']:.1f} - {mc[t]['q3']:.1f}",
+                                  f"{mc[t]['p2_5']:.1f} - {mc[t]['p97_5']:.1f}", mc[t]["n"])
+                                 for t, v in r["volumes"].items()],
+                                ("tissue", "volume (mL)", "MC median", "MC [Q1, Q3]",
+                                 "MC [2.5, 97.5] %", "samples")))
+        else:
+            parts.append(_table([(t, f"{v:.1f}") for t, v in r["volumes"].items()],
+                                ("tissue", "volume (mL)")))
         parts.append(f"<p>Brain mask {r['brain_volume_ml']:.0f} mL; brain overlap with the "
                      f"template after registration (Dice) {r['registration_dice']:.3f}.</p>")
         for stepname, rel in r["figures"].items():

@@ -18,7 +18,7 @@ from ..synth.generator import normalise_image
 from .inference import sliding_window_logits
 from .registry import LoadedModel
 
-__all__ = ["SegmentationResult", "segment_brain", "bounding_box"]
+__all__ = ["SegmentationResult", "segment_brain", "bounding_box", "volume_summary"]
 
 #: Sliding-window settings of the application (docs/segmentation.md: window 96,
 #: overlap 0.25 - measured in the consistency benchmark).
@@ -30,6 +30,8 @@ OVERLAP = 0.25
 class SegmentationResult:
     probabilities: np.ndarray  # (4, X, Y, Z): background, GM, WM, CSF, summing to 1
     params_encoded: list[float] | None
+    sd: np.ndarray | None = None  # (4, X, Y, Z) per-voxel SD over Monte-Carlo samples
+    volumes: np.ndarray | None = None  # (samples, 3) GM, WM, CSF in mL (model grid)
 
 
 def bounding_box(mask: np.ndarray, margin: int = 4) -> tuple[slice, ...]:
@@ -42,11 +44,36 @@ def bounding_box(mask: np.ndarray, margin: int = 4) -> tuple[slice, ...]:
     return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi, strict=True))
 
 
+class _AleatoricDraw(torch.nn.Module):
+    """A network whose logits carry one draw of its aleatoric noise (logits + sigma * eps,
+    acquisition-invariant-segmentation-uncertainty eq. 3) per call."""
+
+    def __init__(self, network, generator: torch.Generator):
+        super().__init__()
+        self.network = network
+        self.config = network.config
+        self.generator = generator
+
+    def forward(self, x, physics):
+        logits, log_sigma, _ = self.network(x, physics)
+        if log_sigma is not None:
+            eps = torch.randn(logits.shape, generator=self.generator, dtype=logits.dtype)
+            logits = logits + log_sigma.exp() * eps.to(logits.device)
+        return logits, None, None
+
+
+def _place(probs: np.ndarray, box, shape, background: float) -> np.ndarray:
+    out = np.zeros((probs.shape[0], *shape), dtype=np.float32)
+    out[0] = background
+    out[(slice(None), *box)] = probs
+    return out
+
+
 @torch.no_grad()
 def segment_brain(model: LoadedModel, image: np.ndarray, mask: np.ndarray, sequence: str,
                   params: dict, *, threads: int | None = None, device: str = "cpu",
-                  window: int = WINDOW, overlap: float = OVERLAP, flip_tta: bool = False
-                  ) -> SegmentationResult:
+                  window: int = WINDOW, overlap: float = OVERLAP, flip_tta: bool = False,
+                  mc_samples: int = 0, seed: int = 0) -> SegmentationResult:
     """Tissue probabilities of a brain image on the model grid.
 
     Parameters
@@ -55,6 +82,13 @@ def segment_brain(model: LoadedModel, image: np.ndarray, mask: np.ndarray, seque
     image, mask : 3D arrays on the model grid (mask: brain voxels)
     sequence, params : the acquisition the physics branch is told (SI units);
         ignored by a model without physics branch
+    mc_samples : int
+        0: one deterministic pass. N > 0: N Monte-Carlo samples, each with dropout on
+        and one draw of the aleatoric logit noise; the probabilities are their mean,
+        and the result carries the per-sample tissue volumes (mL, on the model grid
+        of 1 mm voxels) and the per-voxel standard deviation of the probabilities.
+    seed : int
+        Seeds the Monte-Carlo draws (dropout masks and logit noise).
     """
     if threads:
         torch.set_num_threads(threads)
@@ -62,18 +96,54 @@ def segment_brain(model: LoadedModel, image: np.ndarray, mask: np.ndarray, seque
     box = bounding_box(mask)
     x = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32))
     m = torch.from_numpy(np.ascontiguousarray(mask[box]))
-    x = normalise_image(x * m, m)
+    x = normalise_image(x * m, m)[None, None].to(device)
     phys = None
     if model.physics:
         phys = model.encoder.encode(sequence, {k: [float(v)] for k, v in params.items()})
         phys = phys.to(device)
-    logits = sliding_window_logits(model.network, x[None, None].to(device), phys, window=window,
-                                   overlap=overlap, flip_tta=flip_tta)
-    probs = torch.softmax(logits[0].double(), 0).cpu().numpy()
-    out = np.zeros((probs.shape[0], *mask.shape), dtype=np.float32)
-    out[0] = 1.0
-    out[(slice(None), *box)] = probs
-    # outside the brain mask there is no tissue
-    out[1:, ~mask] = 0.0
-    out[0, ~mask] = 1.0
-    return SegmentationResult(out, None if phys is None else phys[0].cpu().tolist())
+    inside = m.numpy()
+    if mc_samples <= 0:
+        logits = sliding_window_logits(model.network, x, phys, window=window, overlap=overlap,
+                                       flip_tta=flip_tta)
+        probs = torch.softmax(logits[0].double(), 0).cpu().numpy()
+        probs[1:, ~inside] = 0.0
+        probs[0, ~inside] = 1.0
+        return SegmentationResult(_place(probs, box, mask.shape, 1.0),
+                                  None if phys is None else phys[0].cpu().tolist())
+    from .unet import enable_mc_dropout
+
+    g = torch.Generator().manual_seed(seed)
+    draw = _AleatoricDraw(model.network, g)
+    total = sq = None
+    volumes = []
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        enable_mc_dropout(model.network)
+        try:
+            for _ in range(mc_samples):
+                logits = sliding_window_logits(draw, x, phys, window=window, overlap=overlap,
+                                               flip_tta=flip_tta)
+                p = torch.softmax(logits[0].double(), 0).cpu().numpy()
+                p[1:, ~inside] = 0.0
+                p[0, ~inside] = 1.0
+                volumes.append(p[1:].reshape(p.shape[0] - 1, -1).sum(1) / 1000.0)
+                total = p if total is None else total + p
+                sq = p * p if sq is None else sq + p * p
+        finally:
+            model.network.eval()
+    mean = total / mc_samples
+    sd = np.sqrt(np.clip(sq / mc_samples - mean * mean, 0, None))
+    res = SegmentationResult(_place(mean, box, mask.shape, 1.0),
+                             None if phys is None else phys[0].cpu().tolist())
+    res.sd = _place(sd, box, mask.shape, 0.0)
+    res.volumes = np.asarray(volumes)
+    return res
+
+
+def volume_summary(samples) -> dict:
+    """Summary of per-sample volumes (mL): mean, median, quartiles, IQR, 95 % interval."""
+    v = np.asarray(samples, dtype=np.float64)
+    q = np.percentile(v, [2.5, 25, 50, 75, 97.5])
+    return {"mean": float(v.mean()), "median": float(q[2]), "q1": float(q[1]),
+            "q3": float(q[3]), "iqr": float(q[3] - q[1]), "p2_5": float(q[0]),
+            "p97_5": float(q[4]), "n": int(v.size)}

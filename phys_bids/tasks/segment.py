@@ -15,12 +15,17 @@ __all__ = ["Segment", "ToNative", "TISSUES"]
 TISSUES = {k: name for k, name in enumerate(TARGETS) if k}
 
 
-@python.define(outputs=["probseg", "dseg", "mask", "in_training_space", "outside"])
+@python.define(outputs=["probseg", "dseg", "mask", "in_training_space", "outside", "sd",
+                         "mc_volumes"])
 def Segment(in_template: File, mask: File, transform: File, template: File, model: str,
             model_sha256: str, sequence: str, params: dict, threads: int = 1,
-            device: str = "cpu", label: str = "") -> tuple[File, File, File, bool, list]:
+            device: str = "cpu", mc_samples: int = 0, seed: int = 0, label: str = ""
+            ) -> tuple[File, File, File, bool, list, File, list]:
     """Tissue probabilities (background, GM, WM, CSF) of a template-space brain.
 
+    With ``mc_samples`` > 0 the probabilities are the Monte-Carlo mean, ``sd`` their
+    per-voxel standard deviation and ``mc_volumes`` the per-sample GM, WM, CSF volumes
+    (mL); otherwise ``sd`` is all zeros and ``mc_volumes`` empty.
     ``model_sha256`` only keys the cache: new weights under the same name rerun.
     """
     import nibabel as nib
@@ -42,7 +47,7 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
         m = to_template(nib.load(str(mask)), tpl, transform, interpolation="nearestNeighbor")
         mdata = np.asanyarray(m.dataobj) > 0
         res = segment_brain(loaded, img.get_fdata(dtype=np.float32), mdata, sequence, params,
-                            threads=threads, device=device)
+                            threads=threads, device=device, mc_samples=mc_samples, seed=seed)
         inside, outside = in_training_space(sequence, params)
         probs = np.moveaxis(res.probabilities, 0, -1)
         hdr = img.header.copy()
@@ -55,12 +60,17 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
         nib.save(nib.Nifti1Image(probs.argmax(-1).astype(np.uint8), img.affine, hdr8), str(d_out))
         m_out = Path.cwd() / f"{label}_mask_template.nii.gz"
         nib.save(nib.Nifti1Image(mdata.astype(np.uint8), img.affine, hdr8), str(m_out))
-    return p_out, d_out, m_out, bool(inside), list(outside)
+        sd = np.zeros_like(probs) if res.sd is None else np.moveaxis(res.sd, 0, -1)
+        s_out = Path.cwd() / f"{label}_sd_template.nii.gz"
+        nib.save(nib.Nifti1Image(sd.astype(np.float32), img.affine, hdr), str(s_out))
+        vols = [] if res.volumes is None else [[round(float(v), 6) for v in row]
+                                                for row in res.volumes]
+    return p_out, d_out, m_out, bool(inside), list(outside), s_out, vols
 
 
-@python.define(outputs=["probseg", "dseg", "volumes"])
-def ToNative(probseg: File, native: File, mask: File, transform: File, label: str = ""
-             ) -> tuple[File, File, dict]:
+@python.define(outputs=["probseg", "dseg", "volumes", "sd"])
+def ToNative(probseg: File, native: File, mask: File, transform: File, sd: File,
+             label: str = "") -> tuple[File, File, dict, File]:
     """Probabilities back onto the native grid (linear), labels from them, volumes in mL.
 
     The native header is kept exactly. Volumes are sums of probabilities (partial
@@ -76,14 +86,17 @@ def ToNative(probseg: File, native: File, mask: File, transform: File, label: st
     with step(label or Path(native).name, "back to native space"):
         ref = nib.load(str(native))
         ref3 = nib.Nifti1Image(np.zeros(ref.shape[:3], np.float32), ref.affine, ref.header)
-        tp = nib.load(str(probseg))
-        pdata = tp.get_fdata(dtype=np.float32)
-        chans = []
-        for k in range(pdata.shape[-1]):
-            ch = nib.Nifti1Image(pdata[..., k], tp.affine)
-            chans.append(np.asanyarray(to_native(ch, ref3, transform).dataobj))
-        p = np.clip(np.stack(chans, -1), 0, None)
+        def native_channels(path):
+            tp = nib.load(str(path))
+            data = tp.get_fdata(dtype=np.float32)
+            return np.clip(np.stack([np.asanyarray(to_native(
+                nib.Nifti1Image(data[..., k], tp.affine), ref3, transform).dataobj)
+                for k in range(data.shape[-1])], -1), 0, None)
+
+        p = native_channels(probseg)
         brain = np.asanyarray(nib.load(str(mask)).dataobj) > 0
+        sdn = native_channels(sd)
+        sdn[~brain] = 0
         p[~brain] = 0
         p[~brain, 0] = 1
         p /= np.maximum(p.sum(-1, keepdims=True), 1e-6)
@@ -102,4 +115,6 @@ def ToNative(probseg: File, native: File, mask: File, transform: File, label: st
         hdr8.set_data_shape(ref.shape[:3])
         d_out = Path.cwd() / f"{label}_dseg_native.nii.gz"
         nib.save(nib.Nifti1Image(p.argmax(-1).astype(np.uint8), ref.affine, hdr8), str(d_out))
-    return p_out, d_out, volumes
+        s_out = Path.cwd() / f"{label}_sd_native.nii.gz"
+        nib.save(nib.Nifti1Image(sdn.astype(np.float32), ref.affine, hdr), str(s_out))
+    return p_out, d_out, volumes, s_out

@@ -63,6 +63,7 @@ class Settings:
     slurm_args: str = ""
     overwrite: bool = False
     protocol_file: str | None = None
+    mc_samples: int = 0
 
     def digest(self, model_sha256: str, template: str) -> str:
         """Hash of the settings that change outputs (not the worker or thread counts...
@@ -70,6 +71,7 @@ class Settings:
         protocol = Path(self.protocol_file).read_text() if self.protocol_file else ""
         key = json.dumps({"model": self.model, "sha": model_sha256, "template": template,
                           "skull_strip": self.skull_strip, "seed": self.seed,
+                          "mc_samples": self.mc_samples,
                           "threads": self.omp_nthreads, "protocol": protocol,
                           "version": __version__}, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
@@ -120,13 +122,13 @@ def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
 
 _RUN_OUTPUTS = ["mask", "brain_volume_ml", "strip_warnings", "n4", "bias_field", "in_template",
                 "transform", "probseg_template", "dseg_template", "mask_template",
-                "probseg", "dseg", "volumes"]
+                "probseg", "dseg", "volumes", "sd", "mc_volumes"]
 
 
 @workflow.define(outputs=_RUN_OUTPUTS)
 def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict, model: str,
                    model_sha256: str, skull_strip: str = "deepbet", threads: int = 1,
-                   seed: int = 0, device: str = "cpu", label: str = ""):
+                   seed: int = 0, device: str = "cpu", mc_samples: int = 0, label: str = ""):
     """One T1w run: preprocessing, segmentation on the model grid, back to native."""
     strip = workflow.add(SkullStrip(in_file=in_file, method=skull_strip, threads=threads,
                                     label=label))
@@ -137,23 +139,25 @@ def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict, m
     seg = workflow.add(Segment(in_template=reg.out_file, mask=strip.mask,
                                transform=reg.transform, template=template, model=model,
                                model_sha256=model_sha256, sequence=sequence, params=params,
-                               threads=threads, device=device, label=label))
+                               threads=threads, device=device, mc_samples=mc_samples,
+                               seed=seed, label=label))
     nat = workflow.add(ToNative(probseg=seg.probseg, native=in_file, mask=strip.mask,
-                                transform=reg.transform, label=label))
+                                transform=reg.transform, sd=seg.sd, label=label))
     return (strip.mask, strip.volume_ml, strip.warnings, n4.out_file, n4.bias_field,
             reg.out_file, reg.transform, seg.probseg, seg.dseg, seg.mask, nat.probseg,
-            nat.dseg, nat.volumes)
+            nat.dseg, nat.volumes, nat.sd, seg.mc_volumes)
 
 
 @workflow.define(outputs=_RUN_OUTPUTS)
 def Participant(in_files: list[File], labels: list[str], sequences: list[str],
                 params: list[dict], template: File, model: str, model_sha256: str,
                 skull_strip: str = "deepbet", threads: int = 1, seed: int = 0,
-                device: str = "cpu"):
+                device: str = "cpu", mc_samples: int = 0):
     """All T1w runs of one subject (a split of :class:`T1wRunWorkflow`)."""
     runs = workflow.add(
         T1wRunWorkflow(template=template, model=model, model_sha256=model_sha256,
-                       skull_strip=skull_strip, threads=threads, seed=seed, device=device)
+                       skull_strip=skull_strip, threads=threads, seed=seed, device=device,
+                       mc_samples=mc_samples)
         .split(("in_file", "label", "sequence", "params"), in_file=in_files, label=labels,
                sequence=sequences, params=params)
         .combine("in_file"), name="run")
@@ -162,14 +166,15 @@ def Participant(in_files: list[File], labels: list[str], sequences: list[str],
 
 def participant_workflow(prepared: list[PreparedRun], *, template: Path, model: str,
                          model_sha256: str, skull_strip: str = "deepbet", threads: int = 1,
-                         seed: int = 0, device: str = "cpu") -> Participant:
+                         seed: int = 0, device: str = "cpu", mc_samples: int = 0
+                         ) -> Participant:
     """The Pydra workflow of one subject's runs, configured by keyword arguments."""
     return Participant(in_files=[p.run.path for p in prepared],
                        labels=[p.run.label for p in prepared],
                        sequences=[p.sequence for p in prepared],
                        params=[p.params for p in prepared], template=template, model=model,
                        model_sha256=model_sha256, skull_strip=skull_strip, threads=threads,
-                       seed=seed, device=device)
+                       seed=seed, device=device, mc_samples=mc_samples)
 
 
 def _submitter(settings: Settings, cache_root: Path):
@@ -206,7 +211,7 @@ def run_subject(subject: str, runs: list[T1wRun], *, settings: Settings, bids_ro
     wf = participant_workflow(prepared, template=template.t1w_brain, model=settings.model,
                               model_sha256=sha, skull_strip=settings.skull_strip,
                               threads=settings.omp_nthreads, seed=settings.seed,
-                              device=settings.device)
+                              device=settings.device, mc_samples=settings.mc_samples)
     try:
         with _submitter(settings, work_dir / "pydra") as sub:
             result = sub(wf)
@@ -250,12 +255,35 @@ def _provenance(p: PreparedRun, settings: Settings, template, model, digest: str
                   "PhysicsAware": model.physics},
         "Template": {"Name": template.name, "Source": template.source},
         "SkullStripMethod": settings.skull_strip,
+        "MonteCarloSamples": settings.mc_samples,
         "Acquisition": {"Sequence": p.sequence, "Parameters": p.params,
                         "ParameterSources": p.sources},
         "InTrainingSpace": p.in_training_space,
         "OutsideTrainingSpace": p.outside,
         "ConfigurationDigest": digest,
     }
+
+
+#: Monte-Carlo columns of ``*_morph.tsv``.
+MC_COLUMNS = ("mc_mean_ml", "mc_median_ml", "mc_q1_ml", "mc_q3_ml", "mc_iqr_ml", "mc_p2_5_ml",
+              "mc_p97_5_ml")
+MC_DESCRIPTIONS = {
+    "mc_mean_ml": "mean volume over the Monte-Carlo samples (model grid, 1 mm voxels)",
+    "mc_median_ml": "median over the samples", "mc_q1_ml": "first quartile (25th percentile)",
+    "mc_q3_ml": "third quartile (75th percentile)", "mc_iqr_ml": "q3 - q1",
+    "mc_p2_5_ml": "2.5th percentile", "mc_p97_5_ml": "97.5th percentile",
+}
+
+
+def _mc_stats(samples: list) -> dict | None:
+    """Per-tissue summaries of Monte-Carlo volumes ([[GM, WM, CSF], ...]); ICV = sum."""
+    from ..models.segment import volume_summary
+
+    if not samples:
+        return None
+    v = np.asarray(samples, dtype=np.float64)
+    cols = {"GM": v[:, 0], "WM": v[:, 1], "CSF": v[:, 2], "ICV": v.sum(1)}
+    return {t: volume_summary(x) for t, x in cols.items()}
 
 
 def _registration_dice(mask_template, template) -> float:
@@ -306,13 +334,30 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
             hdr.set_data_shape(pdata.shape[:3])
             put({"suffix": "probseg", "label": name},
                 img=nib.Nifti1Image(pdata[..., k], prob.affine, hdr))
+        if settings.mc_samples > 0:
+            sd = nib.load(str(out["sd"]))
+            sdata = sd.get_fdata(dtype=np.float32)
+            for k, name in TISSUES.items():
+                hdr = sd.header.copy()
+                hdr.set_data_shape(sdata.shape[:3])
+                put({"suffix": "probseg", "label": name, "desc": "sd"},
+                    img=nib.Nifti1Image(sdata[..., k], sd.affine, hdr),
+                    extra={"Description": f"standard deviation of the {name} probability over "
+                           f"{settings.mc_samples} Monte-Carlo samples (dropout + aleatoric "
+                           "logit noise); not a probability"})
         put({"suffix": "dseg"}, out["dseg"])
         put({"suffix": "dseg", "space": tpl}, out["dseg_template"])
         vols = out["volumes"]
-        rows = ["tissue\tvolume_ml\tin_training_space\toutside_training_space"]
+        stats = _mc_stats(out["mc_volumes"])
+        rows = ["\t".join(["tissue", "volume_ml", *MC_COLUMNS, "mc_samples", "seed",
+                           "in_training_space", "outside_training_space"])]
         flag = "true" if p.in_training_space else "false"
         outside = ",".join(p.outside) or "n/a"
-        rows += [f"{t}\t{vols[t]:.4f}\t{flag}\t{outside}" for t in ("GM", "WM", "CSF", "ICV")]
+        for t in ("GM", "WM", "CSF", "ICV"):
+            mc = ([f"{stats[t][c.removeprefix('mc_').removesuffix('_ml')]:.4f}"
+                   for c in MC_COLUMNS] if stats else ["n/a"] * len(MC_COLUMNS))
+            rows.append("\t".join([t, f"{vols[t]:.4f}", *mc, str(settings.mc_samples),
+                                   str(settings.seed), flag, outside]))
         morph = derivative_path(src, suffix="morph", extension=".tsv")
         writer.write_text(morph, "\n".join(rows) + "\n")
         writer.write_json(morph.replace(".tsv", ".json"), {
@@ -322,6 +367,9 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
             "in_training_space": {"Description": "whether the acquisition parameters were "
                                   "inside the model's training space"},
             "outside_training_space": {"Description": "the parameters outside it"},
+            **{c: {"Description": MC_DESCRIPTIONS[c], "Units": "mL"} for c in MC_COLUMNS},
+            "mc_samples": {"Description": "Monte-Carlo samples (0: bounds not computed)"},
+            "seed": {"Description": "the seed of the Monte-Carlo draws"},
             "Sources": sources, "PhysBIDS": prov})
         reg_dice = _registration_dice(out["mask_template"], template)
         qc = []
@@ -340,7 +388,8 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
                           "params": p.params, "sources": p.sources,
                           "in_training_space": p.in_training_space, "outside": p.outside,
                           "warnings": [*p.warnings, *out["strip_warnings"]], "qc": qc,
-                          "volumes": vols, "brain_volume_ml": out["brain_volume_ml"],
+                          "volumes": vols, "mc": stats,
+                          "brain_volume_ml": out["brain_volume_ml"],
                           "registration_dice": reg_dice, "figures": figures})
     report.subject_report(writer, subject, summaries, provenance={
         "version": __version__, "model": model.name,

@@ -235,3 +235,28 @@ def test_process_pool_worker_runs_the_workflow_and_flags_qc(tmp_path):
     html = (out / "sub-01.html").read_text()
     assert "check the skull strip" in html and "check the registration figure" in html
     assert "QC: brain mask volume" in r.stderr
+
+
+def test_monte_carlo_bounds_in_the_volumes_table_and_uncertainty_maps(tmp_path):
+    bids = write_demo_dataset(tmp_path / "bids", subjects=1, size=40, seed=4,
+                              anatomy="phantom")
+    out = tmp_path / "out"
+    r = cli(bids, out, "participant", "-w", tmp_path / "work", "--omp-nthreads", "2",
+            "--skip-bids-validation", "--session-label", "siteB", "--mc-samples", "3",
+            "--seed", "7")
+    assert r.returncode == 0, r.stderr
+    anat = out / "sub-01/ses-siteB/anat"
+    lines = (next(anat.glob("*_morph.tsv"))).read_text().splitlines()
+    head = lines[0].split("\t")
+    rows = {ln.split("\t")[0]: dict(zip(head, ln.split("\t"), strict=True)) for ln in lines[1:]}
+    for t in ("GM", "WM", "CSF", "ICV"):
+        v = {k: float(rows[t][k]) for k in head if k.startswith("mc_")}
+        assert v["mc_p2_5_ml"] <= v["mc_q1_ml"] <= v["mc_median_ml"] <= v["mc_q3_ml"] \
+            <= v["mc_p97_5_ml"]
+        assert v["mc_iqr_ml"] == pytest.approx(v["mc_q3_ml"] - v["mc_q1_ml"], abs=2e-4)
+        assert rows[t]["mc_samples"] == "3" and rows[t]["seed"] == "7"
+    sd = nib.load(anat / "sub-01_ses-siteB_label-GM_desc-sd_probseg.nii.gz").get_fdata()
+    assert sd.max() > 0 and sd.min() >= 0
+    side = json.loads((anat / "sub-01_ses-siteB_label-GM_desc-sd_probseg.json").read_text())
+    assert "not a probability" in side["Description"]
+    assert "MC [Q1, Q3]" in (out / "sub-01.html").read_text()

@@ -169,3 +169,29 @@ def test_validation_dice_is_one_for_a_perfect_prediction_and_bounded():
     res = evaluate_batches(Oracle(), [batch], physics=False)
     assert res["dice_mean"] == pytest.approx(1.0)
     assert res["cov_x1e3"]["GM"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_monte_carlo_segmentation_is_seeded_and_summarised():
+    import numpy as np
+
+    from phys_bids.models.registry import load_model
+    from phys_bids.models.segment import segment_brain, volume_summary
+
+    model = load_model("seg-physics")
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0, 1, (24, 24, 24)).astype(np.float32)
+    mask = np.zeros(img.shape, bool)
+    mask[4:20, 4:20, 4:20] = True
+    run = [segment_brain(model, img, mask, "MPRAGE", {"ti": 0.9}, threads=1, mc_samples=3,
+                         seed=s) for s in (1, 1, 2)]
+    assert np.array_equal(run[0].volumes, run[1].volumes)
+    assert not np.array_equal(run[0].volumes, run[2].volumes)
+    assert run[0].volumes.shape == (3, 3) and (run[0].sd >= 0).all()
+    assert np.allclose(run[0].probabilities.sum(0), 1, atol=1e-5)
+    # no tissue and no spread outside the brain
+    assert (run[0].probabilities[1:, ~mask] == 0).all() and (run[0].sd[:, ~mask] == 0).all()
+    # the volumes are the sums of each sample's probabilities (1 mm voxels, mL)
+    assert run[0].volumes.mean(0) == pytest.approx(
+        run[0].probabilities[1:].reshape(3, -1).sum(1) / 1000, rel=1e-5)
+    s = volume_summary([1.0, 2.0, 3.0, 4.0])
+    assert s["median"] == 2.5 and s["q1"] == 1.75 and s["iqr"] == 1.5 and s["n"] == 4
