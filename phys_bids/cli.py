@@ -284,6 +284,11 @@ def run(args, argv: list[str]) -> int:
                 log.error("%s", err)
                 if args.verbose:
                     log.exception("traceback")
+            except Exception as err:  # an unexpected failure still spares the other subjects
+                failures[subject] = (f"sub-{subject}: unexpected {type(err).__name__}: {err} "
+                                     "(run with -v for the traceback)")
+                log.error("%s", failures[subject])
+                log.debug("traceback", exc_info=True)
     if logs is None and not failures:
         logs = _file_logging(out_dir, argv, vars(args))
     if logs is not None:

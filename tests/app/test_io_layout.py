@@ -156,3 +156,22 @@ def test_help_explains_every_option(capsys):
                 "--pydra-worker", "--slurm-args", "--model", "--skull-strip"):
         assert opt in text, opt
     assert text.count("default") >= 8
+
+
+def test_out_of_training_space_is_flagged_not_refused(tmp_path):
+    from phys_bids.bids.layout import T1wRun
+    from phys_bids.bids.protocol import Protocol
+    from phys_bids.workflows.participant import prepare_run
+
+    root = write_demo_dataset(tmp_path / "bids", subjects=1, size=24, anatomy="phantom")
+    path = root / "sub-01/ses-siteA/anat/sub-01_ses-siteA_T1w.nii.gz"
+    run = T1wRun(path, "01", "siteA")
+    ok = prepare_run(run, root, None, physics=True)
+    assert ok.in_training_space and ok.params == {"ti": 0.9}
+    assert ok.sources == {"ti": "sidecar:InversionTime"}
+    proto = Protocol.from_dict({"PhysBIDSProtocol": 1, "runs": [
+        {"match": "sub-01_ses-siteA_T1w", "fields": {"InversionTime": 0.3}}]})
+    flagged = prepare_run(run, root, proto, physics=True)
+    assert flagged.params == {"ti": 0.3} and flagged.sources == {"ti": "protocol:InversionTime"}
+    assert not flagged.in_training_space and flagged.outside == ["ti"]
+    assert any("outside the model's training space" in w for w in flagged.warnings)
