@@ -6,6 +6,13 @@ descriptors read from the input sidecars; ``group/volumes.json`` is its data
 dictionary. A scan's site is, by default, ``InstitutionName`` + ``StationName`` +
 ``ManufacturersModelName`` (the first present, joined by '/'), or ``Manufacturer``
 when none is; a ``site`` column of ``participants.tsv`` overrides it.
+
+``group/site_effects.json`` (and ``group/report.html`` with a plot of volumes by
+site) gives, per tissue: counts, mean and SD by site; the proportion of variance
+explained by site (eta squared of a one-way model) and, where subjects were scanned
+at several sites (travelling subjects), the partial eta squared of site in an
+additive subject + site model; and the within-subject coefficient of variation
+(SD / mean over a subject's scans, x10^3: mean, min and max over subjects).
 """
 
 from __future__ import annotations
@@ -15,10 +22,12 @@ import json
 import logging
 from pathlib import Path
 
+import numpy as np
+
 from .bids.derivatives import DerivativesWriter
 from .bids.sidecars import load_sidecar, parse_entities
 
-__all__ = ["run_group", "collect_volumes", "site_of", "COLUMNS"]
+__all__ = ["run_group", "collect_volumes", "site_of", "site_effects", "COLUMNS"]
 
 log = logging.getLogger("phys_bids.group")
 
@@ -87,6 +96,118 @@ def collect_volumes(bids_root: Path, out_dir: Path) -> list[dict]:
     return rows
 
 
+def _site_variance(values: np.ndarray, sites: list[str], subjects: list[str]) -> dict:
+    """Variance explained by site: one-way (eta squared) and, when subjects were scanned
+    at several sites, after removing subject means (partial eta squared of the additive
+    subject + site model, fitted by least squares)."""
+    y = values - values.mean()
+    ss_total = float(y @ y)
+    out = {"eta2_site": None, "partial_eta2_site_given_subject": None}
+    usites = sorted(set(sites))
+    if len(usites) < 2 or ss_total == 0:
+        return out
+    site_x = np.array([[s == u for u in usites[1:]] for s in sites], dtype=float)
+    subj = sorted(set(subjects))
+    subj_x = np.array([[s == u for u in subj[1:]] for s in subjects], dtype=float)
+    ones = np.ones((len(values), 1))
+
+    def rss(x):
+        beta, *_ = np.linalg.lstsq(x, values, rcond=None)
+        r = values - x @ beta
+        return float(r @ r)
+
+    out["eta2_site"] = 1.0 - rss(np.hstack([ones, site_x])) / ss_total
+    if len(subj) > 1 and len(values) > len(subj) + len(usites) - 1:
+        full = rss(np.hstack([ones, subj_x, site_x]))
+        reduced = rss(np.hstack([ones, subj_x]))
+        if reduced > 0:
+            out["partial_eta2_site_given_subject"] = (reduced - full) / reduced
+    return out
+
+
+def site_effects(rows: list[dict]) -> dict:
+    """Per-tissue site statistics of the study table (see the module docs)."""
+    tissues = {}
+    sites = [r["site"] for r in rows]
+    subjects = [r["participant_id"] for r in rows]
+    for t in TISSUES:
+        vals = np.array([float(r[f"{t}_ml"]) for r in rows])
+        by_site = {}
+        for s in sorted(set(sites)):
+            v = vals[[x == s for x in sites]]
+            by_site[s] = {"n": int(v.size), "mean_ml": float(v.mean()),
+                          "sd_ml": float(v.std(ddof=1)) if v.size > 1 else None}
+        covs = []
+        for sub in sorted(set(subjects)):
+            v = vals[[x == sub for x in subjects]]
+            if v.size > 1 and v.mean() > 0:
+                covs.append(float(v.std(ddof=1) / v.mean()))
+        within = ({"subjects": len(covs), "mean_cov_x1e3": 1e3 * float(np.mean(covs)),
+                   "min_cov_x1e3": 1e3 * min(covs), "max_cov_x1e3": 1e3 * max(covs)}
+                  if covs else None)
+        tissues[t] = {"by_site": by_site, **_site_variance(vals, sites, subjects),
+                      "within_subject": within}
+    return {"scans": len(rows), "subjects": len(set(subjects)), "sites": sorted(set(sites)),
+            "tissues": tissues}
+
+
+def _plot(rows: list[dict]) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sites = sorted({r["site"] for r in rows})
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.4), dpi=80)
+    for ax, t in zip(axes, ("GM", "WM", "CSF"), strict=True):
+        for i, s in enumerate(sites):
+            v = [float(r[f"{t}_ml"]) for r in rows if r["site"] == s]
+            ax.plot([i] * len(v), v, "o", alpha=0.7)
+        by_subject: dict[str, list] = {}
+        for r in rows:
+            by_subject.setdefault(r["participant_id"], []).append(
+                (sites.index(r["site"]), float(r[f"{t}_ml"])))
+        for pts in by_subject.values():
+            if len(pts) > 1:
+                pts.sort()
+                ax.plot(*zip(*pts, strict=True), "-", color="grey", lw=0.6)
+        ax.set_xticks(range(len(sites)), sites, rotation=20, fontsize=7)
+        ax.set_title(f"{t} (mL)")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _report(effects: dict) -> str:
+    import html
+
+    rows = []
+    for t, e in effects["tissues"].items():
+        w = e["within_subject"]
+        eta = e["eta2_site"]
+        peta = e["partial_eta2_site_given_subject"]
+        def fmt(x, f):
+            return "n/a" if x is None else format(x, f)
+        cov = None if w is None else w["mean_cov_x1e3"]
+        rows.append(f"<tr><td>{t}</td><td>{fmt(eta, '.3f')}</td><td>{fmt(peta, '.3f')}</td>"
+                    f"<td>{fmt(cov, '.1f')}</td></tr>")
+    return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>phys-bids group</title>"
+            "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{border:1px "
+            "solid #bbb;padding:2px 8px}table{border-collapse:collapse}</style></head><body>"
+            f"<h1>phys-bids group report</h1><p>{effects['scans']} scans, "
+            f"{effects['subjects']} subjects, sites: "
+            f"{html.escape(', '.join(effects['sites']))}</p>"
+            "<h2>Volumes by site</h2><img src='volumes_by_site.png' alt='volumes by site'>"
+            "<p>Lines join the scans of one subject.</p><h2>Site effects</h2><table><tr>"
+            "<th>tissue</th><th>variance explained by site</th><th>... after subject</th>"
+            "<th>within-subject CoV x10^3</th></tr>" + "".join(rows) + "</table>"
+            "</body></html>\n")
+
+
 def run_group(bids_root: Path, out_dir: Path) -> int:
     from . import __version__
     from .cli import CliError
@@ -102,6 +223,19 @@ def run_group(bids_root: Path, out_dir: Path) -> int:
     lines = ["\t".join(COLUMNS)] + ["\t".join(str(r[c]) for c in COLUMNS) for r in rows]
     writer.write_text("group/volumes.tsv", "\n".join(lines) + "\n")
     writer.write_json("group/volumes.json", {c: {"Description": d} for c, d in COLUMNS.items()})
+    effects = site_effects(rows)
+    writer.write_json("group/site_effects.json", effects)
+    from .io import atomic_write
+
+    png = _plot(rows)
+    atomic_write(out_dir / "group" / "volumes_by_site.png", lambda tmp: tmp.write_bytes(png))
+    writer.write_text("group/report.html", _report(effects))
+    for t in ("GM", "WM", "CSF"):
+        e = effects["tissues"][t]
+        w = e["within_subject"]
+        log.info("%s: variance explained by site %s; within-subject CoV x1e3 %s", t,
+                 "n/a" if e["eta2_site"] is None else f"{e['eta2_site']:.3f}",
+                 "n/a" if w is None else f"{w['mean_cov_x1e3']:.1f}")
     n_sites = len({r["site"] for r in rows})
     log.info("group/volumes.tsv: %d scan(s) of %d subject(s) at %d site(s)", len(rows),
              len({r["participant_id"] for r in rows}), n_sites)

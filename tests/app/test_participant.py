@@ -186,6 +186,10 @@ def test_group_level_gathers_volumes(study):
     morph = (study["out"] / f"{SUB}_morph.tsv").read_text()
     assert f"GM\t{rows[0]['GM_ml']}\t" in morph
     assert json.loads((study["out"] / "group" / "volumes.json").read_text())["GM_ml"]
+    effects = json.loads((study["out"] / "group" / "site_effects.json").read_text())
+    assert effects["scans"] == 1 and effects["sites"] == ["Site A/Prisma"]
+    html = (study["out"] / "group" / "report.html").read_text()
+    assert "volumes_by_site.png" in html and (study["out"] / "group/volumes_by_site.png").is_file()
 
 
 def test_killed_run_resumes_to_identical_outputs(study):
