@@ -39,7 +39,7 @@ from .physics.simulate import SEQUENCES
 from .synth.phantom import phantom_labels
 from .synth.tissues import CLASSES, PRIORS, label_to_class
 
-__all__ = ["SITES", "write_demo_dataset"]
+__all__ = ["SITES", "write_demo_dataset", "demo_truth"]
 
 SITES = {
     "siteA": {"sequence": "MPRAGE", "params": {"ti": 0.9},
@@ -149,6 +149,26 @@ def _subject_on_grid(frac, mni_affine, rng, voxel: float):
     return out, grid_aff
 
 
+def _mni_subjects(subjects: int, voxel: float, seed: int):
+    """The demo's heads, in order: (class fractions, affine, tissue-value jitter)."""
+    rng = np.random.default_rng(seed)
+    mni = _mni_anatomy()
+    for _ in range(subjects):
+        frac, affine = _subject_on_grid(*mni, rng, voxel)
+        jitter = {"pd": rng.uniform(0.97, 1.03), "r1": rng.uniform(0.95, 1.05)}
+        yield frac, affine, jitter
+
+
+def demo_truth(*, subjects: int = 3, voxel: float = 1.5, seed: int = 0) -> dict:
+    """True GM, WM and CSF volumes (mL) of the demo's heads (the same for every site)."""
+    out = {}
+    for s, (frac, _, _) in enumerate(_mni_subjects(subjects, voxel, seed), start=1):
+        ml = voxel ** 3 / 1000.0
+        out[f"sub-{s:02d}"] = {t: float(frac[CLASSES.index(c)].sum(dtype=np.float64)) * ml
+                               for t, c in (("GM", "gm_cortex"), ("WM", "wm"), ("CSF", "csf"))}
+    return out
+
+
 def write_demo_dataset(root, *, subjects: int = 3, voxel: float = 1.5, seed: int = 0,
                        anatomy: str = "mni", size: int = 48) -> Path:
     """Write the demo dataset to ``root`` (which must not exist or be empty).
@@ -171,14 +191,12 @@ def write_demo_dataset(root, *, subjects: int = 3, voxel: float = 1.5, seed: int
     (root / "README").write_text(__doc__ or "")
     rows = ["participant_id\tsex\tage"]
     g = torch.Generator().manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    mni = _mni_anatomy() if anatomy == "mni" else None
+    heads = _mni_subjects(subjects, voxel, seed) if anatomy == "mni" else None
     for s in range(1, subjects + 1):
         sub = f"sub-{s:02d}"
         rows.append(f"{sub}\tn/a\tn/a")
-        if mni is not None:
-            frac, affine = _subject_on_grid(*mni, rng, voxel)
-            jitter = {"pd": rng.uniform(0.97, 1.03), "r1": rng.uniform(0.95, 1.05)}
+        if heads is not None:
+            frac, affine, jitter = next(heads)
             maps = _mixed_maps(frac, jitter)
             brain = frac[1:5].sum(0) > 0.5
         else:

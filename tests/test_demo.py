@@ -53,3 +53,15 @@ def test_mni_demo_heads_are_brain_sized_and_differ_between_subjects(tmp_path):
         sums.append(float(data.sum()))
     assert shapes == {(88, 104, 88)}
     assert sums[0] != sums[1]
+
+
+def test_demo_truth_matches_the_written_anatomy(tmp_path):
+    from phys_bids.demo import demo_truth
+
+    truth = demo_truth(subjects=2, voxel=2.0, seed=0)
+    assert set(truth) == {"sub-01", "sub-02"}
+    for vols in truth.values():
+        # adult-brain-sized tissue volumes, GM > WM > CSF as in the ICBM152 maps
+        assert 500 < vols["GM"] < 1100 and vols["GM"] > vols["WM"] > vols["CSF"] > 100
+    assert truth["sub-01"]["GM"] != truth["sub-02"]["GM"]
+    assert demo_truth(subjects=2, voxel=2.0, seed=0) == truth

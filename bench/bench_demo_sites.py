@@ -1,0 +1,100 @@
+#!/usr/bin/env python
+"""Travelling subjects through the whole application: physics model vs baseline.
+
+Writes the demo dataset (three heads, each scanned at three sites: Siemens MPRAGE
+TI 0.9 s, Philips MPRAGE TI 1.1 s, GE SPGR), runs ``phys-bids participant`` and
+``group`` with each model (the preprocessing is shared through one work dir), and
+compares, per tissue:
+
+* the within-subject coefficient of variation across the three sites (x10^3), from
+  ``group/site_effects.json`` - what the physics branch is meant to lower;
+* the error against the true volumes of the demo's anatomy
+  (:func:`phys_bids.demo.demo_truth`): mean signed and mean absolute % error.
+
+    python bench/bench_demo_sites.py --out docs/results/demo-sites --omp-nthreads 2
+
+writes ``demo_sites.json`` and ``demo_sites.md``; every step's time is in the
+runs' ``logs/*/steps.tsv``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from phys_bids.demo import demo_truth, write_demo_dataset
+
+TISSUES = ("GM", "WM", "CSF")
+
+
+def run(cmd: list[str]) -> float:
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "phys_bids", *cmd], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        sys.exit(f"phys-bids failed ({r.returncode}):\n{r.stderr[-3000:]}")
+    return time.time() - t0
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", default="/tmp/phys-bids-bench-demo", help="scratch folder")
+    ap.add_argument("--out", default="docs/results/demo-sites")
+    ap.add_argument("--omp-nthreads", type=int, default=2)
+    ap.add_argument("--models", default="seg-physics,seg-baseline")
+    args = ap.parse_args(argv)
+    work = Path(args.work)
+    bids = work / "bids"
+    if not bids.exists():
+        write_demo_dataset(bids)
+    truth = demo_truth()
+    results = {"truth_ml": truth, "models": {}}
+    for model in args.models.split(","):
+        out = work / f"out-{model}"
+        seconds = run([str(bids), str(out), "participant", "-w", str(work / "work"),
+                       "--model", model, "--omp-nthreads", str(args.omp_nthreads),
+                       "--nprocs", str(args.omp_nthreads)])
+        run([str(bids), str(out), "group", "-w", str(work / "work")])
+        effects = json.loads((out / "group" / "site_effects.json").read_text())
+        with open(out / "group" / "volumes.tsv", newline="") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        err = {}
+        for t in TISSUES:
+            rel = [100 * (float(r[f"{t}_ml"]) - truth[r["participant_id"]][t])
+                   / truth[r["participant_id"]][t] for r in rows]
+            err[t] = {"mean_signed_pct": sum(rel) / len(rel),
+                      "mean_abs_pct": sum(abs(x) for x in rel) / len(rel)}
+        results["models"][model] = {
+            "participant_seconds": round(seconds, 1),
+            "within_subject_cov_x1e3": {t: effects["tissues"][t]["within_subject"]
+                                        ["mean_cov_x1e3"] for t in TISSUES},
+            "partial_eta2_site": {t: effects["tissues"][t]["partial_eta2_site_given_subject"]
+                                  for t in TISSUES},
+            "error_vs_truth": err,
+            "volumes": rows,
+        }
+        print(model, json.dumps(results["models"][model]["within_subject_cov_x1e3"]))
+    dest = Path(args.out)
+    dest.mkdir(parents=True, exist_ok=True)
+    (dest / "demo_sites.json").write_text(json.dumps(results, indent=1) + "\n")
+    lines = ["| model | within-subject CoV x10^3 GM | WM | CSF | site share of variance "
+             "(after subject) GM | WM | CSF | mean abs error vs truth GM % | WM % | CSF % |",
+             "| --- " * 10 + "|"]
+    for m, r in results["models"].items():
+        c, e, p = r["within_subject_cov_x1e3"], r["error_vs_truth"], r["partial_eta2_site"]
+        lines.append(f"| {m} | " + " | ".join(f"{c[t]:.1f}" for t in TISSUES) + " | "
+                     + " | ".join(f"{p[t]:.2f}" for t in TISSUES) + " | "
+                     + " | ".join(f"{e[t]['mean_abs_pct']:.1f}" for t in TISSUES) + " |")
+    (dest / "demo_sites.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
