@@ -77,9 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="seg-physics",
                    help="segmentation model shipped with phys-bids: seg-physics (told the "
                         "acquisition) or seg-baseline (not told) (default: %(default)s)")
-    g.add_argument("--skull-strip", choices=["deepbet", "none"], default="deepbet",
-                   help="brain extraction: deepbet (CNN, CPU) or none for images that are "
-                        "already brain-extracted (default: %(default)s)")
+    g.add_argument("--skull-strip", choices=["deepbet", "hd-bet", "none"], default="deepbet",
+                   help="brain extraction: deepbet (CNN, seconds on CPU), hd-bet (HD-BET fast "
+                        "mode; optional extra phys-bids[hdbet], ~20 s on CPU) or none for "
+                        "images that are already brain-extracted (default: %(default)s)")
     g.add_argument("--protocol-file", metavar="FILE",
                    help="JSON of per-run acquisition-parameter overrides for sidecars that "
                         "lack or get them wrong (format: docs/protocol-file.md)")

