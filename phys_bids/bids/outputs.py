@@ -47,10 +47,9 @@ def derivative_name(source: str, *, suffix: str, extension: str = ".nii.gz", **e
 def derivative_path(source: str, *, suffix: str, extension: str = ".nii.gz", datatype="anat",
                     **entities) -> str:
     """Path relative to the derivatives root: ``sub-X[/ses-Y]/<datatype>/<name>``."""
-    ents, _ = parse_entities(source)
-    folder = [f"sub-{ents['sub']}"] + ([f"ses-{ents['ses']}"] if "ses" in ents else [])
-    return "/".join([*folder, datatype, derivative_name(source, suffix=suffix,
-                                                         extension=extension, **entities)])
+    return "/".join([*_folder(source, datatype), derivative_name(source, suffix=suffix,
+                                                                 extension=extension,
+                                                                 **entities)])
 
 
 def _folder(source: str, datatype: str | None) -> list[str]:
