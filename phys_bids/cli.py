@@ -230,8 +230,9 @@ def run(args, argv: list[str]) -> int:
         from .models.registry import load_model
         from .preproc.templates import get_template
 
-        if args.model not in _models():
-            raise CliError(f"--model {args.model}: unknown; available: {', '.join(_models())}")
+        models = _models()
+        if args.model not in models:
+            raise CliError(f"--model {args.model}: unknown; available: {', '.join(models)}")
         device = _device(args.device)
         if not args.skip_bids_validation:
             log.info("%s", validate_bids(root))
@@ -290,9 +291,7 @@ def run(args, argv: list[str]) -> int:
                                      "(run with -v for the traceback)")
                 log.error("%s", failures[subject])
                 log.debug("traceback", exc_info=True)
-    if logs is None and not failures:
-        logs = _file_logging(out_dir, argv, vars(args))
-    if logs is not None:
+    if logs is not None:  # None only when every subject failed: nothing is written
         events = [e for e in read_events(progress) if e["state"] == "done"]
         rows = ["label\tstep\tseconds\tpeak_rss_mb"] + [
             f"{e['label']}\t{e['step']}\t{e.get('seconds', '')}\t{e.get('peak_rss_mb', '')}"

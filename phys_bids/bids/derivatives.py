@@ -63,7 +63,6 @@ class DerivativesWriter:
         self.bids_dir = Path(bids_dir)
         self.version = version
         self.container = container
-        self.written: list[Path] = []
 
     @contextlib.contextmanager
     def lock(self):
@@ -109,7 +108,6 @@ class DerivativesWriter:
         if p.exists() and p.read_text() == text:
             return p
         atomic_write(p, lambda tmp: Path(tmp).write_text(text))
-        self.written.append(p)
         return p
 
     def write_json(self, rel: str, data) -> Path:
@@ -120,7 +118,6 @@ class DerivativesWriter:
         if p.exists() and os.path.getsize(p) == os.path.getsize(src) and sha256(p) == sha256(src):
             return p
         atomic_write(p, lambda tmp: shutil.copyfile(src, tmp))
-        self.written.append(p)
         return p
 
     def save_image(self, rel: str, img) -> Path:

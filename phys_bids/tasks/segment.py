@@ -15,12 +15,11 @@ __all__ = ["Segment", "ToNative", "TISSUES"]
 TISSUES = {k: name for k, name in enumerate(TARGETS) if k}
 
 
-@python.define(outputs=["probseg", "dseg", "mask", "in_training_space", "outside", "sd",
-                         "mc_volumes"])
+@python.define(outputs=["probseg", "dseg", "mask", "sd", "mc_volumes"])
 def Segment(in_template: File, mask: File, transform: File, template: File, model: str,
             model_sha256: str, sequence: str, params: dict, threads: int = 1,
             device: str = "cpu", mc_samples: int = 0, seed: int = 0, label: str = ""
-            ) -> tuple[File, File, File, bool, list, File, list]:
+            ) -> tuple[File, File, File, File, list]:
     """Tissue probabilities (background, GM, WM, CSF) of a template-space brain.
 
     With ``mc_samples`` > 0 the probabilities are the Monte-Carlo mean, ``sd`` their
@@ -33,7 +32,6 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
 
     from phys_bids.models.registry import load_model
     from phys_bids.models.segment import segment_brain
-    from phys_bids.physics.spaces import in_training_space
     from phys_bids.preproc.register import to_template
     from phys_bids.progress import step
 
@@ -48,7 +46,6 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
         mdata = np.asanyarray(m.dataobj) > 0
         res = segment_brain(loaded, img.get_fdata(dtype=np.float32), mdata, sequence, params,
                             threads=threads, device=device, mc_samples=mc_samples, seed=seed)
-        inside, outside = in_training_space(sequence, params)
         probs = np.moveaxis(res.probabilities, 0, -1)
         hdr = img.header.copy()
         hdr.set_data_dtype(np.float32)
@@ -65,7 +62,7 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
         nib.save(nib.Nifti1Image(sd.astype(np.float32), img.affine, hdr), str(s_out))
         vols = [] if res.volumes is None else [[round(float(v), 6) for v in row]
                                                 for row in res.volumes]
-    return p_out, d_out, m_out, bool(inside), list(outside), s_out, vols
+    return p_out, d_out, m_out, s_out, vols
 
 
 @python.define(outputs=["probseg", "dseg", "volumes", "sd"])
