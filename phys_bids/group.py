@@ -225,10 +225,7 @@ def run_group(bids_root: Path, out_dir: Path) -> int:
     writer.write_json("group/volumes.json", {c: {"Description": d} for c, d in COLUMNS.items()})
     effects = site_effects(rows)
     writer.write_json("group/site_effects.json", effects)
-    from .io import atomic_write
-
-    png = _plot(rows)
-    atomic_write(out_dir / "group" / "volumes_by_site.png", lambda tmp: tmp.write_bytes(png))
+    writer.write_bytes("group/volumes_by_site.png", _plot(rows))
     writer.write_text("group/report.html", _report(effects))
     for t in ("GM", "WM", "CSF"):
         e = effects["tissues"][t]

@@ -74,12 +74,7 @@ def _contour_panels(img, mask, colour="r"):
 
 
 def _save(writer, rel: str, png: bytes) -> str:
-    p = writer.root / rel
-    p.parent.mkdir(parents=True, exist_ok=True)
-    from .io import atomic_write
-
-    if not (p.exists() and p.read_bytes() == png):
-        atomic_write(p, lambda tmp: tmp.write_bytes(png))
+    writer.write_bytes(rel, png)
     return rel
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from ..io import atomic_write, sha256
 from ..synth.tissues import TARGETS
 
-__all__ = ["DerivativesWriter", "BIDSIGNORE", "dataset_description", "json_text"]
+__all__ = ["DerivativesWriter", "BIDSIGNORE", "dataset_description", "json_text",
+           "holds_other_dataset"]
 
 #: Outputs the BIDS specification does not describe yet (reports, logs, transforms,
 #: morphometry tables of BEP011); listed so that the validator does not reject them.
@@ -46,6 +47,19 @@ def dataset_description(bids_dir: Path, version: str, container: dict | None) ->
         "SourceDatasets": [{"URL": Path(bids_dir).resolve().as_uri()}],
         "DatasetLinks": {"raw": Path(bids_dir).resolve().as_uri()},
     }
+
+
+def holds_other_dataset(out_dir) -> bool:
+    """Does ``out_dir`` hold a dataset that phys-bids did not write (by its description)?"""
+    path = Path(out_dir) / "dataset_description.json"
+    if not path.exists():
+        return False
+    try:
+        old = json.loads(path.read_text())
+        return not (old["DatasetType"] == "derivative"
+                    and old["GeneratedBy"][0]["Name"] == "phys-bids")
+    except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError):
+        return True
 
 
 def dseg_tsv() -> str:
@@ -78,17 +92,10 @@ class DerivativesWriter:
         """The dataset-level files (idempotent, safe under concurrency)."""
         desc = dataset_description(self.bids_dir, self.version, self.container)
         with self.lock():
-            path = self.root / "dataset_description.json"
-            if path.exists():
-                try:
-                    old = json.loads(path.read_text())
-                except json.JSONDecodeError:
-                    old = None
-                if not isinstance(old, dict) or old.get("DatasetType") != "derivative" or \
-                        old.get("GeneratedBy", [{}])[0].get("Name") != "phys-bids":
-                    raise FileExistsError(f"OUTPUT_DIR {self.root} holds another dataset (its "
-                                          "dataset_description.json is not phys-bids'); choose "
-                                          "an empty folder")
+            if holds_other_dataset(self.root):
+                raise FileExistsError(f"OUTPUT_DIR {self.root} holds another dataset (its "
+                                      "dataset_description.json is not phys-bids'); choose "
+                                      "an empty folder")
             self.write_text("dataset_description.json", json_text(desc))
             self.write_text("dseg.tsv", dseg_tsv())
             self.write_text(".bidsignore", "\n".join(BIDSIGNORE) + "\n")
@@ -103,12 +110,15 @@ class DerivativesWriter:
         p.parent.mkdir(parents=True, exist_ok=True)
         return p
 
-    def write_text(self, rel: str, text: str) -> Path:
+    def write_bytes(self, rel: str, data: bytes) -> Path:
         p = self._target(rel)
-        if p.exists() and p.read_text() == text:
+        if p.exists() and p.read_bytes() == data:
             return p
-        atomic_write(p, lambda tmp: Path(tmp).write_text(text))
+        atomic_write(p, lambda tmp: Path(tmp).write_bytes(data))
         return p
+
+    def write_text(self, rel: str, text: str) -> Path:
+        return self.write_bytes(rel, text.encode())
 
     def write_json(self, rel: str, data) -> Path:
         return self.write_text(rel, json_text(data))

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..io import read_json
+from .derivatives import holds_other_dataset
 from .sidecars import parse_entities
 
 __all__ = ["DatasetError", "T1wRun", "check_dataset", "check_output_dirs", "index_dataset",
@@ -108,15 +109,8 @@ def check_output_dirs(bids_dir: Path, output_dir, work_dir) -> tuple[Path, Path]
         except OSError as err:
             raise DatasetError(f"{what} {p} is not writable ({err.strerror} in {probe}); "
                                "choose another folder or fix its permissions") from None
-    desc = out / "dataset_description.json"
-    if desc.exists():
-        try:
-            data = json.loads(desc.read_text())
-            ours = data["GeneratedBy"][0]["Name"] == "phys-bids"
-        except (OSError, json.JSONDecodeError, KeyError, IndexError, TypeError):
-            ours = False
-        if not ours:
-            raise DatasetError(f"OUTPUT_DIR {out} holds another dataset (its "
+    if holds_other_dataset(out):
+        raise DatasetError(f"OUTPUT_DIR {out} holds another dataset (its "
                                "dataset_description.json is not from phys-bids); choose an "
                                "empty folder")
     return out, work

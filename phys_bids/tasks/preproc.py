@@ -13,17 +13,9 @@ from pathlib import Path
 from fileformats.generic import File
 from pydra.compose import python, workflow
 
+from . import save_output
+
 __all__ = ["SkullStrip", "N4BiasCorrect", "RegisterToTemplate", "MidSpace", "PreprocT1w"]
-
-
-def _save(img, name: str, label: str = "") -> Path:
-    """Save into the task's folder; the label prefixes the name, because Pydra gathers the
-    files of split runs into one folder, where equal names would collide."""
-    import nibabel as nib
-
-    out = Path.cwd() / (f"{label}_{name}" if label else name)
-    nib.save(img, str(out))
-    return out
 
 
 @python.define(outputs=["brain", "mask", "volume_ml", "warnings"])
@@ -37,8 +29,8 @@ def SkullStrip(in_file: File, method: str = "deepbet", threads: int = 1, label: 
 
     with step(label or Path(in_file).name, "skull strip"):
         res = skull_strip(nib.load(str(in_file)), method=method, threads=threads)
-    return (_save(res.brain, "brain.nii.gz", label), _save(res.mask, "mask.nii.gz", label),
-            res.volume_ml, list(res.warnings))
+    return (save_output(res.brain, "brain.nii.gz", label),
+            save_output(res.mask, "mask.nii.gz", label), res.volume_ml, list(res.warnings))
 
 
 @python.define(outputs=["out_file", "bias_field"])
@@ -52,8 +44,8 @@ def N4BiasCorrect(in_file: File, mask: File, threads: int = 1, label: str = ""
 
     with step(label or Path(in_file).name, "N4"):
         res = n4_correct(nib.load(str(in_file)), nib.load(str(mask)), threads=threads)
-    return (_save(res.corrected, "n4.nii.gz", label),
-            _save(res.field, "bias_field.nii.gz", label))
+    return (save_output(res.corrected, "n4.nii.gz", label),
+            save_output(res.field, "bias_field.nii.gz", label))
 
 
 @python.define(outputs=["out_file", "transform"])
@@ -69,7 +61,7 @@ def RegisterToTemplate(in_file: File, template: File, mode: str = "Rigid", threa
         res = register_to_template(nib.load(str(in_file)), nib.load(str(template)),
                                    Path.cwd() / (f"{label}_xfm.mat" if label else "xfm.mat"),
                                    mode=mode, threads=threads, seed=seed)
-    return _save(res.in_template, "in_template.nii.gz", label), res.transform
+    return save_output(res.in_template, "in_template.nii.gz", label), res.transform
 
 
 @python.define(outputs=["out_files", "transforms"])
@@ -81,7 +73,7 @@ def MidSpace(in_files: list[File], threads: int = 1, seed: int = 0
     from phys_bids.preproc.midspace import midspace
 
     res = midspace([nib.load(str(f)) for f in in_files], Path.cwd(), threads=threads, seed=seed)
-    outs = [_save(img, f"scan{i}_mid.nii.gz") for i, img in enumerate(res.images)]
+    outs = [save_output(img, f"scan{i}_mid.nii.gz") for i, img in enumerate(res.images)]
     return outs, res.transforms
 
 

@@ -9,6 +9,8 @@ from pydra.compose import python
 
 from phys_bids.synth.tissues import TARGETS
 
+from . import save_output
+
 __all__ = ["Segment", "ToNative", "TISSUES"]
 
 #: dseg values and names (0 is background), as in ``dseg.tsv``.
@@ -49,17 +51,17 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
         probs = np.moveaxis(res.probabilities, 0, -1)
         hdr = img.header.copy()
         hdr.set_data_dtype(np.float32)
-        p_out = Path.cwd() / f"{label}_probseg_template.nii.gz"
-        nib.save(nib.Nifti1Image(probs.astype(np.float32), img.affine, hdr), str(p_out))
+        p_out = save_output(nib.Nifti1Image(probs.astype(np.float32), img.affine, hdr),
+                            "probseg_template.nii.gz", label)
         hdr8 = img.header.copy()
         hdr8.set_data_dtype(np.uint8)
-        d_out = Path.cwd() / f"{label}_dseg_template.nii.gz"
-        nib.save(nib.Nifti1Image(probs.argmax(-1).astype(np.uint8), img.affine, hdr8), str(d_out))
-        m_out = Path.cwd() / f"{label}_mask_template.nii.gz"
-        nib.save(nib.Nifti1Image(mdata.astype(np.uint8), img.affine, hdr8), str(m_out))
+        d_out = save_output(nib.Nifti1Image(probs.argmax(-1).astype(np.uint8), img.affine, hdr8),
+                            "dseg_template.nii.gz", label)
+        m_out = save_output(nib.Nifti1Image(mdata.astype(np.uint8), img.affine, hdr8),
+                            "mask_template.nii.gz", label)
         sd = np.zeros_like(probs) if res.sd is None else np.moveaxis(res.sd, 0, -1)
-        s_out = Path.cwd() / f"{label}_sd_template.nii.gz"
-        nib.save(nib.Nifti1Image(sd.astype(np.float32), img.affine, hdr), str(s_out))
+        s_out = save_output(nib.Nifti1Image(sd.astype(np.float32), img.affine, hdr),
+                            "sd_template.nii.gz", label)
         vols = [] if res.volumes is None else [[round(float(v), 6) for v in row]
                                                 for row in res.volumes]
     return p_out, d_out, m_out, s_out, vols
@@ -105,13 +107,13 @@ def ToNative(probseg: File, native: File, mask: File, transform: File, sd: File,
         hdr = ref.header.copy()
         hdr.set_data_dtype(np.float32)
         hdr.set_data_shape((*ref.shape[:3], p.shape[-1]))
-        p_out = Path.cwd() / f"{label}_probseg_native.nii.gz"
-        nib.save(nib.Nifti1Image(p.astype(np.float32), ref.affine, hdr), str(p_out))
+        p_out = save_output(nib.Nifti1Image(p.astype(np.float32), ref.affine, hdr),
+                            "probseg_native.nii.gz", label)
         hdr8 = ref.header.copy()
         hdr8.set_data_dtype(np.uint8)
         hdr8.set_data_shape(ref.shape[:3])
-        d_out = Path.cwd() / f"{label}_dseg_native.nii.gz"
-        nib.save(nib.Nifti1Image(p.argmax(-1).astype(np.uint8), ref.affine, hdr8), str(d_out))
-        s_out = Path.cwd() / f"{label}_sd_native.nii.gz"
-        nib.save(nib.Nifti1Image(sdn.astype(np.float32), ref.affine, hdr), str(s_out))
+        d_out = save_output(nib.Nifti1Image(p.argmax(-1).astype(np.uint8), ref.affine, hdr8),
+                            "dseg_native.nii.gz", label)
+        s_out = save_output(nib.Nifti1Image(sdn.astype(np.float32), ref.affine, hdr),
+                            "sd_native.nii.gz", label)
     return p_out, d_out, volumes, s_out
