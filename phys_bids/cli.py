@@ -16,6 +16,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
@@ -274,7 +275,7 @@ def run(args, argv: list[str]) -> int:
                                         model=model)
                 if logs is None:
                     logs = _file_logging(out_dir, argv, {**vars(args), "settings":
-                                                         vars(settings)})
+                                                         asdict(settings)})
                 for s in summaries:
                     for q in s["qc"]:
                         log.warning("sub-%s %s: QC: %s", subject, s["label"], q)

@@ -102,42 +102,40 @@ def segment_brain(model: LoadedModel, image: np.ndarray, mask: np.ndarray, seque
         phys = model.encoder.encode(sequence, {k: [float(v)] for k, v in params.items()})
         phys = phys.to(device)
     inside = m.numpy()
-    if mc_samples <= 0:
-        logits = sliding_window_logits(model.network, x, phys, window=window, overlap=overlap,
+    encoded = None if phys is None else phys[0].cpu().tolist()
+
+    def probabilities(network) -> np.ndarray:
+        """One sliding-window pass; no tissue outside the brain."""
+        logits = sliding_window_logits(network, x, phys, window=window, overlap=overlap,
                                        flip_tta=flip_tta)
-        probs = torch.softmax(logits[0].double(), 0).cpu().numpy()
-        probs[1:, ~inside] = 0.0
-        probs[0, ~inside] = 1.0
-        return SegmentationResult(_place(probs, box, mask.shape, 1.0),
-                                  None if phys is None else phys[0].cpu().tolist())
+        p = torch.softmax(logits[0].double(), 0).cpu().numpy()
+        p[1:, ~inside] = 0.0
+        p[0, ~inside] = 1.0
+        return p
+
+    if mc_samples <= 0:
+        return SegmentationResult(_place(probabilities(model.network), box, mask.shape, 1.0),
+                                  encoded)
     from .unet import enable_mc_dropout
 
-    g = torch.Generator().manual_seed(seed)
-    draw = _AleatoricDraw(model.network, g)
-    total = sq = None
+    draw = _AleatoricDraw(model.network, torch.Generator().manual_seed(seed))
+    total = sq = 0.0
     volumes = []
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         enable_mc_dropout(model.network)
         try:
             for _ in range(mc_samples):
-                logits = sliding_window_logits(draw, x, phys, window=window, overlap=overlap,
-                                               flip_tta=flip_tta)
-                p = torch.softmax(logits[0].double(), 0).cpu().numpy()
-                p[1:, ~inside] = 0.0
-                p[0, ~inside] = 1.0
+                p = probabilities(draw)
                 volumes.append(p[1:].reshape(p.shape[0] - 1, -1).sum(1) / 1000.0)
-                total = p if total is None else total + p
-                sq = p * p if sq is None else sq + p * p
+                total = total + p
+                sq = sq + p * p
         finally:
             model.network.eval()
     mean = total / mc_samples
     sd = np.sqrt(np.clip(sq / mc_samples - mean * mean, 0, None))
-    res = SegmentationResult(_place(mean, box, mask.shape, 1.0),
-                             None if phys is None else phys[0].cpu().tolist())
-    res.sd = _place(sd, box, mask.shape, 0.0)
-    res.volumes = np.asarray(volumes)
-    return res
+    return SegmentationResult(_place(mean, box, mask.shape, 1.0), encoded,
+                              sd=_place(sd, box, mask.shape, 0.0), volumes=np.asarray(volumes))
 
 
 def volume_summary(samples) -> dict:

@@ -88,9 +88,12 @@ def ToNative(probseg: File, native: File, mask: File, transform: File, sd: File,
         def native_channels(path):
             tp = nib.load(str(path))
             data = tp.get_fdata(dtype=np.float32)
-            return np.clip(np.stack([np.asanyarray(to_native(
-                nib.Nifti1Image(data[..., k], tp.affine), ref3, transform).dataobj)
-                for k in range(data.shape[-1])], -1), 0, None)
+            out = np.zeros((*ref.shape[:3], data.shape[-1]), np.float32)
+            for k in range(data.shape[-1]):
+                if np.any(data[..., k]):  # a zero map stays zero: no resampling needed
+                    out[..., k] = np.asanyarray(to_native(
+                        nib.Nifti1Image(data[..., k], tp.affine), ref3, transform).dataobj)
+            return np.clip(out, 0, None)
 
         p = native_channels(probseg)
         brain = np.asanyarray(nib.load(str(mask)).dataobj) > 0

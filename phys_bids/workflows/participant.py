@@ -19,6 +19,7 @@ import json
 import logging
 import shutil
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -65,14 +66,22 @@ class Settings:
     protocol_file: str | None = None
     mc_samples: int = 0
 
+    @cached_property
+    def _protocol_text(self) -> str:
+        return Path(self.protocol_file).read_text() if self.protocol_file else ""
+
+    @cached_property
+    def protocol(self) -> Protocol | None:
+        """The protocol file, read once for all subjects."""
+        return Protocol.load(self.protocol_file) if self.protocol_file else None
+
     def digest(self, model_sha256: str, template: str) -> str:
         """Hash of the settings that change outputs (not the worker or thread counts...
         except ``omp_nthreads``, which can change the last bits of float sums)."""
-        protocol = Path(self.protocol_file).read_text() if self.protocol_file else ""
         key = json.dumps({"model": self.model, "sha": model_sha256, "template": template,
                           "skull_strip": self.skull_strip, "seed": self.seed,
                           "mc_samples": self.mc_samples,
-                          "threads": self.omp_nthreads, "protocol": protocol,
+                          "threads": self.omp_nthreads, "protocol": self._protocol_text,
                           "version": __version__}, sort_keys=True)
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
@@ -203,8 +212,8 @@ def run_subject(subject: str, runs: list[T1wRun], *, settings: Settings, bids_ro
     if dup:
         raise SubjectError(f"sub-{subject}: ambiguous runs {', '.join(dup)} share every entity;"
                            " keep one of each or filter with --bids-filter-file")
-    protocol = Protocol.load(settings.protocol_file) if settings.protocol_file else None
-    prepared = [prepare_run(r, bids_root, protocol, physics=model.physics) for r in runs]
+    prepared = [prepare_run(r, bids_root, settings.protocol, physics=model.physics)
+                for r in runs]
     sha = model.manifest["weights_sha256"]
     digest = settings.digest(sha, template.name)
     _check_previous(writer.root, subject, digest, settings.overwrite)
