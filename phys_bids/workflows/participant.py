@@ -295,6 +295,18 @@ def _mc_stats(samples: list) -> dict | None:
     return {t: volume_summary(x) for t, x in cols.items()}
 
 
+def _tissue_images(path):
+    """(tissue, 3D image) for each tissue channel of a 4D (..., background+tissues) map."""
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    data = img.get_fdata(dtype=np.float32)
+    for k, name in TISSUES.items():
+        hdr = img.header.copy()
+        hdr.set_data_shape(data.shape[:3])
+        yield name, nib.Nifti1Image(data[..., k], img.affine, hdr)
+
+
 def _registration_dice(mask_template, template) -> float:
     import nibabel as nib
 
@@ -307,7 +319,6 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
                   settings: Settings, writer: DerivativesWriter, template, model, digest: str
                   ) -> list[dict]:
     """Write every derivative, the figures and the report of one subject."""
-    import nibabel as nib
 
     from .. import report
 
@@ -336,21 +347,11 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
             extra={"SkullStripped": True})
         xfm = xfm_path(src, to=tpl)
         writer.copy_file(xfm, out["transform"])
-        prob = nib.load(str(out["probseg"]))
-        pdata = prob.get_fdata(dtype=np.float32)
-        for k, name in TISSUES.items():
-            hdr = prob.header.copy()
-            hdr.set_data_shape(pdata.shape[:3])
-            put({"suffix": "probseg", "label": name},
-                img=nib.Nifti1Image(pdata[..., k], prob.affine, hdr))
+        for name, img in _tissue_images(out["probseg"]):
+            put({"suffix": "probseg", "label": name}, img=img)
         if settings.mc_samples > 0:
-            sd = nib.load(str(out["sd"]))
-            sdata = sd.get_fdata(dtype=np.float32)
-            for k, name in TISSUES.items():
-                hdr = sd.header.copy()
-                hdr.set_data_shape(sdata.shape[:3])
-                put({"suffix": "probseg", "label": name, "desc": "sd"},
-                    img=nib.Nifti1Image(sdata[..., k], sd.affine, hdr),
+            for name, img in _tissue_images(out["sd"]):
+                put({"suffix": "probseg", "label": name, "desc": "sd"}, img=img,
                     extra={"Description": f"standard deviation of the {name} probability over "
                            f"{settings.mc_samples} Monte-Carlo samples (dropout + aleatoric "
                            "logit noise); not a probability"})
