@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shlex
+import shutil
 import sys
 import time
 from dataclasses import asdict
@@ -29,15 +30,43 @@ _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS",
                 "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS", "NUMEXPR_NUM_THREADS")
 
 
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Whole CPUs allowed by the cgroup quota (``docker run --cpus``), v2 or v1; None: no limit.
+
+    >>> import tempfile
+    >>> d = Path(tempfile.mkdtemp()); _ = (d / "cpu.max").write_text("150000 100000")
+    >>> _cgroup_cpu_quota(d)
+    1
+    >>> _ = (d / "cpu.max").write_text("max 100000"); _cgroup_cpu_quota(d) is None
+    True
+    >>> v1 = Path(tempfile.mkdtemp()); (v1 / "cpu").mkdir()
+    >>> _ = (v1 / "cpu" / "cpu.cfs_quota_us").write_text("300000")
+    >>> _ = (v1 / "cpu" / "cpu.cfs_period_us").write_text("100000"); _cgroup_cpu_quota(v1)
+    3
+    >>> _ = (v1 / "cpu" / "cpu.cfs_quota_us").write_text("-1"); _cgroup_cpu_quota(v1) is None
+    True
+    """
+    try:  # cgroup v2
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else max(1, int(quota) // int(period))
+    except (OSError, ValueError):
+        pass
+    for sub in ("cpu", "cpu,cpuacct"):  # cgroup v1
+        try:
+            quota = int((root / sub / "cpu.cfs_quota_us").read_text())
+            period = int((root / sub / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota <= 0 else max(1, quota // period)
+    return None
+
+
 def available_cpus() -> int:
     """CPUs this process may use: affinity mask and cgroup (container) quota."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
-        if quota != "max":
-            n = min(n, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
+    quota = _cgroup_cpu_quota()
+    if quota is not None:
+        n = min(n or quota, quota)
     return max(1, n or 1)
 
 
@@ -96,7 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("resources")
     g.add_argument("-w", "--work-dir", metavar="DIR",
                    help="Pydra cache and pybids index; keep it to resume an interrupted run "
-                        "(default: OUTPUT_DIR/../phys-bids-work)")
+                        "(default: $PHYS_BIDS_WORK_DIR when set - the container images set "
+                        "it to /tmp/phys-bids-work - else OUTPUT_DIR/../phys-bids-work)")
     g.add_argument("--nprocs", type=int, default=cpus,
                    help="CPUs for concurrent tasks (default: the CPUs available, "
                         "%(default)s here)")
@@ -107,12 +137,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the networks run: auto uses a GPU when present "
                         "(default: %(default)s)")
     g.add_argument("--pydra-worker", choices=["serial", "cf", "slurm"], default="serial",
-                   help="how Pydra runs tasks: serial in this process, cf in a process pool "
-                        "of --nprocs/--omp-nthreads workers, slurm as SLURM jobs "
-                        "(default: %(default)s)")
+                   help="how Pydra runs the work: serial in this process, cf in a process "
+                        "pool of --nprocs/--omp-nthreads workers, slurm as one SLURM job per "
+                        "subject, all submitted at once (needs sbatch; work dir and "
+                        "OUTPUT_DIR on a shared file system) (default: %(default)s)")
     g.add_argument("--slurm-args", default="", metavar="ARGS",
-                   help="extra sbatch arguments for --pydra-worker slurm, e.g. "
-                        "'--partition=short --mem=8G'")
+                   help="extra sbatch arguments for --pydra-worker slurm, written with = "
+                        "because they start with a dash: --slurm-args='--partition=short "
+                        "--mem=8G --time=1:00:00'; --cpus-per-task is --omp-nthreads unless "
+                        "given here")
     g = ap.add_argument_group("other")
     g.add_argument("--skip-bids-validation", action="store_true",
                    help="do not run bids-validator-deno on BIDS_DIR")
@@ -218,7 +251,8 @@ def run(args, argv: list[str]) -> int:
 
     try:
         root = check_dataset(args.bids_dir)
-        work_default = Path(args.output_dir).expanduser().resolve().parent / "phys-bids-work"
+        work_default = (os.environ.get("PHYS_BIDS_WORK_DIR") or
+                        Path(args.output_dir).expanduser().resolve().parent / "phys-bids-work")
         out_dir, work_dir = check_output_dirs(root, args.output_dir,
                                               args.work_dir or work_default)
         if args.analysis_level == "group":
@@ -235,6 +269,9 @@ def run(args, argv: list[str]) -> int:
         if args.model not in models:
             raise CliError(f"--model {args.model}: unknown; available: {', '.join(models)}")
         device = _device(args.device)
+        if args.pydra_worker == "slurm" and shutil.which("sbatch") is None:
+            raise CliError("--pydra-worker slurm: sbatch not found on PATH; run on a SLURM "
+                           "login node or use --pydra-worker serial or cf")
         if not args.skip_bids_validation:
             log.info("%s", validate_bids(root))
         layout = index_dataset(root, work_dir)
@@ -267,31 +304,54 @@ def run(args, argv: list[str]) -> int:
     progress = work_dir / f"progress-{os.getpid()}.jsonl"
     os.environ[PROGRESS_ENV] = str(progress)
     t0 = time.time()
-    with ProgressDisplay(progress):
+    def outcomes():
+        """(subject, summaries or None, error or None) as each subject ends."""
+        if settings.worker == "slurm":
+            from .workflows.cluster import run_subjects_on_slurm
+
+            log.info("submitting %d subject(s) as SLURM jobs (sbatch %s)", len(selection),
+                     settings.slurm_args or "with no extra arguments")
+            try:
+                done = run_subjects_on_slurm(selection, settings=settings, bids_root=root,
+                                             out_dir=out_dir, work_dir=work_dir,
+                                             container=_container())
+            except Exception as err:  # the submission itself failed: every subject did
+                for subject in selection:
+                    yield subject, None, f"sub-{subject}: SLURM: {err}"
+                return
+            for subject in selection:
+                o = done.get(subject, {"error": f"sub-{subject}: no result from its job"})
+                yield subject, o.get("summaries"), o.get("error")
+            return
         for subject, runs in selection.items():
             try:
-                summaries = run_subject(subject, runs, settings=settings, bids_root=root,
-                                        work_dir=work_dir, writer=writer, template=template,
-                                        model=model)
-                if logs is None:
-                    logs = _file_logging(out_dir, argv, {**vars(args), "settings":
-                                                         asdict(settings)})
-                for s in summaries:
-                    for q in s["qc"]:
-                        log.warning("sub-%s %s: QC: %s", subject, s["label"], q)
-                log.info("sub-%s done: %s", subject, "; ".join(
-                    f"{s['label']} GM {s['volumes']['GM']:.1f} WM {s['volumes']['WM']:.1f} "
-                    f"CSF {s['volumes']['CSF']:.1f} mL" for s in summaries))
+                yield subject, run_subject(subject, runs, settings=settings, bids_root=root,
+                                           work_dir=work_dir, writer=writer,
+                                           template=template, model=model), None
             except SubjectError as err:
-                failures[subject] = str(err)
-                log.error("%s", err)
                 if args.verbose:
                     log.exception("traceback")
+                yield subject, None, str(err)
             except Exception as err:  # an unexpected failure still spares the other subjects
-                failures[subject] = (f"sub-{subject}: unexpected {type(err).__name__}: {err} "
-                                     "(run with -v for the traceback)")
-                log.error("%s", failures[subject])
                 log.debug("traceback", exc_info=True)
+                yield subject, None, (f"sub-{subject}: unexpected {type(err).__name__}: {err} "
+                                      "(run with -v for the traceback)")
+
+    with ProgressDisplay(progress):
+        for subject, summaries, error in outcomes():
+            if error is not None:
+                failures[subject] = error
+                log.error("%s", error)
+                continue
+            if logs is None:
+                logs = _file_logging(out_dir, argv, {**vars(args), "settings":
+                                                     asdict(settings)})
+            for s in summaries:
+                for q in s["qc"]:
+                    log.warning("sub-%s %s: QC: %s", subject, s["label"], q)
+            log.info("sub-%s done: %s", subject, "; ".join(
+                f"{s['label']} GM {s['volumes']['GM']:.1f} WM {s['volumes']['WM']:.1f} "
+                f"CSF {s['volumes']['CSF']:.1f} mL" for s in summaries))
     if logs is not None:  # None only when every subject failed: nothing is written
         events = [e for e in read_events(progress) if e["state"] == "done"]
         rows = ["label\tstep\tseconds\tpeak_rss_mb"] + [

@@ -47,9 +47,16 @@ def _root(root) -> Path:
     return Path(env) if env else MODELS_DIR
 
 
-def available_models(root: Path | None = None) -> list[str]:
+def available_models(root: Path | None = None, kind: str | None = "segmentation") -> list[str]:
+    """Model names under ``root`` whose manifest's ``kind`` is ``kind`` (None: all kinds).
+
+    Manifests written before the qMRI models have no ``kind``: they are segmentation."""
     root = _root(root)
-    return sorted(p.parent.name for p in root.glob("*/manifest.json"))
+    names = []
+    for p in sorted(root.glob("*/manifest.json")):
+        if kind is None or json.loads(p.read_text()).get("kind", "segmentation") == kind:
+            names.append(p.parent.name)
+    return names
 
 
 def load_model(name_or_dir: str | Path, *, device="cpu", root: Path | None = None) -> LoadedModel:

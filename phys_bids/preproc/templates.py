@@ -63,6 +63,16 @@ def _present(p: Path) -> bool:
     return p.is_file() and p.stat().st_size > 0
 
 
+def _find(folder: Path, tpl: str, key: str) -> Path | None:
+    """A fetched TemplateFlow file at 1 mm: TemplateFlow writes ``res-01`` for the 2009c
+    templates, the offline seed ``res-1``."""
+    for res in ("res-01", "res-1"):
+        p = folder / f"tpl-{tpl}_{res}_{key}.nii.gz"
+        if _present(p):
+            return p
+    return None
+
+
 def seed_templateflow(home) -> Path:
     """Write the offline MNI152NLin2009aSym files into a TemplateFlow home (idempotent)."""
     import nilearn
@@ -101,15 +111,58 @@ def get_template(home=None, *, prefer: str = ONLINE_TEMPLATE) -> Template:
     os.environ["TEMPLATEFLOW_HOME"] = str(home)
     os.environ["TEMPLATEFLOW_AUTOUPDATE"] = "0"
     folder = home / f"tpl-{prefer}"
-    t1 = folder / _fname(prefer, "desc-brain_T1w")
-    mask = folder / _fname(prefer, "desc-brain_mask")
-    if _present(t1) and _present(mask):
-        gm = folder / _fname(prefer, "label-GM_probseg")
-        wm = folder / _fname(prefer, "label-WM_probseg")
-        return Template(prefer, t1, mask, gm if _present(gm) else None,
-                        wm if _present(wm) else None, "templateflow")
+    t1 = _find(folder, prefer, "desc-brain_T1w")
+    mask = _find(folder, prefer, "desc-brain_mask")
+    if t1 is not None and mask is not None:
+        return Template(prefer, t1, mask, _find(folder, prefer, "label-GM_probseg"),
+                        _find(folder, prefer, "label-WM_probseg"), "templateflow")
     folder = seed_templateflow(home)
     f = {k: folder / _fname(OFFLINE_TEMPLATE, k) for k in (*_NILEARN, "desc-brain_mask")}
     return Template(OFFLINE_TEMPLATE, f["desc-brain_T1w"], f["desc-brain_mask"],
                     f["label-GM_probseg"], f["label-WM_probseg"],
                     "nilearn (seeded into TemplateFlow offline)")
+
+
+def fetch_online(home) -> Template | None:
+    """Fetch ``MNI152NLin2009cAsym`` (1 mm brain T1w, mask, GM/WM) with TemplateFlow.
+
+    Used when a container image is built with internet access; returns None when the
+    fetch fails (no network), so that the build falls back to the offline seed.
+    """
+    os.environ["TEMPLATEFLOW_HOME"] = str(home)
+    try:
+        from templateflow import api
+
+        for key in ({"desc": "brain", "suffix": "T1w"}, {"desc": "brain", "suffix": "mask"},
+                    {"label": "GM", "suffix": "probseg"}, {"label": "WM", "suffix": "probseg"}):
+            api.get(ONLINE_TEMPLATE, resolution=1, extension=".nii.gz", **key)
+    except Exception:  # noqa: BLE001 - any failure means "not available", reported by caller
+        return None
+    tpl = get_template(home)
+    return tpl if tpl.name == ONLINE_TEMPLATE else None
+
+
+def main(argv=None) -> int:
+    """``python -m phys_bids.preproc.templates DIR [--fetch]``: bake templates into DIR."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Put the registration templates into a "
+                                 "TemplateFlow home (container builds).")
+    ap.add_argument("home", help="TemplateFlow home to fill")
+    ap.add_argument("--fetch", action="store_true",
+                    help=f"try to download {ONLINE_TEMPLATE} (needs internet); the offline "
+                         f"{OFFLINE_TEMPLATE} seed is always written")
+    args = ap.parse_args(argv)
+    home = Path(args.home)
+    seed_templateflow(home)
+    online = fetch_online(home) if args.fetch else None
+    tpl = online or get_template(home)
+    note = (f"registration template: {tpl.name} ({tpl.source})" +
+            ("" if online or not args.fetch else f"; {ONLINE_TEMPLATE} could not be fetched"))
+    (home / "phys-bids-templates.txt").write_text(note + "\n")
+    print(note)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -186,10 +186,10 @@ def participant_workflow(prepared: list[PreparedRun], *, template: Path, model: 
                        seed=seed, device=device, mc_samples=mc_samples)
 
 
-def _submitter(settings: Settings, cache_root: Path):
+def _submitter(settings: Settings, cache_root: Path, worker: str | None = None):
     from pydra.engine.submitter import Submitter
 
-    worker = WORKERS[settings.worker]
+    worker = WORKERS[worker or settings.worker]
     kwargs = {}
     if worker == "cf":
         kwargs["n_procs"] = max(1, settings.nprocs // max(1, settings.omp_nthreads))
@@ -199,8 +199,12 @@ def _submitter(settings: Settings, cache_root: Path):
 
 
 def run_subject(subject: str, runs: list[T1wRun], *, settings: Settings, bids_root: Path,
-                work_dir: Path, writer: DerivativesWriter, template, model) -> list[dict]:
+                work_dir: Path, writer: DerivativesWriter, template, model,
+                worker: str | None = None) -> list[dict]:
     """Process one subject end to end; returns one summary per run.
+
+    ``worker`` overrides ``settings.worker`` for this subject's tasks (a SLURM job runs
+    its subject's tasks serially: :mod:`phys_bids.workflows.cluster`).
 
     Raises :class:`SubjectError` with one actionable line; nothing of the subject is
     written in that case.
@@ -222,7 +226,7 @@ def run_subject(subject: str, runs: list[T1wRun], *, settings: Settings, bids_ro
                               threads=settings.omp_nthreads, seed=settings.seed,
                               device=settings.device, mc_samples=settings.mc_samples)
     try:
-        with _submitter(settings, work_dir / "pydra") as sub:
+        with _submitter(settings, work_dir / "pydra", worker) as sub:
             result = sub(wf)
     except Exception as err:  # a task failed: report it as this subject's failure
         msg = str(err).strip().splitlines()

@@ -98,6 +98,12 @@ def _foreign(tmp):
     return out
 
 
+def _no_sbatch(args):
+    """A PATH without sbatch (the clean_env fixture restores it)."""
+    os.environ["PATH"] = "/nonexistent"
+    return args
+
+
 # id: (mutate dataset, extra args (callable of root, tmp -> list), message regex, exit status)
 CASES = {
     "bids-dir-missing": (None, lambda r, t: ["BIDS", t / "nope"], r"does not exist", 2),
@@ -161,6 +167,8 @@ CASES = {
     "cuda-requested-without-gpu": (None, lambda r, t: ["--device", "cuda"],
                                    r"no CUDA device is available", 2),
     "bad-nprocs": (None, lambda r, t: ["--nprocs", "0"], r"--nprocs must be >= 1", 2),
+    "slurm-without-sbatch": (None, lambda r, t: _no_sbatch(["--pydra-worker", "slurm"]),
+                             r"--pydra-worker slurm: sbatch not found on PATH", 2),
     "invalid-bids-dataset": (lambda r: (r / "sub-01/ses-siteA/anat/notbids.nii.gz").write_bytes(
         (r / T1).read_bytes()), lambda r, t: ["VALIDATE"],
         r"fails BIDS validation with \d+ error\(s\), first: NOT_INCLUDED", 2),

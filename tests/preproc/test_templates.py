@@ -5,7 +5,7 @@ import sys
 import nibabel as nib
 import numpy as np
 
-from phys_bids.preproc.templates import OFFLINE_TEMPLATE, get_template
+from phys_bids.preproc.templates import OFFLINE_TEMPLATE, ONLINE_TEMPLATE, get_template
 
 
 def test_offline_template_is_seeded_labelled_and_found_by_templateflow(tmp_path):
@@ -31,3 +31,28 @@ def test_offline_template_is_seeded_labelled_and_found_by_templateflow(tmp_path)
     # seeding is idempotent and does not rewrite files
     mtime = tpl.t1w_brain.stat().st_mtime_ns
     assert get_template(tmp_path).t1w_brain.stat().st_mtime_ns == mtime
+
+
+def test_fetched_templateflow_files_are_preferred(tmp_path):
+    """TemplateFlow names the 2009c files res-01; a fetched set must be found and used."""
+    seeded = get_template(tmp_path)
+    folder = tmp_path / f"tpl-{ONLINE_TEMPLATE}"
+    folder.mkdir()
+    for key, src in (("desc-brain_T1w", seeded.t1w_brain), ("desc-brain_mask", seeded.mask),
+                     ("label-GM_probseg", seeded.gm)):
+        (folder / f"tpl-{ONLINE_TEMPLATE}_res-01_{key}.nii.gz").write_bytes(src.read_bytes())
+    # an empty placeholder (what TemplateFlow leaves for an unfetched file) is not a file
+    (folder / f"tpl-{ONLINE_TEMPLATE}_res-01_label-WM_probseg.nii.gz").touch()
+    tpl = get_template(tmp_path)
+    assert tpl.name == ONLINE_TEMPLATE and tpl.source == "templateflow"
+    assert tpl.t1w_brain.name.endswith("res-01_desc-brain_T1w.nii.gz")
+    assert tpl.gm is not None and tpl.wm is None
+
+
+def test_bake_without_network_falls_back_and_says_so(tmp_path, monkeypatch):
+    from phys_bids.preproc import templates
+
+    monkeypatch.setattr(templates, "fetch_online", lambda home: None)
+    assert templates.main([str(tmp_path), "--fetch"]) == 0
+    note = (tmp_path / "phys-bids-templates.txt").read_text()
+    assert OFFLINE_TEMPLATE in note and f"{ONLINE_TEMPLATE} could not be fetched" in note
