@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -35,50 +34,11 @@ import torch
 
 from phys_bids.models.inference import sliding_window_logits
 from phys_bids.models.registry import load_model
-from phys_bids.physics import SPACES
-from phys_bids.synth import CLASSES, SynthConfig, SynthGenerator, load_head
-from phys_bids.synth.gold_standard import physics_gold_standard
-from phys_bids.synth.tissues import TARGET_OF_CLASS
+from phys_bids.synth import load_head
+from phys_bids.synth.evaluation import BRAIN, conditions, phantom  # noqa: F401 - re-exported
 
 log = logging.getLogger("bench.consistency")
 TISSUES = {1: "GM", 2: "WM", 3: "CSF"}
-BRAIN = [CLASSES.index(c) for c in ("gm_cortex", "gm_deep", "wm", "csf")]
-
-
-def conditions(n: int, seed: int) -> dict[str, tuple[str, dict]]:
-    g = torch.Generator().manual_seed(seed)
-    out = {
-        "mprage-id": ("MPRAGE", {"ti": torch.linspace(0.6, 1.2, n)}),
-        "mprage-ood": ("MPRAGE", {"ti": torch.linspace(0.1, 2.0, n)}),
-    }
-    for name in ("spgr-id", "spgr-ood"):
-        out[name] = ("SPGR", SPACES[name].sample(n, generator=g, dtype=torch.float32))
-    return out
-
-
-def phantom(head, seed: int, margin: int = 6):
-    """Class volume cropped to the brain (+margin, multiple of 8) and per-class maps."""
-    cls = head.classes
-    brain = np.isin(cls, BRAIN)
-    idx = np.argwhere(brain)
-    lo = np.maximum(idx.min(0) - margin, 0)
-    hi = np.minimum(idx.max(0) + margin + 1, cls.shape)
-    size = [int(math.ceil((h - l) / 8) * 8) for l, h in zip(lo, hi, strict=True)]
-    crop = np.zeros(size, np.uint8)
-    sub = cls[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
-    crop[:sub.shape[0], :sub.shape[1], :sub.shape[2]] = sub
-    lab = torch.from_numpy(crop).long()
-    gen = SynthGenerator([head], SynthConfig())
-    g = torch.Generator().manual_seed(seed)
-    values = gen._tissue_values(g)
-    present = sorted(int(k) for k in torch.unique(lab))
-    cmaps = gen._class_maps(values, present, tuple(size), g)
-    frac = torch.stack([(lab == k).float() for k in present])
-    mask = torch.from_numpy(np.isin(crop, BRAIN))
-    anatomy = torch.as_tensor(TARGET_OF_CLASS)[lab] * mask
-    r1 = (cmaps["r1"] * frac).sum(0)
-    pgs = physics_gold_standard(r1, mask).argmax(0)
-    return gen, cmaps, frac, present, mask, anatomy, pgs
 
 
 def dice(a, b, k):

@@ -76,6 +76,24 @@ def _models() -> list[str]:
     return available_models()
 
 
+def _qmri_model(value: str) -> str | None:
+    """--qmri-model: a qMRI model's name, None for 'none' or 'auto' without one installed."""
+    from .models.registry import available_models
+
+    found = available_models(kind="qmri")
+    if value == "none":
+        return None
+    if value == "auto":
+        if "qmri-physics" in found:
+            return "qmri-physics"
+        log.info("no qMRI model installed: no qMRI maps or harmonised images")
+        return None
+    if value not in found:
+        raise CliError(f"--qmri-model {value}: unknown; available: "
+                       f"{', '.join(found) or 'none installed'}, or none")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     cpus = available_cpus()
     ap = argparse.ArgumentParser(
@@ -107,6 +125,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="seg-physics",
                    help="segmentation model shipped with phys-bids: seg-physics (told the "
                         "acquisition) or seg-baseline (not told) (default: %(default)s)")
+    g.add_argument("--qmri-model", default="auto", metavar="NAME",
+                   help="network estimating PD, R1, R2* and MT maps from each T1w, from which "
+                        "the harmonised image is synthesised: auto = qmri-physics when "
+                        "installed, none = no maps (default: %(default)s)")
+    g.add_argument("--reference-protocol", default="mprage-3t", metavar="NAME|FILE",
+                   help="protocol of the harmonised image: a preset (mprage-3t: MPRAGE TI "
+                        "0.9 s; spgr-3t: SPGR TR 20 ms, TE 5 ms, FA 25 deg) or a JSON file of "
+                        "sidecar fields in BIDS units, e.g. {\"PulseSequenceType\": "
+                        "\"MPRAGE\", \"InversionTime\": 0.9} (default: %(default)s)")
     g.add_argument("--skull-strip", choices=["deepbet", "hd-bet", "none"], default="deepbet",
                    help="brain extraction: deepbet (CNN, seconds on CPU), hd-bet (HD-BET fast "
                         "mode; optional extra phys-bids[hdbet], ~20 s on CPU) or none for "
@@ -268,6 +295,10 @@ def run(args, argv: list[str]) -> int:
         models = _models()
         if args.model not in models:
             raise CliError(f"--model {args.model}: unknown; available: {', '.join(models)}")
+        qmri_model = _qmri_model(args.qmri_model)
+        from .bids.protocol import load_reference_protocol
+
+        load_reference_protocol(args.reference_protocol)  # a bad value fails early, always
         device = _device(args.device)
         if args.pydra_worker == "slurm" and shutil.which("sbatch") is None:
             raise CliError("--pydra-worker slurm: sbatch not found on PATH; run on a SLURM "
@@ -289,11 +320,14 @@ def run(args, argv: list[str]) -> int:
                         worker=args.pydra_worker, slurm_args=args.slurm_args,
                         overwrite=args.overwrite, mc_samples=args.mc_samples,
                         protocol_file=str(Path(args.protocol_file).resolve())
-                        if args.protocol_file else None)
+                        if args.protocol_file else None, qmri_model=qmri_model,
+                        reference_protocol=str(Path(args.reference_protocol).resolve())
+                        if Path(args.reference_protocol).is_file() else args.reference_protocol)
     work_dir.mkdir(parents=True, exist_ok=True)
     template = get_template(work_dir / "templateflow"
                             if not os.environ.get("TEMPLATEFLOW_HOME") else None)
     model = load_model(args.model, device=device)
+    qmri = load_model(qmri_model, device=device) if qmri_model else None
     writer = DerivativesWriter(out_dir, root, version=__version__, container=_container())
     n_runs = sum(len(v) for v in selection.values())
     log.info("%d subject(s), %d T1w run(s) selected: %s", len(selection), n_runs,
@@ -327,7 +361,7 @@ def run(args, argv: list[str]) -> int:
             try:
                 yield subject, run_subject(subject, runs, settings=settings, bids_root=root,
                                            work_dir=work_dir, writer=writer,
-                                           template=template, model=model), None
+                                           template=template, model=model, qmri=qmri), None
             except SubjectError as err:
                 if args.verbose:
                     log.exception("traceback")

@@ -22,6 +22,7 @@ import json
 import logging
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 
 from .bids.derivatives import DerivativesWriter
@@ -41,6 +42,8 @@ COLUMNS = {
     "source": "the input T1w image, relative to BIDS_DIR",
     "site": "site (rule in the group module docs; participants.tsv 'site' column wins)",
     **{f"{t}_ml": f"{t} volume in mL (participant level, *_morph.tsv)" for t in TISSUES},
+    **{f"{t}_{c}": f"{t}: {c} of *_morph.tsv (n/a without --mc-samples)" for t in TISSUES
+       for c in ("mc_median_ml", "cal_p2_5_ml", "cal_p97_5_ml")},
     "sequence": "sequence the model was told (MPRAGE or SPGR)",
     "in_training_space": "acquisition inside the model's training space",
     "outside_training_space": "parameters outside it",
@@ -57,19 +60,19 @@ def site_of(sidecar: dict) -> str:
     return str(sidecar.get("Manufacturer", "n/a"))
 
 
-def _participant_sites(root: Path) -> dict[str, str]:
+def _participants(root: Path) -> dict[str, dict]:
     tsv = root / "participants.tsv"
     if not tsv.exists():
         return {}
     with open(tsv, newline="") as f:
         rows = list(csv.DictReader(f, delimiter="\t"))
-    return {r["participant_id"]: r["site"] for r in rows
-            if r.get("site") and r["site"] != "n/a" and "participant_id" in r}
+    return {r["participant_id"]: r for r in rows if "participant_id" in r}
 
 
 def collect_volumes(bids_root: Path, out_dir: Path) -> list[dict]:
     """One row per participant-level volumes table found in ``out_dir``."""
-    sites = _participant_sites(bids_root)
+    people = _participants(bids_root)
+    sites = {k: r["site"] for k, r in people.items() if r.get("site") not in (None, "", "n/a")}
     rows = []
     for tsv in sorted(out_dir.glob("sub-*/**/*_morph.tsv")):
         side = json.loads(tsv.with_suffix(".json").read_text())
@@ -86,12 +89,17 @@ def collect_volumes(bids_root: Path, out_dir: Path) -> list[dict]:
                "site": sites.get(f"sub-{ents['sub']}", site_of(sidecar))}
         for t in TISSUES:
             row[f"{t}_ml"] = vols[t]["volume_ml"] if t in vols else "n/a"
+        for t in TISSUES:
+            for c in ("mc_median_ml", "cal_p2_5_ml", "cal_p97_5_ml"):
+                row[f"{t}_{c}"] = vols.get(t, {}).get(c) or "n/a"
         row["sequence"] = acq.get("Sequence", "n/a")
         row["in_training_space"] = str(prov.get("InTrainingSpace", "n/a")).lower()
         row["outside_training_space"] = ",".join(prov.get("OutsideTrainingSpace", [])) or "n/a"
         for d in DESCRIPTORS:
             row[d] = sidecar.get(d, "n/a")
         row["parameters"] = json.dumps(acq.get("Parameters", {}), sort_keys=True)
+        person = people.get(row["participant_id"], {})
+        row["age"], row["sex"] = person.get("age", "n/a"), person.get("sex", "n/a")
         rows.append(row)
     return rows
 
@@ -151,6 +159,120 @@ def site_effects(rows: list[dict]) -> dict:
             "tissues": tissues}
 
 
+def combat(rows: list[dict]) -> dict | None:
+    """ComBat-harmonised volumes (neuroCombat, Fortin et al. 2018: empirical Bayes
+    location/scale per site), with ``age``/``sex`` from participants.tsv as covariates
+    when every row has them. Returns None (with the reason logged) when ComBat cannot
+    run: fewer than two sites, or a site with fewer than two scans.
+
+    The harmonised volumes are reported beside the raw ones, never instead of them.
+    """
+    import contextlib
+    import io
+
+    import pandas as pd
+    from neuroCombat import neuroCombat
+
+    sites = [r["site"] for r in rows]
+    counts = {s: sites.count(s) for s in set(sites)}
+    if len(counts) < 2 or min(counts.values()) < 2:
+        log.info("ComBat skipped: needs >= 2 sites with >= 2 scans each (have %s)",
+                 dict(sorted(counts.items())))
+        return None
+    data = np.array([[float(r[f"{t}_ml"]) for r in rows] for t in TISSUES])
+    covars = pd.DataFrame({"site": sites})
+    cat, num = [], []
+    if all(r.get("age") not in (None, "n/a", "") for r in rows):
+        covars["age"] = [float(r["age"]) for r in rows]
+        num.append("age")
+    if all(r.get("sex") not in (None, "n/a", "") for r in rows):
+        covars["sex"] = [str(r["sex"]) for r in rows]
+        cat.append("sex")
+    with contextlib.redirect_stdout(io.StringIO()), np.errstate(all="ignore"):
+        out = neuroCombat(dat=data, covars=covars, batch_col="site",
+                          categorical_cols=cat or None, continuous_cols=num or None)["data"]
+    for i, t in enumerate(TISSUES):  # a constant volume has no scale to estimate
+        if not np.all(np.isfinite(out[i])):
+            log.info("ComBat left %s as it is (no variance to model)", t)
+            out[i] = data[i]
+    return {"covariates": cat + num,
+            "volumes": [{f"{t}_ml": float(out[i, j]) for i, t in enumerate(TISSUES)}
+                        for j in range(len(rows))]}
+
+
+def image_features(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator,
+                   patches: int = 64, size: int = 12) -> np.ndarray:
+    """Per random brain patch: 9 intensity deciles of the image divided by its brain mean
+    (the features of the proxy A-distance)."""
+    img = image / max(float(image[mask].mean()), 1e-12)
+    centres = np.argwhere(mask)
+    out = []
+    h = size // 2
+    for c in centres[rng.choice(len(centres), size=patches, replace=len(centres) < patches)]:
+        sl = tuple(slice(max(0, int(v) - h), int(v) + h) for v in c)
+        vals = img[sl][mask[sl]]
+        out.append(np.percentile(vals, np.arange(10, 100, 10)))
+    return np.asarray(out)
+
+
+def proxy_a_distance(features: list[np.ndarray], sites: list[str]) -> dict:
+    """Proxy A-distance between each pair of sites (Ben-David et al. 2007; used by
+    mr-acquisition-invariant-representation section 3.1): a linear classifier (logistic
+    regression on standardised features) tells site A's patches from site B's; with its
+    cross-validated error, d = 2 (1 - 2 err), clipped to [0, 2]. Folds are grouped by
+    scan, so patches of one scan never train and test the same classifier."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import GroupKFold, cross_val_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    out = {}
+    usites = sorted(set(sites))
+    for i, a in enumerate(usites):
+        for b in usites[i + 1:]:
+            idx = [k for k, s in enumerate(sites) if s in (a, b)]
+            n_scans = {s: sum(sites[k] == s for k in idx) for s in (a, b)}
+            if min(n_scans.values()) < 2:
+                continue
+            x = np.concatenate([features[k] for k in idx])
+            y = np.concatenate([[sites[k] == a] * len(features[k]) for k in idx])
+            groups = np.concatenate([[k] * len(features[k]) for k in idx])
+            folds = min(3, min(n_scans.values()))
+            clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
+            acc = cross_val_score(clf, x, y, groups=groups, cv=GroupKFold(folds)).mean()
+            out[f"{a} | {b}"] = float(np.clip(2 * (1 - 2 * (1 - acc)), 0, 2))
+    return out
+
+
+def a_distances(out_dir: Path, rows: list[dict], seed: int = 0) -> dict:
+    """Proxy A-distances between sites for each image kind a scan has: the preprocessed
+    T1w (raw intensities), the harmonised image and the estimated R1 map."""
+    from .bids.outputs import derivative_path
+
+    kinds = {"preproc_T1w": {"suffix": "T1w", "desc": "preproc"},
+             "harmonized_T1w": {"suffix": "T1w", "desc": "harmonized"},
+             "R1map": {"suffix": "R1map", "desc": "qmriphysics"}}
+    result = {}
+    for kind, ents in kinds.items():
+        feats, sites = [], []
+        rng = np.random.default_rng(seed)
+        for r in rows:
+            name = Path(r["source"]).name
+            img_p = out_dir / derivative_path(name, **ents)
+            mask_p = out_dir / derivative_path(name, suffix="mask", desc="brain")
+            if not (img_p.exists() and mask_p.exists()):
+                break
+            mask = np.asanyarray(nib.load(str(mask_p)).dataobj) > 0
+            img = nib.load(str(img_p)).get_fdata(dtype=np.float32)
+            feats.append(image_features(img, mask & (img > 0), rng))
+            sites.append(r["site"])
+        else:
+            d = proxy_a_distance(feats, sites) if len(set(sites)) > 1 else {}
+            if d:
+                result[kind] = d
+    return result
+
+
 def _plot(rows: list[dict]) -> bytes:
     import io
 
@@ -193,8 +315,16 @@ def _report(effects: dict) -> str:
         def fmt(x, f):
             return "n/a" if x is None else format(x, f)
         cov = None if w is None else w["mean_cov_x1e3"]
+        cb = e.get("combat") or {}
         rows.append(f"<tr><td>{t}</td><td>{fmt(eta, '.3f')}</td><td>{fmt(peta, '.3f')}</td>"
-                    f"<td>{fmt(cov, '.1f')}</td></tr>")
+                    f"<td>{fmt(cov, '.1f')}</td><td>{fmt(cb.get('eta2_site'), '.3f')}</td>"
+                    f"<td>{fmt(cb.get('partial_eta2_site_given_subject'), '.3f')}</td></tr>")
+    pad = effects.get("proxy_a_distance") or {}
+    pairs = sorted({p for d in pad.values() for p in d})
+    arows = "".join(f"<tr><td>{html.escape(p)}</td>" + "".join(
+        f"<td>{pad[k][p]:.2f}</td>" if p in pad[k] else "<td>n/a</td>" for k in pad) + "</tr>"
+        for p in pairs)
+    ahead = "".join(f"<th>{html.escape(k)}</th>" for k in pad)
     return ("<!DOCTYPE html><html><head><meta charset='utf-8'><title>phys-bids group</title>"
             "<style>body{font-family:sans-serif;max-width:1000px;margin:auto}td,th{border:1px "
             "solid #bbb;padding:2px 8px}table{border-collapse:collapse}</style></head><body>"
@@ -204,8 +334,14 @@ def _report(effects: dict) -> str:
             "<h2>Volumes by site</h2><img src='volumes_by_site.png' alt='volumes by site'>"
             "<p>Lines join the scans of one subject.</p><h2>Site effects</h2><table><tr>"
             "<th>tissue</th><th>variance explained by site</th><th>... after subject</th>"
-            "<th>within-subject CoV x10^3</th></tr>" + "".join(rows) + "</table>"
-            "</body></html>\n")
+            "<th>within-subject CoV x10^3</th><th>after ComBat: by site</th>"
+            "<th>... after subject</th></tr>" + "".join(rows) + "</table>"
+            "<p>ComBat volumes (group/volumes_combat.tsv) are shown beside the raw ones, never "
+            "instead of them.</p><h2>Proxy A-distance between sites</h2>"
+            "<p>0: a linear classifier cannot tell the sites' brain-tissue intensities apart; "
+            "2: it always can.</p>"
+            + (f"<table><tr><th>sites</th>{ahead}</tr>{arows}</table>" if pad else
+               "<p>n/a (needs two sites with two scans each)</p>") + "</body></html>\n")
 
 
 def run_group(bids_root: Path, out_dir: Path) -> int:
@@ -224,6 +360,25 @@ def run_group(bids_root: Path, out_dir: Path) -> int:
     writer.write_text("group/volumes.tsv", "\n".join(lines) + "\n")
     writer.write_json("group/volumes.json", {c: {"Description": d} for c, d in COLUMNS.items()})
     effects = site_effects(rows)
+    harmonised = combat(rows)
+    if harmonised is not None:
+        crow = [{**r, **v} for r, v in zip(rows, harmonised["volumes"], strict=True)]
+        cols = ["participant_id", "session_id", "source", "site", *(f"{t}_ml" for t in TISSUES)]
+        writer.write_text("group/volumes_combat.tsv", "\n".join(
+            ["\t".join(cols)] + ["\t".join(f"{r[c]:.4f}" if c.endswith("_ml") else str(r[c])
+                                           for c in cols) for r in crow]) + "\n")
+        writer.write_json("group/volumes_combat.json", {
+            "Description": "ComBat-harmonised volumes (neuroCombat, batch = site"
+                           + (f", covariates {harmonised['covariates']}"
+                              if harmonised["covariates"] else "") + "); the physics-"
+                           "invariant raw volumes are in volumes.tsv",
+            **{f"{t}_ml": {"Units": "mL"} for t in TISSUES}})
+        after = site_effects(crow)["tissues"]
+        for t in TISSUES:
+            effects["tissues"][t]["combat"] = {
+                k: after[t][k] for k in ("eta2_site", "partial_eta2_site_given_subject",
+                                         "within_subject")}
+    effects["proxy_a_distance"] = a_distances(out_dir, rows)
     writer.write_json("group/site_effects.json", effects)
     writer.write_bytes("group/volumes_by_site.png", _plot(rows))
     writer.write_text("group/report.html", _report(effects))

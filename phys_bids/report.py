@@ -43,7 +43,7 @@ def _figure(panels, title: str) -> bytes:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.2), dpi=80)
+    fig, axes = plt.subplots(1, len(panels), figsize=(3 * len(panels), 3.2), dpi=80)
     for ax, draw in zip(axes, panels, strict=True):
         draw(ax)
         ax.set_axis_off()
@@ -111,6 +111,30 @@ def run_figures(writer, source: str, subject: str, out: dict, template) -> dict[
               zip(_slices(native, c), _slices(dseg, c), strict=True)]
     figs["segmentation"] = _save(writer, figure_path(source, step="segmentation"), _figure(
         panels, "tissue labels: GM green, WM yellow, CSF blue"))
+    if out.get("qmri_maps"):
+        maps = _canonical(out["qmri_maps"])
+        harm = _canonical(out["harmonized"])
+        z = c[2]
+        scales = (("PD", 0, 1.1, "gray"), ("R1 (1/s)", 0, 1.6, "viridis"),
+                  ("R2* (1/s)", 0, 40, "magma"), ("MTsat (p.u.)", 0, 3, "cividis"))
+
+        def map_panel(sl, name, lo, hi, cmap):
+            def draw(ax):
+                im = ax.imshow(sl, cmap=cmap, vmin=lo, vmax=hi, interpolation="nearest")
+                ax.set_title(name, fontsize=9)
+                ax.figure.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
+            return draw
+
+        def harm_panel(sl):
+            def draw(ax):
+                _grey(ax, sl)
+                ax.set_title("harmonised", fontsize=9)
+            return draw
+        qpanels = [map_panel(np.rot90(maps[:, :, z, k]), *scales[k]) for k in range(4)]
+        qpanels.append(harm_panel(np.rot90(harm[:, :, z])))
+        figs["qMRI"] = _save(writer, figure_path(source, step="qmri"), _figure(
+            qpanels, "estimated qMRI maps (network estimates from this image) and the image "
+            "re-synthesised at the reference protocol"))
     return figs
 
 

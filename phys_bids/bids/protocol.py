@@ -33,7 +33,7 @@ from ..io import read_json
 from ..physics.sidecar import SIDECAR_FIELDS
 from .sidecars import strip_extension
 
-__all__ = ["Protocol", "ProtocolFileError", "ALLOWED_FIELDS"]
+__all__ = ["Protocol", "ProtocolFileError", "ALLOWED_FIELDS", "load_reference_protocol"]
 
 ALLOWED_FIELDS = frozenset(SIDECAR_FIELDS) | {
     "PulseSequenceType", "ScanningSequence", "SequenceVariant", "SequenceName", "MTState",
@@ -84,3 +84,40 @@ class Protocol:
             if fnmatch.fnmatchcase(name, pattern):
                 merged.update(fields)
         return merged
+
+
+def load_reference_protocol(value: str) -> dict:
+    """The protocol of the harmonised image: a preset name or a JSON file of sidecar fields.
+
+    Returns ``{"name", "sequence", "params", "fields"}`` (parameters in SI units, checked
+    like any sidecar). Raises :class:`ProtocolFileError` with one actionable line.
+
+    >>> ref = load_reference_protocol("mprage-3t")
+    >>> ref["sequence"], ref["params"]
+    ('MPRAGE', {'ti': 0.9})
+    """
+    from ..models.qmri_net import REFERENCE_PROTOCOLS
+    from ..physics.sidecar import acquisition_from_sidecar
+
+    if value in REFERENCE_PROTOCOLS:
+        name, fields = value, dict(REFERENCE_PROTOCOLS[value])
+    else:
+        path = Path(value)
+        if not path.is_file():
+            raise ProtocolFileError(f"--reference-protocol {value}: neither a preset "
+                                    f"({', '.join(REFERENCE_PROTOCOLS)}) nor a JSON file")
+        fields = read_json(path, "--reference-protocol", ProtocolFileError)
+        if not isinstance(fields, dict):
+            raise ProtocolFileError(f"--reference-protocol {path}: expected a JSON object of "
+                                    "sidecar fields, e.g. {\"PulseSequenceType\": \"MPRAGE\", "
+                                    "\"InversionTime\": 0.9}")
+        unknown = sorted(set(fields) - ALLOWED_FIELDS - {"MagneticFieldStrength"})
+        if unknown:
+            raise ProtocolFileError(f"--reference-protocol {path}: unknown field(s) {unknown}")
+        name = strip_extension(path.name)
+    try:
+        acq = acquisition_from_sidecar(fields, suffix="T1w")
+        params = acq.model_params()
+    except ValueError as err:
+        raise ProtocolFileError(f"--reference-protocol {value}: {err}") from None
+    return {"name": name, "sequence": acq.sequence, "params": params, "fields": fields}

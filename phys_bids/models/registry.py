@@ -33,6 +33,9 @@ class LoadedModel:
     network: PhysicsUNet
     manifest: dict
     encoder: PhysicsEncoder | None
+    #: conformal margins of the Monte-Carlo bounds (calibration.json), when fitted for
+    #: these weights
+    calibration: dict | None = None
 
     @property
     def physics(self) -> bool:
@@ -89,4 +92,8 @@ def load_model(name_or_dir: str | Path, *, device="cpu", root: Path | None = Non
                 if abs(m0 - m1) > 1e-9 * max(1, abs(m0)) or abs(s0 - s1) > 1e-9 * max(1, s0):
                     raise ModelCorruptError(f"{name_or_dir}: the physics encoding changed since "
                                             "training; retrain or pin the encoder")
-    return LoadedModel(manifest["name"], net, manifest, encoder)
+    cal = folder / "calibration.json"
+    calibration = json.loads(cal.read_text()) if cal.is_file() else None
+    if calibration is not None and calibration.get("weights_sha256") != manifest["weights_sha256"]:
+        calibration = None  # fitted for other weights: not valid for these
+    return LoadedModel(manifest["name"], net, manifest, encoder, calibration)

@@ -30,6 +30,7 @@ from ..io import atomic_write, sha256
 from ..physics import PhysicsEncoder
 from ..synth import SynthConfig, SynthGenerator, load_head
 from .losses import soft_dice_loss, stochastic_cross_entropy, stratification_loss
+from .qmri_net import MAPS, UNITS, qmri_loss, qmri_metrics, raw_to_maps
 from .unet import PhysicsUNet
 
 __all__ = ["TrainConfig", "train", "sha256", "atomic_write_bytes", "evaluate_batches",
@@ -43,6 +44,8 @@ class TrainConfig:
     """Everything that defines a training run (written to the manifest)."""
 
     name: str = "seg-physics"
+    #: "segmentation" (GM/WM/CSF fractions) or "qmri" (PD, R1, R2*, MT maps)
+    task: str = "segmentation"
     physics: bool = True
     channels: tuple[int, ...] = (8, 16, 32, 64)
     dropout: float = 0.1
@@ -61,6 +64,8 @@ class TrainConfig:
     stratification_weight: float = 1.0
     dice_weight: float = 1.0
     aleatoric_samples: int = 10
+    gradient_weight: float = 1.0  # qmri: L1 on the maps' spatial gradients
+    consistency_weight: float = 0.1  # qmri: re-simulated vs input image
     seed: int = 1234
     threads: int = 1
     val_every: int = 50
@@ -111,8 +116,11 @@ def _git_commit() -> str:
 
 
 def build_model(cfg: TrainConfig, encoder: PhysicsEncoder) -> PhysicsUNet:
+    if cfg.task not in ("segmentation", "qmri"):
+        raise ValueError(f"unknown task {cfg.task!r}")
     return PhysicsUNet(channels=cfg.channels, physics_dim=encoder.dim if cfg.physics else 0,
-                       dropout=cfg.dropout, input_dropout=cfg.input_dropout)
+                       dropout=cfg.dropout, input_dropout=cfg.input_dropout,
+                       aleatoric=cfg.task == "segmentation")
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -132,6 +140,15 @@ def _lr_at(cfg: TrainConfig, step: int) -> float:
 
 
 def _loss(model, batch, cfg: TrainConfig, g: torch.Generator):
+    if cfg.task == "qmri":
+        raw, _, feats = model(batch["image"], batch["physics"] if cfg.physics else None)
+        loss, parts = qmri_loss(raw, batch["maps"], batch["mask"], batch["image"],
+                                batch["sequence"], batch["params"],
+                                gradient_weight=cfg.gradient_weight,
+                                consistency_weight=cfg.consistency_weight)
+        strat = stratification_loss(feats)
+        parts["strat"] = strat.item()
+        return loss + cfg.stratification_weight * strat, parts
     n = batch["image"].shape[0]
     target = batch["target"][None].expand(n, -1, -1, -1, -1)
     logits, log_sigma, feats = model(batch["image"], batch["physics"] if cfg.physics else None)
@@ -141,6 +158,30 @@ def _loss(model, batch, cfg: TrainConfig, g: torch.Generator):
     strat = stratification_loss(feats)
     total = ce + cfg.dice_weight * dice + cfg.stratification_weight * strat
     return total, {"ce": ce.item(), "dice": dice.item(), "strat": strat.item()}
+
+
+@torch.no_grad()
+def evaluate_qmri(model, batches: list[dict], physics: bool) -> dict:
+    """Per map NRMSE/PSNR/SSIM in the brain mask, and the consistency of the estimated R1
+    across the realisations of a patch (CoV of its mean over the mask, x1e3)."""
+    model.eval()
+    per_map, covs = [], []
+    for b in batches:
+        raw, _, _ = model(b["image"], b["physics"] if physics else None)
+        maps = raw_to_maps(raw)
+        per_map.append(qmri_metrics(maps, b["maps"], b["mask"]))
+        r1 = maps[:, 1][:, b["mask"]].mean(1)
+        covs.append(float(r1.std(unbiased=False) / r1.mean()))
+    model.train()
+    out = {name: {k: sum(m[name][k] for m in per_map) / len(per_map)
+                  for k in ("nrmse", "psnr_db", "ssim")} for name in MAPS}
+    return {"maps": out, "nrmse_mean": sum(v["nrmse"] for v in out.values()) / len(out),
+            "r1_cov_x1e3": 1e3 * sum(covs) / len(covs)}
+
+
+def evaluate(model, batches: list[dict], cfg: TrainConfig) -> dict:
+    fn = evaluate_qmri if cfg.task == "qmri" else evaluate_batches
+    return fn(model, batches, cfg.physics)
 
 
 @torch.no_grad()
@@ -180,7 +221,7 @@ def revalidate(manifest: dict, model, data_dir) -> dict:
     synth = SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
     gen = SynthGenerator(heads, synth, PhysicsEncoder())
     torch.manual_seed(cfg.seed)
-    return evaluate_batches(model, validation_batches(cfg, gen), cfg.physics)
+    return evaluate(model, validation_batches(cfg, gen), cfg)
 
 
 def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: str = "cpu"
@@ -207,7 +248,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
     model = build_model(cfg, encoder).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
-    step, history = 0, {"step": [], "loss": [], "ce": [], "dice": [], "strat": [], "val": []}
+    step, history = 0, {"step": [], "loss": [], "val": []}
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -221,14 +262,19 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
     code_commit = _git_commit()  # the code this run started from
     manifest_base = {
         "name": cfg.name,
-        "task": "tissue segmentation (background, GM, WM, CSF)",
+        "task": ("tissue segmentation (background, GM, WM, CSF)" if cfg.task == "segmentation"
+                 else "qMRI map estimation (PD, R1, R2*, MT) from one image"),
+        "kind": cfg.task,
         "architecture": {"class": "phys_bids.models.PhysicsUNet", "args": model.config},
         "input": {"normalisation": "image / mean(image inside brain mask), skull-stripped, "
                                    "bias-corrected, RAS, 1 mm",
                   "grid_mm": 1.0, "patch": cfg.patch, "orientation": "RAS"},
         "physics_encoder": encoder.to_dict() if cfg.physics else None,
         "parameter_spaces": synth.spaces,
-        "labels": {"0": "background", "1": "GM", "2": "WM", "3": "CSF"},
+        **({"labels": {"0": "background", "1": "GM", "2": "WM", "3": "CSF"}}
+           if cfg.task == "segmentation" else
+           {"maps": {m: {"channel": i, "units": UNITS[m]} for i, m in enumerate(MAPS)},
+            "output_transform": "phys_bids.models.qmri_net.raw_to_maps"}),
         "split": {"train": list(cfg.train_subjects), "val": list(cfg.val_subjects),
                   "test": list(cfg.test_subjects)},
         "synth": synth.to_dict(),
@@ -271,13 +317,13 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         history["step"].append(step)
         history["loss"].append(round(loss.item(), 5))
         for k, v in parts.items():
-            history[k].append(round(v, 5))
+            history.setdefault(k, []).append(round(v, 5))
         if step % 10 == 0:
-            log.info("%s step %d/%d loss %.4f (ce %.4f dice %.4f strat %.4f) %.1f s/step",
-                     cfg.name, step, cfg.max_steps, loss.item(), parts["ce"], parts["dice"],
-                     parts["strat"], (time.time() - t_start) / max(1, step - session_start))
+            log.info("%s step %d/%d loss %.4f (%s) %.1f s/step", cfg.name, step, cfg.max_steps,
+                     loss.item(), " ".join(f"{k} {v:.4f}" for k, v in parts.items()),
+                     (time.time() - t_start) / max(1, step - session_start))
         if step % cfg.val_every == 0 or step == cfg.max_steps:
-            last_val = {"step": step, **evaluate_batches(model, val_batches, cfg.physics)}
+            last_val = {"step": step, **evaluate(model, val_batches, cfg)}
             history["val"].append(last_val)
             log.info("%s validation %s", cfg.name, json.dumps(last_val))
         out_of_time = (cfg.time_limit_min is not None

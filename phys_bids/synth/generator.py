@@ -217,7 +217,9 @@ class SynthGenerator:
             ``image`` (N, 1, P, P, P) normalised magnitude images,
             ``target`` (4, P, P, P) soft fractions of background/GM/WM/CSF inside the mask,
             ``physics`` (N, D) encoded parameters, ``params`` dict of (N,) tensors,
-            ``sequence`` str, ``mask`` (P, P, P) bool brain mask, ``r1`` (P, P, P) effective R1.
+            ``sequence`` str, ``mask`` (P, P, P) bool brain mask, ``r1`` (P, P, P) effective R1,
+            ``maps`` (4, P, P, P) the true PD, R1 (1/s), R2* (1/s), MTsat (p.u.), each the
+            partial-volume weighted mean of the voxel's tissues.
         """
         g = generator
         cfg = self.cfg
@@ -266,7 +268,8 @@ class SynthGenerator:
         target.index_add_(0, tmap, frac)
         target[1:] *= mask
         target[0] = 1.0 - target[1:].sum(0)
-        r1 = (cmaps["r1"] * fr).sum(0) / fr.sum(0).clamp_min(1e-6)
+        wts = fr / fr.sum(0).clamp_min(1e-6)  # partial-volume weights of the true maps
+        maps = torch.stack([(cmaps[k] * wts).sum(0) for k in ("pd", "r1", "r2s", "mt")])
         return {
             "image": image[:, None].float(),
             "target": target,
@@ -274,7 +277,8 @@ class SynthGenerator:
             "params": params,
             "sequence": sequence,
             "mask": mask,
-            "r1": r1,
+            "r1": maps[1],
+            "maps": maps,
             "head": head_index,
         }
 

@@ -45,13 +45,14 @@ def SubjectJob(subject: str, runs: list, settings: dict, bids_root: str, out_dir
         template = get_template(work / "templateflow"
                                 if not os.environ.get("TEMPLATEFLOW_HOME") else None)
         model = load_model(cfg.model, device=cfg.device)
+        qmri = load_model(cfg.qmri_model, device=cfg.device) if cfg.qmri_model else None
         writer = DerivativesWriter(Path(out_dir), Path(bids_root), version=__version__,
                                    container=container)
         t1w = [T1wRun(Path(r["path"]), r["subject"], r["session"], dict(r["entities"]))
                for r in runs]
         summaries = run_subject(subject, t1w, settings=cfg, bids_root=Path(bids_root),
                                 work_dir=work, writer=writer, template=template, model=model,
-                                worker="serial")
+                                qmri=qmri, worker="serial")
     except SubjectError as err:
         return {"subject": subject, "error": str(err)}
     except Exception as err:  # noqa: BLE001 - reported per subject, the others go on

@@ -33,9 +33,11 @@ from ..bids.layout import T1wRun, ambiguous_runs
 from ..bids.outputs import derivative_path, xfm_path
 from ..bids.protocol import Protocol
 from ..bids.sidecars import SidecarError, load_sidecar
+from ..models.calibration import widen
 from ..physics.sidecar import ParameterError, acquisition_from_sidecar
 from ..physics.spaces import in_training_space
 from ..tasks.preproc import N4BiasCorrect, RegisterToTemplate, SkullStrip
+from ..tasks.qmri import EstimateQMRI
 from ..tasks.segment import TISSUES, Segment, ToNative
 
 __all__ = ["Settings", "PreparedRun", "SubjectError", "prepare_run", "T1wRunWorkflow",
@@ -65,20 +67,34 @@ class Settings:
     overwrite: bool = False
     protocol_file: str | None = None
     mc_samples: int = 0
+    #: qMRI estimator (None: no maps and no harmonised image)
+    qmri_model: str | None = None
+    #: preset name or JSON file of the harmonised image's protocol
+    reference_protocol: str = "mprage-3t"
 
     @cached_property
     def _protocol_text(self) -> str:
         return Path(self.protocol_file).read_text() if self.protocol_file else ""
 
     @cached_property
+    def reference(self) -> dict:
+        """The harmonised image's protocol: name, sequence, parameters (SI), fields."""
+        from ..bids.protocol import load_reference_protocol
+
+        return load_reference_protocol(self.reference_protocol)
+
+    @cached_property
     def protocol(self) -> Protocol | None:
         """The protocol file, read once for all subjects."""
         return Protocol.load(self.protocol_file) if self.protocol_file else None
 
-    def digest(self, model_sha256: str, template: str) -> str:
+    def digest(self, model_sha256: str, template: str, qmri_sha256: str | None = None) -> str:
         """Hash of the settings that change outputs (not the worker or thread counts...
         except ``omp_nthreads``, which can change the last bits of float sums)."""
+        qmri = ({"qmri": self.qmri_model, "qmri_sha": qmri_sha256,
+                 "reference": self.reference} if self.qmri_model else {})
         key = json.dumps({"model": self.model, "sha": model_sha256, "template": template,
+                          **qmri,
                           "skull_strip": self.skull_strip, "seed": self.seed,
                           "mc_samples": self.mc_samples,
                           "threads": self.omp_nthreads, "protocol": self._protocol_text,
@@ -131,14 +147,16 @@ def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
 
 _RUN_OUTPUTS = ["mask", "brain_volume_ml", "strip_warnings", "n4", "bias_field", "in_template",
                 "transform", "probseg_template", "dseg_template", "mask_template",
-                "probseg", "dseg", "volumes", "sd", "mc_volumes"]
+                "probseg", "dseg", "volumes", "sd", "mc_volumes", "qmri_maps", "harmonized"]
 
 
 @workflow.define(outputs=_RUN_OUTPUTS)
 def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict, model: str,
                    model_sha256: str, skull_strip: str = "deepbet", threads: int = 1,
-                   seed: int = 0, device: str = "cpu", mc_samples: int = 0, label: str = ""):
-    """One T1w run: preprocessing, segmentation on the model grid, back to native."""
+                   seed: int = 0, device: str = "cpu", mc_samples: int = 0, label: str = "",
+                   qmri_model: str = "", qmri_sha256: str = "", reference: dict | None = None):
+    """One T1w run: preprocessing, segmentation on the model grid, back to native; with a
+    ``qmri_model``, qMRI maps and the image harmonised to ``reference`` too."""
     strip = workflow.add(SkullStrip(in_file=in_file, method=skull_strip, threads=threads,
                                     label=label))
     n4 = workflow.add(N4BiasCorrect(in_file=strip.brain, mask=strip.mask, threads=threads,
@@ -152,21 +170,31 @@ def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict, m
                                seed=seed, label=label))
     nat = workflow.add(ToNative(probseg=seg.probseg, native=in_file, mask=strip.mask,
                                 transform=reg.transform, sd=seg.sd, label=label))
+    maps = harmonized = None
+    if qmri_model:
+        q = workflow.add(EstimateQMRI(in_template=reg.out_file, native=in_file, mask=strip.mask,
+                                      transform=reg.transform, template=template,
+                                      model=qmri_model, model_sha256=qmri_sha256,
+                                      sequence=sequence, params=params, reference=reference,
+                                      threads=threads, device=device, label=label))
+        maps, harmonized = q.maps, q.harmonized
     return (strip.mask, strip.volume_ml, strip.warnings, n4.out_file, n4.bias_field,
             reg.out_file, reg.transform, seg.probseg, seg.dseg, seg.mask, nat.probseg,
-            nat.dseg, nat.volumes, nat.sd, seg.mc_volumes)
+            nat.dseg, nat.volumes, nat.sd, seg.mc_volumes, maps, harmonized)
 
 
 @workflow.define(outputs=_RUN_OUTPUTS)
 def Participant(in_files: list[File], labels: list[str], sequences: list[str],
                 params: list[dict], template: File, model: str, model_sha256: str,
                 skull_strip: str = "deepbet", threads: int = 1, seed: int = 0,
-                device: str = "cpu", mc_samples: int = 0):
+                device: str = "cpu", mc_samples: int = 0, qmri_model: str = "",
+                qmri_sha256: str = "", reference: dict | None = None):
     """All T1w runs of one subject (a split of :class:`T1wRunWorkflow`)."""
     runs = workflow.add(
         T1wRunWorkflow(template=template, model=model, model_sha256=model_sha256,
                        skull_strip=skull_strip, threads=threads, seed=seed, device=device,
-                       mc_samples=mc_samples)
+                       mc_samples=mc_samples, qmri_model=qmri_model,
+                       qmri_sha256=qmri_sha256, reference=reference)
         .split(("in_file", "label", "sequence", "params"), in_file=in_files, label=labels,
                sequence=sequences, params=params)
         .combine("in_file"), name="run")
@@ -175,15 +203,17 @@ def Participant(in_files: list[File], labels: list[str], sequences: list[str],
 
 def participant_workflow(prepared: list[PreparedRun], *, template: Path, model: str,
                          model_sha256: str, skull_strip: str = "deepbet", threads: int = 1,
-                         seed: int = 0, device: str = "cpu", mc_samples: int = 0
-                         ) -> Participant:
+                         seed: int = 0, device: str = "cpu", mc_samples: int = 0,
+                         qmri_model: str = "", qmri_sha256: str = "",
+                         reference: dict | None = None) -> Participant:
     """The Pydra workflow of one subject's runs, configured by keyword arguments."""
     return Participant(in_files=[p.run.path for p in prepared],
                        labels=[p.run.label for p in prepared],
                        sequences=[p.sequence for p in prepared],
                        params=[p.params for p in prepared], template=template, model=model,
                        model_sha256=model_sha256, skull_strip=skull_strip, threads=threads,
-                       seed=seed, device=device, mc_samples=mc_samples)
+                       seed=seed, device=device, mc_samples=mc_samples, qmri_model=qmri_model,
+                       qmri_sha256=qmri_sha256, reference=reference)
 
 
 def _submitter(settings: Settings, cache_root: Path, worker: str | None = None):
@@ -199,10 +229,11 @@ def _submitter(settings: Settings, cache_root: Path, worker: str | None = None):
 
 
 def run_subject(subject: str, runs: list[T1wRun], *, settings: Settings, bids_root: Path,
-                work_dir: Path, writer: DerivativesWriter, template, model,
+                work_dir: Path, writer: DerivativesWriter, template, model, qmri=None,
                 worker: str | None = None) -> list[dict]:
     """Process one subject end to end; returns one summary per run.
 
+    ``qmri`` is the loaded qMRI model when ``settings.qmri_model`` is set.
     ``worker`` overrides ``settings.worker`` for this subject's tasks (a SLURM job runs
     its subject's tasks serially: :mod:`phys_bids.workflows.cluster`).
 
@@ -219,12 +250,16 @@ def run_subject(subject: str, runs: list[T1wRun], *, settings: Settings, bids_ro
     prepared = [prepare_run(r, bids_root, settings.protocol, physics=model.physics)
                 for r in runs]
     sha = model.manifest["weights_sha256"]
-    digest = settings.digest(sha, template.name)
+    qsha = qmri.manifest["weights_sha256"] if qmri is not None else None
+    digest = settings.digest(sha, template.name, qsha)
     _check_previous(writer.root, subject, digest, settings.overwrite)
     wf = participant_workflow(prepared, template=template.t1w_brain, model=settings.model,
                               model_sha256=sha, skull_strip=settings.skull_strip,
                               threads=settings.omp_nthreads, seed=settings.seed,
-                              device=settings.device, mc_samples=settings.mc_samples)
+                              device=settings.device, mc_samples=settings.mc_samples,
+                              qmri_model=settings.qmri_model if qmri is not None else "",
+                              qmri_sha256=qsha or "",
+                              reference=settings.reference if qmri is not None else None)
     try:
         with _submitter(settings, work_dir / "pydra", worker) as sub:
             result = sub(wf)
@@ -241,7 +276,7 @@ def run_subject(subject: str, runs: list[T1wRun], *, settings: Settings, bids_ro
     if settings.overwrite:
         shutil.rmtree(writer.root / f"sub-{subject}", ignore_errors=True)
     return write_outputs(subject, prepared, per_run, settings=settings, writer=writer,
-                         template=template, model=model, digest=digest)
+                         template=template, model=model, digest=digest, qmri=qmri)
 
 
 def _check_previous(root: Path, subject: str, digest: str, overwrite: bool) -> None:
@@ -280,11 +315,18 @@ def _provenance(p: PreparedRun, settings: Settings, template, model, digest: str
 #: Monte-Carlo columns of ``*_morph.tsv``.
 MC_COLUMNS = ("mc_mean_ml", "mc_median_ml", "mc_q1_ml", "mc_q3_ml", "mc_iqr_ml", "mc_p2_5_ml",
               "mc_p97_5_ml")
+#: calibrated bounds (the sample quantiles widened by the model's conformal margins)
+CAL_COLUMNS = ("cal_q1_ml", "cal_q3_ml", "cal_p2_5_ml", "cal_p97_5_ml")
 MC_DESCRIPTIONS = {
     "mc_mean_ml": "mean volume over the Monte-Carlo samples (model grid, 1 mm voxels)",
     "mc_median_ml": "median over the samples", "mc_q1_ml": "first quartile (25th percentile)",
     "mc_q3_ml": "third quartile (75th percentile)", "mc_iqr_ml": "q3 - q1",
     "mc_p2_5_ml": "2.5th percentile", "mc_p97_5_ml": "97.5th percentile",
+    "cal_q1_ml": "calibrated lower bound of the 50 % interval: mc_q1 widened by the model's "
+                 "conformal margin (models/<name>/calibration.json; docs/uncertainty.md)",
+    "cal_q3_ml": "calibrated upper bound of the 50 % interval",
+    "cal_p2_5_ml": "calibrated lower bound of the 95 % interval",
+    "cal_p97_5_ml": "calibrated upper bound of the 95 % interval",
 }
 
 
@@ -311,6 +353,46 @@ def _tissue_images(path):
         yield name, nib.Nifti1Image(data[..., k], img.affine, hdr)
 
 
+def _write_qmri(put, out: dict, qmri, reference: dict, p: PreparedRun) -> None:
+    """The estimated maps (one file per map, ``desc-<model>``) and the harmonised image."""
+    import nibabel as nib
+
+    from ..models.qmri_net import BIDS_SUFFIX, MAPS, UNITS
+
+    desc = "".join(ch for ch in qmri.name if ch.isalnum())
+    img = nib.load(str(out["qmri_maps"]))
+    data = img.get_fdata(dtype=np.float32)
+    model = {"Name": qmri.name, "WeightsSha256": qmri.manifest["weights_sha256"],
+             "TrainingSteps": qmri.manifest.get("steps")}
+    for k, name in enumerate(MAPS):
+        hdr = img.header.copy()
+        hdr.set_data_shape(data.shape[:3])
+        note = ("Estimated by a network from this one T1-weighted image and its acquisition "
+                f"parameters ({p.sequence}); a model estimate, not a model-based fit of "
+                "dedicated qMRI acquisitions.")
+        if name == "MT":
+            note += (" MPRAGE and SPGR without an MT pulse carry no MT contrast: this map "
+                     "comes from anatomy and the training priors, not from a measurement.")
+        if name == "PD":
+            note += " A magnitude image fixes PD only up to scale: the scale is the priors'."
+        put({"suffix": BIDS_SUFFIX[name], "desc": desc},
+            img=nib.Nifti1Image(data[..., k], img.affine, hdr),
+            extra={"Units": UNITS[name], "ModelEstimate": True,
+                   "EstimationMethod": "phys-bids qMRI network (physics branch told the "
+                   "acquisition); sliding window on the template grid, resampled to native",
+                   "EstimationModel": model, "Description": note})
+    put({"suffix": "T1w", "desc": "harmonized"}, out["harmonized"],
+        extra={"SkullStripped": True,
+               "Description": f"this scan re-synthesised at the reference protocol "
+               f"'{reference['name']}' from its estimated qMRI maps (signal equation of "
+               f"{reference['sequence']}); brain only, mean 1000 inside the brain",
+               "ReferenceProtocol": {"Name": reference["name"],
+                                     "Sequence": reference["sequence"],
+                                     "Parameters": reference["params"],
+                                     "Fields": reference["fields"]},
+               "EstimationModel": model})
+
+
 def _registration_dice(mask_template, template) -> float:
     import nibabel as nib
 
@@ -320,8 +402,8 @@ def _registration_dice(mask_template, template) -> float:
 
 
 def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict], *,
-                  settings: Settings, writer: DerivativesWriter, template, model, digest: str
-                  ) -> list[dict]:
+                  settings: Settings, writer: DerivativesWriter, template, model, digest: str,
+                  qmri=None) -> list[dict]:
     """Write every derivative, the figures and the report of one subject."""
 
     from .. import report
@@ -361,16 +443,22 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
                            "logit noise); not a probability"})
         put({"suffix": "dseg"}, out["dseg"])
         put({"suffix": "dseg", "space": tpl}, out["dseg_template"])
+        if qmri is not None and out.get("qmri_maps"):
+            _write_qmri(put, out, qmri, settings.reference, p)
         vols = out["volumes"]
         stats = _mc_stats(out["mc_volumes"])
-        rows = ["\t".join(["tissue", "volume_ml", *MC_COLUMNS, "mc_samples", "seed",
-                           "in_training_space", "outside_training_space"])]
+        rows = ["\t".join(["tissue", "volume_ml", *MC_COLUMNS, *CAL_COLUMNS, "mc_samples",
+                           "seed", "in_training_space", "outside_training_space"])]
         flag = "true" if p.in_training_space else "false"
         outside = ",".join(p.outside) or "n/a"
         for t in ("GM", "WM", "CSF", "ICV"):
             mc = ([f"{stats[t][c.removeprefix('mc_').removesuffix('_ml')]:.4f}"
                    for c in MC_COLUMNS] if stats else ["n/a"] * len(MC_COLUMNS))
-            rows.append("\t".join([t, f"{vols[t]:.4f}", *mc, str(settings.mc_samples),
+            cal = ["n/a"] * len(CAL_COLUMNS)
+            if stats and model.calibration and t in model.calibration["margins"]:
+                wide = widen(stats[t], model.calibration["margins"][t])
+                cal = [f"{max(0.0, wide[c[4:-3]]):.4f}" for c in CAL_COLUMNS]
+            rows.append("\t".join([t, f"{vols[t]:.4f}", *mc, *cal, str(settings.mc_samples),
                                    str(settings.seed), flag, outside]))
         morph = derivative_path(src, suffix="morph", extension=".tsv")
         writer.write_text(morph, "\n".join(rows) + "\n")
@@ -381,7 +469,8 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
             "in_training_space": {"Description": "whether the acquisition parameters were "
                                   "inside the model's training space"},
             "outside_training_space": {"Description": "the parameters outside it"},
-            **{c: {"Description": MC_DESCRIPTIONS[c], "Units": "mL"} for c in MC_COLUMNS},
+            **{c: {"Description": MC_DESCRIPTIONS[c], "Units": "mL"}
+               for c in (*MC_COLUMNS, *CAL_COLUMNS)},
             "mc_samples": {"Description": "Monte-Carlo samples (0: bounds not computed)"},
             "seed": {"Description": "the seed of the Monte-Carlo draws"},
             "Sources": sources, "PhysBIDS": prov})

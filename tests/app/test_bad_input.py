@@ -167,6 +167,11 @@ CASES = {
     "cuda-requested-without-gpu": (None, lambda r, t: ["--device", "cuda"],
                                    r"no CUDA device is available", 2),
     "bad-nprocs": (None, lambda r, t: ["--nprocs", "0"], r"--nprocs must be >= 1", 2),
+    "unknown-qmri-model": (None, lambda r, t: ["--qmri-model", "qmri-magic"],
+                           r"--qmri-model qmri-magic: unknown; available: ", 2),
+    "reference-protocol-wrong-units": (None, lambda r, t: ["--reference-protocol", _write(
+        "ref.json", json.dumps({"PulseSequenceType": "MPRAGE", "InversionTime": 900}))(r, t)],
+        r"--reference-protocol .*InversionTime=900 is not plausible in seconds", 2),
     "slurm-without-sbatch": (None, lambda r, t: _no_sbatch(["--pydra-worker", "slurm"]),
                              r"--pydra-worker slurm: sbatch not found on PATH", 2),
     "invalid-bids-dataset": (lambda r: (r / "sub-01/ses-siteA/anat/notbids.nii.gz").write_bytes(

@@ -40,3 +40,35 @@ def test_within_subject_cov_grows_with_the_site_effect():
 def test_one_site_gives_no_site_statistics():
     e = site_effects(_rows({"A": 0}))["tissues"]["GM"]
     assert e["eta2_site"] is None and e["within_subject"] is None
+
+
+def test_combat_removes_a_site_offset_and_keeps_the_raw_volumes():
+    from phys_bids.group import combat
+
+    rows = _rows({"A": 0, "B": 40, "C": -20}, noise=3.0)
+    before = site_effects(rows)["tissues"]["GM"]["partial_eta2_site_given_subject"]
+    out = combat(rows)
+    assert out is not None and len(out["volumes"]) == len(rows)
+    after_rows = [{**r, **v} for r, v in zip(rows, out["volumes"], strict=True)]
+    after = site_effects(after_rows)["tissues"]["GM"]["partial_eta2_site_given_subject"]
+    assert before > 0.9 and after < 0.2
+    assert rows[0]["GM_ml"] != out["volumes"][0]["GM_ml"]  # a new table, rows untouched
+    assert combat(_rows({"A": 0})) is None  # one site: nothing to harmonise
+
+
+def test_proxy_a_distance_separates_shifted_sites_only():
+    from phys_bids.group import image_features, proxy_a_distance
+
+    rng = np.random.default_rng(1)
+    mask = np.zeros((40, 40, 40), bool)
+    mask[5:35, 5:35, 5:35] = True
+    feats, sites = [], []
+    for site, contrast in (("A", 1.0), ("B", 1.0), ("C", 3.0)):
+        for _ in range(3):
+            img = np.where(rng.random(mask.shape) < 0.5, 1.0, 1.0 + contrast) \
+                + rng.normal(0, 0.05, mask.shape)
+            feats.append(image_features(img * mask, mask, rng, patches=32))
+            sites.append(site)
+    d = proxy_a_distance(feats, sites)
+    assert set(d) == {"A | B", "A | C", "B | C"}
+    assert d["A | B"] < 0.6 and d["A | C"] > 1.5 and d["B | C"] > 1.5

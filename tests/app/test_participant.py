@@ -22,7 +22,7 @@ import pytest
 
 from phys_bids.bids.layout import check_dataset
 from phys_bids.demo import write_demo_dataset
-from phys_bids.models.registry import load_model
+from phys_bids.models.registry import available_models, load_model
 
 from .helpers import cli, make_read_only, make_writable, tree_hashes
 
@@ -41,6 +41,15 @@ EXPECTED = sorted([
       ("skullstrip_T1w", "n4_biasfield", "registration_T1w", "segmentation_T1w")],
     "sub-01.html", "dataset_description.json", "dseg.tsv", ".bidsignore", "README.md",
 ])
+#: with the shipped qMRI model: its four maps, the harmonised image and their figure
+QMRI_FILES = sorted([
+    *[f"{SUB}_desc-qmriphysics_{m}.{e}" for m in ("PDmap", "R1map", "R2starmap", "MTsat")
+      for e in ("nii.gz", "json")],
+    f"{SUB}_desc-harmonized_T1w.nii.gz", f"{SUB}_desc-harmonized_T1w.json",
+    "sub-01/figures/sub-01_ses-siteA_desc-qmri_T1w.png",
+])
+if "qmri-physics" in available_models(kind="qmri"):
+    EXPECTED = sorted(EXPECTED + QMRI_FILES)
 
 
 @pytest.fixture(scope="module")

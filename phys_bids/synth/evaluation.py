@@ -1,0 +1,76 @@
+"""Held-out evaluation material: whole-brain 1 mm phantoms of a head's labels and the
+acquisition conditions of the papers' consistency experiments.
+
+Shared by the benchmarks (``bench/``) and by ``workflows/calibrate_bounds.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+
+from ..physics import SPACES, rician_noise
+from .generator import SynthConfig, SynthGenerator
+from .gold_standard import physics_gold_standard
+from .tissues import CLASSES, TARGET_OF_CLASS
+
+__all__ = ["BRAIN", "conditions", "phantom", "noisy_image"]
+
+BRAIN = [CLASSES.index(c) for c in ("gm_cortex", "gm_deep", "wm", "csf")]
+
+
+def conditions(n: int, seed: int) -> dict[str, tuple[str, dict]]:
+    """``{name: (sequence, {param: (n,) tensor})}``: MPRAGE TI evenly over the in- and
+    out-of-distribution ranges, SPGR random draws of the two spaces (seeded).
+
+    >>> c = conditions(3, 0)
+    >>> sorted(c), [round(t, 3) for t in c["mprage-id"][1]["ti"].tolist()]
+    (['mprage-id', 'mprage-ood', 'spgr-id', 'spgr-ood'], [0.6, 0.9, 1.2])
+    """
+    g = torch.Generator().manual_seed(seed)
+    out = {
+        "mprage-id": ("MPRAGE", {"ti": torch.linspace(0.6, 1.2, n)}),
+        "mprage-ood": ("MPRAGE", {"ti": torch.linspace(0.1, 2.0, n)}),
+    }
+    for name in ("spgr-id", "spgr-ood"):
+        out[name] = ("SPGR", SPACES[name].sample(n, generator=g, dtype=torch.float32))
+    return out
+
+
+def phantom(head, seed: int, margin: int = 6):
+    """Class volume cropped to the brain (+margin, multiple of 8) and per-class maps.
+
+    Returns ``(generator, class maps, fractions, present classes, brain mask, anatomy
+    labels 0-3, physics gold standard labels)``.
+    """
+    cls = head.classes
+    brain = np.isin(cls, BRAIN)
+    idx = np.argwhere(brain)
+    lo = np.maximum(idx.min(0) - margin, 0)
+    hi = np.minimum(idx.max(0) + margin + 1, cls.shape)
+    size = [int(math.ceil((h - l) / 8) * 8) for l, h in zip(lo, hi, strict=True)]
+    crop = np.zeros(size, np.uint8)
+    sub = cls[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+    crop[:sub.shape[0], :sub.shape[1], :sub.shape[2]] = sub
+    lab = torch.from_numpy(crop).long()
+    gen = SynthGenerator([head], SynthConfig())
+    g = torch.Generator().manual_seed(seed)
+    values = gen._tissue_values(g)
+    present = sorted(int(k) for k in torch.unique(lab))
+    cmaps = gen._class_maps(values, present, tuple(size), g)
+    frac = torch.stack([(lab == k).float() for k in present])
+    mask = torch.from_numpy(np.isin(crop, BRAIN))
+    anatomy = torch.as_tensor(TARGET_OF_CLASS)[lab] * mask
+    r1 = (cmaps["r1"] * frac).sum(0)
+    pgs = physics_gold_standard(r1, mask).argmax(0)
+    return gen, cmaps, frac, present, mask, anatomy, pgs
+
+
+def noisy_image(gen, cmaps, frac, mask, sequence: str, params: dict, g: torch.Generator,
+                snr: float = 30.0) -> torch.Tensor:
+    """One skull-stripped magnitude image with Rician noise (SNR in the brain)."""
+    sig = gen.simulate_patch(sequence, params, cmaps, frac)[0].abs()
+    ref = float(sig[mask].mean())
+    return rician_noise(sig, ref / snr, generator=g) * mask
