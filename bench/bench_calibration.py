@@ -20,21 +20,14 @@ import argparse
 import json
 import os
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from phys_bids.models.calibration import calibration_rows, widen
 from phys_bids.models.registry import load_model
-from phys_bids.models.segment import segment_brain, volume_summary
-from phys_bids.physics import rician_noise
 from phys_bids.synth import load_head
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_consistency import conditions, phantom  # noqa: E402
-
-TISSUES = {1: "GM", 2: "WM", 3: "CSF"}
 
 
 def main(argv=None) -> int:
@@ -54,36 +47,28 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     subjects = args.subjects.split(",") if args.subjects else model.manifest["split"]["test"]
-    conds = {k: v for k, v in conditions(args.n_images, args.seed).items()
-             if k in args.conditions.split(",")}
-    rows, sample_seconds = [], []
-    g = torch.Generator().manual_seed(args.seed)
-    for si, subj in enumerate(subjects):
-        head = load_head(Path(args.data) / f"{subj}.nii.gz")
-        gen, cmaps, frac, present, mask, anatomy, _ = phantom(head, args.seed + si)
-        truth = {t: float((anatomy == k).sum()) / 1000.0 for k, t in TISSUES.items()}
-        for cname, (seq, params) in conds.items():
-            for i in range(args.n_images):
-                p = {k: v[i:i + 1] for k, v in params.items()}
-                sig = gen.simulate_patch(seq, p, cmaps, frac)[0].abs()
-                ref = float(sig[mask].mean())
-                img = rician_noise(sig, ref / 30.0, generator=g) * mask
-                t0 = time.perf_counter()
-                res = segment_brain(model, img.numpy(), mask.numpy(), seq,
-                                    {k: float(v[0]) for k, v in p.items()}, mc_samples=
-                                    args.samples, seed=args.seed + i, threads=args.threads)
-                sample_seconds.append((time.perf_counter() - t0) / args.samples)
-                for k, t in TISSUES.items():
-                    s = volume_summary(res.volumes[:, k - 1])
-                    rows.append({"subject": subj, "condition": cname, "image": i, "tissue": t,
-                                 "truth_ml": truth[t], **s,
-                                 "in_iqr": s["q1"] <= truth[t] <= s["q3"],
-                                 "in_95": s["p2_5"] <= truth[t] <= s["p97_5"]})
-                print(f"{subj} {cname} {i + 1}/{args.n_images} "
-                      f"{sample_seconds[-1]:.1f} s/sample", flush=True)
+    heads = {s: load_head(Path(args.data) / f"{s}.nii.gz") for s in subjects}
+    rows, sample_seconds = calibration_rows(
+        model, heads, condition_names=args.conditions.split(","), n_images=args.n_images,
+        samples=args.samples, seed=args.seed, threads=args.threads,
+        progress=lambda m: print(m, flush=True))
+    cal = model.calibration
+    for x in rows:
+        x["in_iqr"] = x["q1"] <= x["truth_ml"] <= x["q3"]
+        x["in_95"] = x["p2_5"] <= x["truth_ml"] <= x["p97_5"]
+        if cal:
+            w = widen(x, cal["margins"][x["tissue"]])
+            x["cal_in_iqr"] = w["q1"] <= x["truth_ml"] <= w["q3"]
+            x["cal_in_95"] = w["p2_5"] <= x["truth_ml"] <= w["p97_5"]
+            x["cal_width_50_pct"] = 100 * (w["q3"] - w["q1"]) / x["median"]
+            x["cal_width_95_pct"] = 100 * (w["p97_5"] - w["p2_5"]) / x["median"]
     summary = {}
-    for cname in conds:
+    for cname in dict.fromkeys(x["condition"] for x in rows):
         r = [x for x in rows if x["condition"] == cname]
+        if cal:
+            summary.setdefault("calibrated", {})[cname] = {
+                k: float(np.mean([x[k] for x in r])) for k in
+                ("cal_in_iqr", "cal_in_95", "cal_width_50_pct", "cal_width_95_pct")}
         summary[cname] = {
             "coverage_iqr": float(np.mean([x["in_iqr"] for x in r])),
             "coverage_95": float(np.mean([x["in_95"] for x in r])),
@@ -107,9 +92,21 @@ def main(argv=None) -> int:
              "95 %) | median IQR, % of volume | median abs error % | n |",
              "| --- | --- | --- | --- | --- | --- |"]
     for c, s in summary.items():
+        if c == "calibrated":
+            continue
         lines.append(f"| {c} | {100 * s['coverage_iqr']:.0f} % | {100 * s['coverage_95']:.0f} %"
                      f" | {s['median_iqr_pct_of_volume']:.2f} | "
                      f"{s['median_abs_error_pct']:.1f} | {s['n']} |")
+    if cal:
+        lines += ["", f"Calibrated (conformal margins fitted on {', '.join(cal['subjects'])} "
+                  f"with {cal['mc_samples']} samples, {cal['n_per_tissue']} images per "
+                  "tissue; workflows/calibrate_bounds.py):", "",
+                  "| condition | truth in calibrated 50 % interval | in calibrated 95 % | "
+                  "50 % width, % of volume | 95 % width, % of volume |",
+                  "| --- | --- | --- | --- | --- |"]
+        for c, v in summary["calibrated"].items():
+            lines.append(f"| {c} | {100 * v['cal_in_iqr']:.0f} % | {100 * v['cal_in_95']:.0f} %"
+                         f" | {v['cal_width_50_pct']:.1f} | {v['cal_width_95_pct']:.1f} |")
     (out / "calibration.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

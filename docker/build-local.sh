@@ -19,6 +19,7 @@ BASE=${BASE:-phys-bids-base:bookworm}
 MIRROR=${MIRROR:-http://deb.debian.org/debian}
 VERSION=$(python3 -c "import re;print(re.search(r'__version__ = \"(.+?)\"', open('phys_bids/__init__.py').read())[1])")
 WORK=${WORK:-$(mktemp -d /tmp/phys-bids-docker.XXXXXX)}
+chmod 755 "$WORK"  # the image's user (uid 1000) must reach the mounted folders inside
 t0=$(date +%s)
 say() { echo "[build-local $(( $(date +%s) - t0 )) s] $*"; }
 

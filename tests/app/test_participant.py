@@ -273,3 +273,44 @@ def test_monte_carlo_bounds_in_the_volumes_table_and_uncertainty_maps(tmp_path):
     side = json.loads((anat / "sub-01_ses-siteB_label-GM_desc-sd_probseg.json").read_text())
     assert "not a probability" in side["Description"]
     assert "MC [Q1, Q3]" in (out / "sub-01.html").read_text()
+
+
+@pytest.mark.skipif("qmri-physics" not in available_models(kind="qmri"),
+                    reason="the qMRI model is not installed")
+def test_qmri_maps_are_plausible_estimates_and_the_harmonised_image_has_its_protocol(study):
+    anat = study["out"] / "sub-01/ses-siteA/anat"
+    dseg = np.asanyarray(nib.load(anat / "sub-01_ses-siteA_dseg.nii.gz").dataobj)
+    r1 = nib.load(anat / "sub-01_ses-siteA_desc-qmriphysics_R1map.nii.gz").get_fdata()
+    pd_ = nib.load(anat / "sub-01_ses-siteA_desc-qmriphysics_PDmap.nii.gz").get_fdata()
+    med = {t: (float(np.median(r1[dseg == k])), float(np.median(pd_[dseg == k])))
+           for k, t in ((1, "GM"), (2, "WM"), (3, "CSF"))}
+    # tissue order of the literature at 3 T (R1: WM > GM > CSF; PD: CSF > GM > WM)
+    assert med["WM"][0] > med["GM"][0] > med["CSF"][0] > 0
+    assert med["CSF"][1] > med["GM"][1] > med["WM"][1] > 0
+    assert 0.8 < med["WM"][0] < 1.3 and 0.5 < med["GM"][0] < 1.0  # 1/s
+    assert r1[dseg == 0].max() == 0  # nothing outside the brain
+    side = json.loads((anat / "sub-01_ses-siteA_desc-qmriphysics_MTsat.json").read_text())
+    assert side["ModelEstimate"] is True and "no MT contrast" in side["Description"]
+    assert side["Units"] == "p.u. (MTsat)"
+    harm = json.loads((anat / "sub-01_ses-siteA_desc-harmonized_T1w.json").read_text())
+    assert harm["ReferenceProtocol"]["Name"] == "mprage-3t"
+    assert harm["ReferenceProtocol"]["Parameters"] == {"ti": 0.9}
+    h = nib.load(anat / "sub-01_ses-siteA_desc-harmonized_T1w.nii.gz").get_fdata()
+    assert h[dseg > 0].mean() == pytest.approx(1000, rel=0.05)
+    # MPRAGE contrast: WM brighter than GM brighter than CSF
+    assert np.median(h[dseg == 2]) > np.median(h[dseg == 1]) > np.median(h[dseg == 3])
+    # another reference protocol and no qMRI at all, from the same work dir (cached steps)
+    base = study["base"]
+    r = cli(study["bids"], base / "out-spgr", "participant", "--session-label", "siteA",
+            "-w", study["work"], "--omp-nthreads", "2", "--reference-protocol", "spgr-3t",
+            "--participant-label", "01")
+    assert r.returncode == 0, r.stderr
+    h2 = json.loads((base / "out-spgr" / anat.relative_to(study["out"]) /
+                     "sub-01_ses-siteA_desc-harmonized_T1w.json").read_text())
+    assert h2["ReferenceProtocol"]["Sequence"] == "SPGR"
+    r = cli(study["bids"], base / "out-none", "participant", "--session-label", "siteA",
+            "-w", study["work"], "--omp-nthreads", "2", "--qmri-model", "none",
+            "--participant-label", "01")
+    assert r.returncode == 0, r.stderr
+    assert not list((base / "out-none").rglob("*R1map*"))
+    assert not list((base / "out-none").rglob("*harmonized*"))
