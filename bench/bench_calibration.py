@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phys_bids.models.calibration import calibration_rows, widen
+from phys_bids.models.calibration import calibration_rows, margins_for, widen
 from phys_bids.models.registry import load_model
 from phys_bids.synth import load_head
 
@@ -56,8 +56,9 @@ def main(argv=None) -> int:
     for x in rows:
         x["in_iqr"] = x["q1"] <= x["truth_ml"] <= x["q3"]
         x["in_95"] = x["p2_5"] <= x["truth_ml"] <= x["p97_5"]
-        if cal:
-            w = widen(x, cal["margins"][x["tissue"]])
+        margins = margins_for(cal, x["tissue"], x["in_training_space"])
+        if margins:
+            w = widen(x, margins)
             x["cal_in_iqr"] = w["q1"] <= x["truth_ml"] <= w["q3"]
             x["cal_in_95"] = w["p2_5"] <= x["truth_ml"] <= w["p97_5"]
             x["cal_width_50_pct"] = 100 * (w["q3"] - w["q1"]) / x["median"]
@@ -100,7 +101,8 @@ def main(argv=None) -> int:
     if cal:
         lines += ["", f"Calibrated (conformal margins fitted on {', '.join(cal['subjects'])} "
                   f"with {cal['mc_samples']} samples, {cal['n_per_tissue']} images per "
-                  "tissue; workflows/calibrate_bounds.py):", "",
+                  "tissue inside/outside the training space; workflows/calibrate_bounds.py):",
+                  "",
                   "| condition | truth in calibrated 50 % interval | in calibrated 95 % | "
                   "50 % width, % of volume | 95 % width, % of volume |",
                   "| --- | --- | --- | --- | --- |"]

@@ -49,7 +49,11 @@ def dice(a, b, k):
 def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor):
     import ants
 
-    img = ants.from_numpy(image.numpy().astype(np.float32))
+    # scaled to a brain mean of 100: Atropos refuses class covariances below 1e-6, which
+    # the raw signal scale (~0.1) produces
+    x = image.numpy().astype(np.float64)
+    x = x * (100.0 / max(float(x[mask.numpy().astype(bool)].mean()), 1e-12))
+    img = ants.from_numpy(x.astype(np.float32))
     msk = ants.from_numpy(mask.numpy().astype(np.float32))
     seg = ants.atropos(a=img, m="[0.1,1x1x1]", c="[5,0]", i="kmeans[3]", x=msk, verbose=0)
     lab = torch.from_numpy(seg["segmentation"].numpy().astype(np.int64))

@@ -4,7 +4,8 @@
 On the model's *validation* subjects (never its test subjects, which the benchmark
 keeps for measuring the coverage), simulate images in and out of the training space,
 draw ``--samples`` Monte-Carlo samples each, and write the per-tissue margins
-(:mod:`phys_bids.models.calibration`) to ``<model folder>/calibration.json``:
+(:mod:`phys_bids.models.calibration`), separately for acquisitions inside and outside
+the training space, to ``<model folder>/calibration.json``:
 
     python workflows/calibrate_bounds.py --model seg-physics --samples 4 --n-images 4
 
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from phys_bids.io import atomic_write
-from phys_bids.models.calibration import calibration_rows, conformal_margins
+from phys_bids.models.calibration import calibration_rows, fit_margins, training_space_flags
 from phys_bids.models.registry import MODELS_DIR, load_model
 from phys_bids.models.training import _git_commit
 from phys_bids.synth import load_head
@@ -41,10 +42,24 @@ def main(argv=None) -> int:
     ap.add_argument("--conditions", default="mprage-id,mprage-ood,spgr-id,spgr-ood")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=101)
+    ap.add_argument("--refit", action="store_true",
+                    help="recompute the margins from the rows already in calibration.json "
+                         "(no new images)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     folder = Path(args.model) if Path(args.model).is_dir() else MODELS_DIR / args.model
     model = load_model(folder)
+    if args.refit:
+        cal = json.loads((folder / "calibration.json").read_text())
+        training_space_flags(cal["rows"], cal["images_per_condition"], cal["seed"])
+        cal["margins"] = fit_margins(cal["rows"])
+        cal["n_per_tissue"] = {k: sum(r["in_training_space"] is (k == "in")
+                                      for r in cal["rows"]) // 3 for k in ("in", "out")}
+        cal["refit_by"] = "python workflows/calibrate_bounds.py " + " ".join(sys.argv[1:])
+        atomic_write(folder / "calibration.json",
+                     lambda tmp: tmp.write_text(json.dumps(cal, indent=1) + "\n"))
+        print(json.dumps(cal["margins"], indent=1))
+        return 0
     subjects = model.manifest["split"]["val"]
     heads = {s: load_head(Path(args.data) / f"{s}.nii.gz") for s in subjects}
     t0 = time.time()
@@ -56,8 +71,10 @@ def main(argv=None) -> int:
         "method": "split-conformal widening of the Monte-Carlo quantiles (CQR, Romano et al. "
                   "2019), relative to the median volume",
         "mc_samples": args.samples, "subjects": subjects, "conditions": args.conditions,
-        "images_per_condition": args.n_images, "n_per_tissue": len(rows) // 3,
-        "margins": conformal_margins(rows),
+        "images_per_condition": args.n_images, "seed": args.seed,
+        "n_per_tissue": {k: sum(r["in_training_space"] is (k == "in") for r in rows) // 3
+                         for k in ("in", "out")},
+        "margins": fit_margins(rows),
         "seconds_per_sample_median": float(np.median(seconds)),
         "minutes": round((time.time() - t0) / 60, 1), "code_commit": _git_commit(),
         "command": "python workflows/calibrate_bounds.py " + " ".join(sys.argv[1:]),

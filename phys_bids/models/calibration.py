@@ -32,7 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["LEVELS", "conformal_margins", "widen", "load_calibration"]
+__all__ = ["LEVELS", "conformal_margins", "fit_margins", "margins_for", "widen",
+           "load_calibration", "calibration_rows", "training_space_flags"]
 
 #: nominal level -> the sample quantiles bounding it
 LEVELS = {"0.5": ("q1", "q3"), "0.95": ("p2_5", "p97_5")}
@@ -51,6 +52,39 @@ def conformal_margins(rows: list[dict]) -> dict[str, dict[str, float]]:
             k = min(n, math.ceil((n + 1) * float(level)))
             out[tissue][level] = float(np.sort(scores)[k - 1])
     return out
+
+
+def fit_margins(rows: list[dict]) -> dict:
+    """Margins fitted separately for acquisitions inside and outside the model's training
+    space (``row["in_training_space"]``): out-of-distribution errors are larger, and one
+    pooled margin would widen in-distribution bounds for them. ``None`` for an empty group.
+    """
+    out = {}
+    for key, flag in (("in", True), ("out", False)):
+        group = [r for r in rows if r["in_training_space"] is flag]
+        out[key] = conformal_margins(group) if group else None
+    return out
+
+
+def margins_for(calibration: dict | None, tissue: str, inside: bool) -> dict | None:
+    """The margins of ``tissue`` for an acquisition inside/outside the training space."""
+    if not calibration:
+        return None
+    group = calibration["margins"].get("in" if inside else "out")
+    return None if group is None else group.get(tissue)
+
+
+def training_space_flags(rows: list[dict], n_images: int, seed: int) -> None:
+    """Set ``in_training_space`` on calibration rows from their condition and image index
+    (the parameters are those of :func:`phys_bids.synth.evaluation.conditions`)."""
+    from ..physics.spaces import in_training_space
+    from ..synth.evaluation import conditions
+
+    conds = conditions(n_images, seed)
+    for r in rows:
+        seq, params = conds[r["condition"]]
+        r["in_training_space"] = in_training_space(
+            seq, {k: float(v[r["image"]]) for k, v in params.items()})[0]
 
 
 def widen(stats: dict, margins: dict[str, float]) -> dict[str, float]:
@@ -107,4 +141,5 @@ def calibration_rows(model, heads: dict, *, condition_names, n_images: int, samp
                                  "tissue": t, "truth_ml": truth[t], **s})
                 if progress:
                     progress(f"{subj} {cname} {i + 1}/{n_images} {seconds[-1]:.1f} s/sample")
+    training_space_flags(rows, n_images, seed)
     return rows, seconds

@@ -33,7 +33,7 @@ from ..bids.layout import T1wRun, ambiguous_runs
 from ..bids.outputs import derivative_path, xfm_path
 from ..bids.protocol import Protocol
 from ..bids.sidecars import SidecarError, load_sidecar
-from ..models.calibration import widen
+from ..models.calibration import margins_for, widen
 from ..physics.sidecar import ParameterError, acquisition_from_sidecar
 from ..physics.spaces import in_training_space
 from ..tasks.preproc import N4BiasCorrect, RegisterToTemplate, SkullStrip
@@ -323,7 +323,8 @@ MC_DESCRIPTIONS = {
     "mc_q3_ml": "third quartile (75th percentile)", "mc_iqr_ml": "q3 - q1",
     "mc_p2_5_ml": "2.5th percentile", "mc_p97_5_ml": "97.5th percentile",
     "cal_q1_ml": "calibrated lower bound of the 50 % interval: mc_q1 widened by the model's "
-                 "conformal margin (models/<name>/calibration.json; docs/uncertainty.md)",
+                 "conformal margin for acquisitions inside or outside its training space "
+                 "(models/<name>/calibration.json; docs/uncertainty.md)",
     "cal_q3_ml": "calibrated upper bound of the 50 % interval",
     "cal_p2_5_ml": "calibrated lower bound of the 95 % interval",
     "cal_p97_5_ml": "calibrated upper bound of the 95 % interval",
@@ -377,7 +378,7 @@ def _write_qmri(put, out: dict, qmri, reference: dict, p: PreparedRun) -> None:
             note += " A magnitude image fixes PD only up to scale: the scale is the priors'."
         put({"suffix": BIDS_SUFFIX[name], "desc": desc},
             img=nib.Nifti1Image(data[..., k], img.affine, hdr),
-            extra={"Units": UNITS[name], "ModelEstimate": True,
+            extra={"Units": UNITS[name], "SkullStripped": True, "ModelEstimate": True,
                    "EstimationMethod": "phys-bids qMRI network (physics branch told the "
                    "acquisition); sliding window on the template grid, resampled to native",
                    "EstimationModel": model, "Description": note})
@@ -455,8 +456,9 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
             mc = ([f"{stats[t][c.removeprefix('mc_').removesuffix('_ml')]:.4f}"
                    for c in MC_COLUMNS] if stats else ["n/a"] * len(MC_COLUMNS))
             cal = ["n/a"] * len(CAL_COLUMNS)
-            if stats and model.calibration and t in model.calibration["margins"]:
-                wide = widen(stats[t], model.calibration["margins"][t])
+            margins = margins_for(model.calibration, t, p.in_training_space)
+            if stats and margins:
+                wide = widen(stats[t], margins)
                 cal = [f"{max(0.0, wide[c[4:-3]]):.4f}" for c in CAL_COLUMNS]
             rows.append("\t".join([t, f"{vols[t]:.4f}", *mc, *cal, str(settings.mc_samples),
                                    str(settings.seed), flag, outside]))

@@ -35,6 +35,9 @@ EXPECTED = sorted([
     f"{SUB}_from-T1w_to-MNI152NLin2009aSym_mode-image_xfm.mat",
     *[f"{SUB}_label-{t}_probseg.{e}" for t in ("GM", "WM", "CSF") for e in ("nii.gz", "json")],
     f"{SUB}_dseg.nii.gz", f"{SUB}_dseg.json",
+    # Monte-Carlo SD maps: --mc-samples defaults to 4
+    *[f"{SUB}_label-{t}_desc-sd_probseg.{e}" for t in ("GM", "WM", "CSF")
+      for e in ("nii.gz", "json")],
     f"{SUB}_space-MNI152NLin2009aSym_dseg.nii.gz", f"{SUB}_space-MNI152NLin2009aSym_dseg.json",
     f"{SUB}_morph.tsv", f"{SUB}_morph.json",
     *[f"sub-01/figures/sub-01_ses-siteA_desc-{s}.png" for s in
@@ -162,7 +165,8 @@ def test_report_is_self_contained(study):
     html = (out / "sub-01.html").read_text()
     assert "Acquisition parameters used" in html and "sidecar:InversionTime" in html
     srcs = [s.split("'")[0] for s in html.split("<img src='")[1:]]
-    assert len(srcs) == 4 and all((out / s).is_file() for s in srcs)
+    n_figures = 4 + ("qmri-physics" in available_models(kind="qmri"))  # + the qMRI figure
+    assert len(srcs) == n_figures and all((out / s).is_file() for s in srcs)
     assert "http" not in html.replace("https://github.com/phys-bids/phys-bids", "")
 
 
@@ -268,6 +272,10 @@ def test_monte_carlo_bounds_in_the_volumes_table_and_uncertainty_maps(tmp_path):
             <= v["mc_p97_5_ml"]
         assert v["mc_iqr_ml"] == pytest.approx(v["mc_q3_ml"] - v["mc_q1_ml"], abs=2e-4)
         assert rows[t]["mc_samples"] == "3" and rows[t]["seed"] == "7"
+        if load_model("seg-physics").calibration:  # calibrated bounds contain the raw ones
+            c = {k: float(rows[t][k]) for k in head if k.startswith("cal_")}
+            assert c["cal_p2_5_ml"] <= v["mc_p2_5_ml"] and v["mc_p97_5_ml"] <= c["cal_p97_5_ml"]
+            assert c["cal_q1_ml"] < v["mc_q1_ml"] and v["mc_q3_ml"] < c["cal_q3_ml"]
     sd = nib.load(anat / "sub-01_ses-siteB_label-GM_desc-sd_probseg.nii.gz").get_fdata()
     assert sd.max() > 0 and sd.min() >= 0
     side = json.loads((anat / "sub-01_ses-siteB_label-GM_desc-sd_probseg.json").read_text())
@@ -288,7 +296,8 @@ def test_qmri_maps_are_plausible_estimates_and_the_harmonised_image_has_its_prot
     assert med["WM"][0] > med["GM"][0] > med["CSF"][0] > 0
     assert med["CSF"][1] > med["GM"][1] > med["WM"][1] > 0
     assert 0.8 < med["WM"][0] < 1.3 and 0.5 < med["GM"][0] < 1.0  # 1/s
-    assert r1[dseg == 0].max() == 0  # nothing outside the brain
+    brain = np.asanyarray(nib.load(anat / "sub-01_ses-siteA_desc-brain_mask.nii.gz").dataobj)
+    assert r1[brain == 0].max() == 0 and r1[brain > 0].min() >= 0  # nothing outside the brain
     side = json.loads((anat / "sub-01_ses-siteA_desc-qmriphysics_MTsat.json").read_text())
     assert side["ModelEstimate"] is True and "no MT contrast" in side["Description"]
     assert side["Units"] == "p.u. (MTsat)"
