@@ -14,11 +14,11 @@ maps estimated with the network (:func:`phys_bids.models.qmri_net.estimate_maps`
 * **R1 consistency across acquisitions**: the CoV (x10^3) over a condition's images
   of the mean estimated R1 in WM and in GM, and the voxel-wise mean absolute
   deviation from the per-voxel mean (% of R1).
-* **Harmonisation**: pairs of images of the same anatomy under protocols A and B:
+* **Harmonisation**: pairs of scans of the same anatomy under protocols A and B:
   SSIM/PSNR of B re-synthesised from A's estimated maps vs B's noise-free image,
-  beside A itself vs B (before); and the GM/WM volume difference of Atropos
-  (k-means, antspyx) on A vs B, before (raw images) and after (both re-synthesised
-  at the reference protocol ``mprage-3t``).
+  beside the scan A itself vs B (before); and the GM/WM volume difference of Atropos
+  (k-means, antspyx) on A vs B, before (the noisy scans) and after (both
+  re-synthesised at the reference protocol ``mprage-3t`` from their estimated maps).
 
     python bench/bench_qmri.py --n-images 5 --out docs/results/qmri
 
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
                 r1_means.append([float(maps[1][anatomy == 2].mean()),
                                  float(maps[1][anatomy == 1].mean())])
                 r1_maps.append(maps[1][m])
-                clean[(cname, i)], est[(cname, i)] = (sig, seq, pf), maps
+                clean[(cname, i)], est[(cname, i)] = (sig, seq, pf, noisy), maps
                 print(f"{subj} {cname} {i + 1}/{args.n_images}: R1 NRMSE "
                       f"{met['R1']['nrmse']:.3f} (atlas {a_metrics['R1']['nrmse']:.3f}) "
                       f"{seconds[-1]:.1f} s", flush=True)
@@ -133,16 +133,17 @@ def main(argv=None) -> int:
             if "spgr-id" in conds:
                 pairs.append((("mprage-id", args.n_images // 2), ("spgr-id", 0)))
         for a, b in pairs:
-            sig_a, seq_a, p_a = clean[a]
-            sig_b, seq_b, p_b = clean[b]
+            sig_a, seq_a, p_a, noisy_a = clean[a]
+            sig_b, seq_b, p_b, noisy_b = clean[b]
             a_to_b = torch.from_numpy(synthesise(est[a].numpy(), m.numpy(), seq_b, p_b))
-            before = _sim(_norm(sig_a, m), _norm(sig_b, m), m)
+            before = _sim(_norm(noisy_a, m), _norm(sig_b, m), m)  # the scan A itself vs B
             after = _sim(_norm(a_to_b, m), _norm(sig_b, m), m)
             ha = synthesise(est[a].numpy(), m.numpy(), ref["sequence"], ref["params"])
             hb = synthesise(est[b].numpy(), m.numpy(), ref["sequence"], ref["params"])
             vols = {}
-            for tag, x in (("raw_a", sig_a), ("raw_b", sig_b), ("harm_a", torch.from_numpy(ha)),
-                           ("harm_b", torch.from_numpy(hb))):
+            # Atropos sees what a study has: the noisy scans, or their harmonised versions
+            for tag, x in (("raw_a", noisy_a), ("raw_b", noisy_b),
+                           ("harm_a", torch.from_numpy(ha)), ("harm_b", torch.from_numpy(hb))):
                 try:
                     lab = atropos_labels(x.float(), m, anatomy)
                 except Exception as err:  # noqa: BLE001 - e.g. k-means on a flat image
