@@ -149,21 +149,12 @@ def estimate_maps(model, image, mask, sequence: str, params: dict, *,
     """
     import numpy as np
 
-    from ..synth.generator import normalise_image
     from .inference import sliding_window_logits
-    from .segment import bounding_box
+    from .segment import network_input
 
-    if threads:
-        torch.set_num_threads(threads)
     mask = np.asarray(mask, bool)
-    box = bounding_box(mask)
-    x = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32))
-    m = torch.from_numpy(np.ascontiguousarray(mask[box]))
-    x = normalise_image(x * m, m)[None, None].to(device)
-    phys = None
-    if model.physics:
-        phys = model.encoder.encode(sequence, {k: [float(v)] for k, v in params.items()})
-        phys = phys.to(device)
+    box, x, m, phys = network_input(model, image, mask, sequence, params, threads=threads,
+                                    device=device)
     raw = sliding_window_logits(model.network, x, phys, window=window, overlap=overlap)
     maps = raw_to_maps(raw)[0].cpu().numpy()
     maps[:, ~m.numpy()] = 0.0

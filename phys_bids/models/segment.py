@@ -18,7 +18,8 @@ from ..synth.generator import normalise_image
 from .inference import sliding_window_logits
 from .registry import LoadedModel
 
-__all__ = ["SegmentationResult", "segment_brain", "bounding_box", "volume_summary"]
+__all__ = ["SegmentationResult", "segment_brain", "bounding_box", "network_input",
+           "volume_summary"]
 
 #: Sliding-window settings of the application (docs/segmentation.md: window 96,
 #: overlap 0.25 - measured in the consistency benchmark).
@@ -62,6 +63,27 @@ class _AleatoricDraw(torch.nn.Module):
         return logits, None, None
 
 
+def network_input(model: LoadedModel, image: np.ndarray, mask: np.ndarray, sequence: str,
+                  params: dict, *, threads: int | None = None, device: str = "cpu"):
+    """What the networks take: the image cropped to the mask's box, zero outside the mask,
+    divided by its brain mean, and the encoded acquisition (None for a baseline model).
+
+    Returns ``(box, x (1, 1, ...), mask in the box, physics (1, D) or None)``.
+    """
+    if threads:
+        torch.set_num_threads(threads)
+    mask = np.asarray(mask, bool)
+    box = bounding_box(mask)
+    x = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32))
+    m = torch.from_numpy(np.ascontiguousarray(mask[box]))
+    x = normalise_image(x * m, m)[None, None].to(device)
+    phys = None
+    if model.physics:
+        phys = model.encoder.encode(sequence, {k: [float(v)] for k, v in params.items()})
+        phys = phys.to(device)
+    return box, x, m, phys
+
+
 def _place(probs: np.ndarray, box, shape, background: float) -> np.ndarray:
     out = np.zeros((probs.shape[0], *shape), dtype=np.float32)
     out[0] = background
@@ -90,17 +112,8 @@ def segment_brain(model: LoadedModel, image: np.ndarray, mask: np.ndarray, seque
     seed : int
         Seeds the Monte-Carlo draws (dropout masks and logit noise).
     """
-    if threads:
-        torch.set_num_threads(threads)
-    mask = mask.astype(bool)
-    box = bounding_box(mask)
-    x = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32))
-    m = torch.from_numpy(np.ascontiguousarray(mask[box]))
-    x = normalise_image(x * m, m)[None, None].to(device)
-    phys = None
-    if model.physics:
-        phys = model.encoder.encode(sequence, {k: [float(v)] for k, v in params.items()})
-        phys = phys.to(device)
+    box, x, m, phys = network_input(model, image, mask, sequence, params, threads=threads,
+                                    device=device)
     inside = m.numpy()
     encoded = None if phys is None else phys[0].cpu().tolist()
 
