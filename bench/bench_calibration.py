@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -28,13 +27,13 @@ import torch
 from phys_bids.models.calibration import calibration_rows, margins_for, widen
 from phys_bids.models.registry import load_model
 from phys_bids.synth import load_head
+from phys_bids.synth.evaluation import development_data
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("PHYS_BIDS_DATA", str(
-        Path(__file__).resolve().parents[2] / "shared" / "data")) + "/label-maps")
+    ap.add_argument("--data", default=str(development_data() / "label-maps"))
     ap.add_argument("--model", default="seg-physics")
     ap.add_argument("--subjects", default=None, help="default: the test split")
     ap.add_argument("--n-images", type=int, default=3, help="images per condition")

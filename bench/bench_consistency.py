@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -35,7 +34,7 @@ import torch
 from phys_bids.models.inference import sliding_window_logits
 from phys_bids.models.registry import load_model
 from phys_bids.synth import load_head
-from phys_bids.synth.evaluation import BRAIN, conditions, phantom  # noqa: F401 - re-exported
+from phys_bids.synth.evaluation import BRAIN, conditions, development_data, phantom  # noqa: F401 - re-exported
 
 log = logging.getLogger("bench.consistency")
 TISSUES = {1: "GM", 2: "WM", 3: "CSF"}
@@ -74,8 +73,7 @@ def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tenso
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("PHYS_BIDS_DATA", str(
-        Path(__file__).resolve().parents[2] / "shared" / "data")) + "/label-maps")
+    ap.add_argument("--data", default=str(development_data() / "label-maps"))
     ap.add_argument("--models", default="seg-physics,seg-baseline")
     ap.add_argument("--subjects", default=None, help="default: the test split of the manifest")
     ap.add_argument("--n-images", type=int, default=121)

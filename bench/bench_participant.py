@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -28,8 +27,9 @@ import tempfile
 import time
 from pathlib import Path
 
-DATA = Path(os.environ.get("PHYS_BIDS_DATA", Path(__file__).resolve().parents[2] / "shared" /
-                           "data"))
+from phys_bids.synth.evaluation import development_data
+
+DATA = development_data()
 
 
 def main(argv=None) -> int:

@@ -23,8 +23,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-DATA = Path(os.environ.get("PHYS_BIDS_DATA", Path(__file__).resolve().parents[2] / "shared" /
-                           "data"))
+from phys_bids.synth.evaluation import development_data
+
+DATA = development_data()
 
 STEP = r'''
 import json, math, os, resource, sys, time

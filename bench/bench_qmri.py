@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -42,6 +41,8 @@ from phys_bids.models.qmri_net import MAPS, estimate_maps, qmri_metrics, synthes
 from phys_bids.models.registry import load_model
 from phys_bids.physics import rician_noise
 from phys_bids.synth import CLASSES, load_head
+from phys_bids.synth.evaluation import development_data
+from phys_bids.synth.generator import true_maps
 from phys_bids.synth.tissues import priors_at
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -50,12 +51,10 @@ from bench_consistency import atropos_labels, conditions, phantom  # noqa: E402
 KEYS = ("pd", "r1", "r2s", "mt")
 
 
-def true_maps(gen, cmaps, frac, present) -> torch.Tensor:
-    w = frac / frac.sum(0).clamp_min(1e-6)
-    full = dict(cmaps)
-    values = {"mt": torch.tensor([priors_at(3.0)[CLASSES[k]]["mt"].mean for k in present])}
-    full["mt"] = values["mt"].reshape(-1, 1, 1, 1).expand_as(frac)
-    return torch.stack([(full[k] * w).sum(0) for k in KEYS])
+def phantom_true_maps(cmaps, frac, present) -> torch.Tensor:
+    """The phantom's true maps; its class maps carry no MT, which is the prior mean."""
+    mt = torch.tensor([priors_at(3.0)[CLASSES[k]]["mt"].mean for k in present])
+    return true_maps({**cmaps, "mt": mt.reshape(-1, 1, 1, 1).expand_as(frac)}, frac)
 
 
 def atlas_maps(frac, present) -> torch.Tensor:
@@ -69,8 +68,7 @@ def atlas_maps(frac, present) -> torch.Tensor:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("PHYS_BIDS_DATA", str(
-        Path(__file__).resolve().parents[2] / "shared" / "data")) + "/label-maps")
+    ap.add_argument("--data", default=str(development_data() / "label-maps"))
     ap.add_argument("--model", default="qmri-physics")
     ap.add_argument("--subjects", default=None, help="default: the model's test split")
     ap.add_argument("--n-images", type=int, default=5, help="images per condition")
@@ -90,7 +88,7 @@ def main(argv=None) -> int:
     for si, subj in enumerate(subjects):
         head = load_head(Path(args.data) / f"{subj}.nii.gz")
         gen, cmaps, frac, present, mask, anatomy, _ = phantom(head, args.seed + si)
-        truth = true_maps(gen, cmaps, frac, present)
+        truth = phantom_true_maps(cmaps, frac, present)
         atlas = atlas_maps(frac, present)
         m = mask.bool()
         a_metrics = qmri_metrics(atlas[None], truth, m)

@@ -78,14 +78,15 @@ def _models() -> list[str]:
 
 def _qmri_model(value: str) -> str | None:
     """--qmri-model: a qMRI model's name, None for 'none' or 'auto' without one installed."""
+    from .models.qmri_net import DEFAULT_MODEL
     from .models.registry import available_models
 
     found = available_models(kind="qmri")
     if value == "none":
         return None
     if value == "auto":
-        if "qmri-physics" in found:
-            return "qmri-physics"
+        if DEFAULT_MODEL in found:
+            return DEFAULT_MODEL
         log.info("no qMRI model installed: no qMRI maps or harmonised images")
         return None
     if value not in found:

@@ -247,29 +247,33 @@ def proxy_a_distance(features: list[np.ndarray], sites: list[str]) -> dict:
 def a_distances(out_dir: Path, rows: list[dict], seed: int = 0) -> dict:
     """Proxy A-distances between sites for each image kind a scan has: the preprocessed
     T1w (raw intensities), the harmonised image and the estimated R1 map."""
-    from .bids.outputs import derivative_path
+    from .bids.outputs import derivative_path, model_desc
+    from .models.qmri_net import DEFAULT_MODEL
 
     kinds = {"preproc_T1w": {"suffix": "T1w", "desc": "preproc"},
              "harmonized_T1w": {"suffix": "T1w", "desc": "harmonized"},
-             "R1map": {"suffix": "R1map", "desc": "qmriphysics"}}
+             "R1map": {"suffix": "R1map", "desc": model_desc(DEFAULT_MODEL)}}
+    feats: dict[str, list] = {kind: [] for kind in kinds}
+    rngs = {kind: np.random.default_rng(seed) for kind in kinds}
+    for r in rows:  # scan by scan, so that each brain mask is read once for all kinds
+        name = Path(r["source"]).name
+        mask_p = out_dir / derivative_path(name, suffix="mask", desc="brain")
+        paths = {kind: out_dir / derivative_path(name, **kinds[kind]) for kind in feats}
+        for kind, path in paths.items():
+            if not (mask_p.exists() and path.exists()):
+                del feats[kind]  # a kind is compared only when every scan has it
+        if not feats:
+            break
+        mask = np.asanyarray(nib.load(str(mask_p)).dataobj) > 0
+        for kind in feats:
+            img = nib.load(str(paths[kind])).get_fdata(dtype=np.float32)
+            feats[kind].append(image_features(img, mask & (img > 0), rngs[kind]))
+    sites = [r["site"] for r in rows]
     result = {}
-    for kind, ents in kinds.items():
-        feats, sites = [], []
-        rng = np.random.default_rng(seed)
-        for r in rows:
-            name = Path(r["source"]).name
-            img_p = out_dir / derivative_path(name, **ents)
-            mask_p = out_dir / derivative_path(name, suffix="mask", desc="brain")
-            if not (img_p.exists() and mask_p.exists()):
-                break
-            mask = np.asanyarray(nib.load(str(mask_p)).dataobj) > 0
-            img = nib.load(str(img_p)).get_fdata(dtype=np.float32)
-            feats.append(image_features(img, mask & (img > 0), rng))
-            sites.append(r["site"])
-        else:
-            d = proxy_a_distance(feats, sites) if len(set(sites)) > 1 else {}
-            if d:
-                result[kind] = d
+    for kind, f in feats.items():
+        d = proxy_a_distance(f, sites) if len(set(sites)) > 1 else {}
+        if d:
+            result[kind] = d
     return result
 
 

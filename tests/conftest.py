@@ -1,13 +1,12 @@
-import os
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def data_dir() -> Path:
-    return Path(os.environ.get("PHYS_BIDS_DATA", ROOT.parent / "shared" / "data"))
+    from phys_bids.synth.evaluation import development_data
+
+    return development_data()
 
 
 def pytest_addoption(parser):

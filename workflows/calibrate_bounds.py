@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,13 +28,13 @@ from phys_bids.models.calibration import calibration_rows, fit_margins, training
 from phys_bids.models.registry import MODELS_DIR, load_model
 from phys_bids.models.training import _git_commit
 from phys_bids.synth import load_head
+from phys_bids.synth.evaluation import development_data
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=os.environ.get("PHYS_BIDS_DATA", str(
-        Path(__file__).resolve().parents[2] / "shared" / "data")) + "/label-maps")
+    ap.add_argument("--data", default=str(development_data() / "label-maps"))
     ap.add_argument("--model", default="seg-physics", help="model name or folder")
     ap.add_argument("--samples", type=int, default=4, help="Monte-Carlo samples per image")
     ap.add_argument("--n-images", type=int, default=4, help="images per condition")

@@ -13,7 +13,6 @@
 """
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -21,9 +20,10 @@ from pathlib import Path
 from phys_bids.models.registry import MODELS_DIR, load_model
 from phys_bids.models.shipping import reference_prediction
 from phys_bids.models.training import atomic_write_bytes, revalidate
+from phys_bids.synth.evaluation import development_data
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(os.environ.get("PHYS_BIDS_DATA", ROOT.parent / "shared" / "data")) / "label-maps"
+DATA = development_data() / "label-maps"
 
 
 def main(names):

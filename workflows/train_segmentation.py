@@ -16,11 +16,10 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
-from pathlib import Path
 
 from phys_bids.models.training import TrainConfig, train
+from phys_bids.synth.evaluation import development_data
 
 
 def main(argv=None) -> int:
@@ -44,11 +43,7 @@ def main(argv=None) -> int:
         cfg.time_limit_min = args.time_limit_min
     if args.threads is not None:
         cfg.threads = args.threads
-    data = args.data
-    if data is None:
-        root = os.environ.get("PHYS_BIDS_DATA",
-                              str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
-        data = str(Path(root) / "label-maps")
+    data = args.data or str(development_data() / "label-maps")
     manifest = train(cfg, data, args.out, resume=not args.no_resume, device=args.device)
     print(f"{cfg.name}: {manifest['steps']} steps, weights sha256 {manifest['weights_sha256']}")
     return 0

@@ -22,11 +22,20 @@ from __future__ import annotations
 from .sidecars import parse_entities
 
 __all__ = ["ENTITY_ORDER", "derivative_name", "derivative_path", "xfm_path", "figure_path",
-           "report_path"]
+           "report_path", "model_desc"]
 
 #: BIDS entity order (specification, appendix "Entity table").
 ENTITY_ORDER = ("sub", "ses", "task", "acq", "ce", "rec", "dir", "run", "mod", "echo", "flip",
                 "inv", "mt", "part", "space", "res", "den", "label", "desc")
+
+
+def model_desc(model: str) -> str:
+    """The ``desc-`` value naming a model's outputs (entity values are alphanumeric).
+
+    >>> model_desc("qmri-physics")
+    'qmriphysics'
+    """
+    return "".join(ch for ch in model if ch.isalnum())
 
 
 def derivative_name(source: str, *, suffix: str, extension: str = ".nii.gz", **entities) -> str:

@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..synth.tissues import TARGETS
+
 __all__ = ["LEVELS", "conformal_margins", "fit_margins", "margins_for", "widen",
            "load_calibration", "calibration_rows", "training_space_flags"]
 
@@ -102,7 +104,8 @@ def load_calibration(model_dir) -> dict | None:
     return json.loads(p.read_text()) if p.is_file() else None
 
 
-TISSUES = {1: "GM", 2: "WM", 3: "CSF"}
+#: label value -> tissue, as in dseg.tsv
+TISSUES = {k: name for k, name in enumerate(TARGETS) if k}
 
 
 def calibration_rows(model, heads: dict, *, condition_names, n_images: int, samples: int,

@@ -31,6 +31,8 @@ from ..physics.simulate import SEQUENCES
 
 __all__ = ["MAPS", "MAP_REF", "MT_MAX", "raw_to_maps", "qmri_loss", "qmri_metrics"]
 
+#: the shipped estimator (``--qmri-model auto``)
+DEFAULT_MODEL = "qmri-physics"
 #: output channels, in order, with their BIDS suffixes
 MAPS = ("PD", "R1", "R2star", "MT")
 BIDS_SUFFIX = {"PD": "PDmap", "R1": "R1map", "R2star": "R2starmap", "MT": "MTsat"}

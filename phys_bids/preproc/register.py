@@ -124,3 +124,17 @@ def to_native(img: nib.Nifti1Image, native: nib.Nifti1Image, transform, *,
     hdr.set_data_dtype(dtype)
     res = nib.Nifti1Image(data.astype(dtype), native.affine, hdr)
     return res
+
+
+def channels_to_native(data: np.ndarray, affine, native: nib.Nifti1Image, transform
+                       ) -> np.ndarray:
+    """Every channel of a template-grid map ``data`` (X, Y, Z, C) resampled (linear) onto
+    ``native``'s grid: (x, y, z, C) float32, negative values (interpolation undershoot)
+    set to 0. An all-zero channel stays zero without being resampled."""
+    ref = nib.Nifti1Image(np.zeros(native.shape[:3], np.float32), native.affine, native.header)
+    out = np.zeros((*native.shape[:3], data.shape[-1]), np.float32)
+    for k in range(data.shape[-1]):
+        if np.any(data[..., k]):
+            out[..., k] = np.asanyarray(to_native(nib.Nifti1Image(data[..., k], affine), ref,
+                                                  transform).dataobj)
+    return np.clip(out, 0, None)

@@ -7,6 +7,8 @@ Shared by the benchmarks (``bench/``) and by ``workflows/calibrate_bounds.py``.
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -16,9 +18,16 @@ from .generator import SynthConfig, SynthGenerator
 from .gold_standard import physics_gold_standard
 from .tissues import CLASSES, TARGET_OF_CLASS
 
-__all__ = ["BRAIN", "conditions", "phantom", "noisy_image"]
+__all__ = ["BRAIN", "development_data", "conditions", "phantom", "noisy_image"]
 
 BRAIN = [CLASSES.index(c) for c in ("gm_cortex", "gm_deep", "wm", "csf")]
+
+
+def development_data() -> Path:
+    """The development data: ``$PHYS_BIDS_DATA``, else ``shared/data`` beside the
+    repository checkout (where the training, calibration and benchmark scripts look)."""
+    return Path(os.environ.get("PHYS_BIDS_DATA",
+                               Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 
 def conditions(n: int, seed: int) -> dict[str, tuple[str, dict]]:

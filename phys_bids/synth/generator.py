@@ -29,7 +29,7 @@ from ..physics import SPACES, PhysicsEncoder, rician_noise, smooth_random_field
 from ..physics.simulate import SEQUENCES
 from .tissues import CLASSES, TARGET_OF_CLASS, priors_at
 
-__all__ = ["Head", "SynthGenerator", "normalise_image", "load_head"]
+__all__ = ["Head", "SynthGenerator", "normalise_image", "load_head", "true_maps"]
 
 _BRAIN_CLASSES = [CLASSES.index(c) for c in ("gm_cortex", "gm_deep", "wm", "csf")]
 
@@ -70,6 +70,13 @@ class Head:
         self.brain_voxels = idx[np.sort(keep)]
         counts = np.bincount(self.classes[brain].ravel(), minlength=len(CLASSES))
         self.brain_class_fraction = counts / counts.sum()
+
+
+def true_maps(cmaps: dict[str, Tensor], fractions: Tensor) -> Tensor:
+    """The true PD, R1, R2*, MTsat maps (4, ...): per voxel, the partial-volume weighted
+    mean of its tissues' values (``cmaps[p]``: (K, ...) per present class)."""
+    w = fractions / fractions.sum(0).clamp_min(1e-6)
+    return torch.stack([(cmaps[k] * w).sum(0) for k in ("pd", "r1", "r2s", "mt")])
 
 
 def normalise_image(image: Tensor, mask: Tensor) -> Tensor:
@@ -268,8 +275,7 @@ class SynthGenerator:
         target.index_add_(0, tmap, frac)
         target[1:] *= mask
         target[0] = 1.0 - target[1:].sum(0)
-        wts = fr / fr.sum(0).clamp_min(1e-6)  # partial-volume weights of the true maps
-        maps = torch.stack([(cmaps[k] * wts).sum(0) for k in ("pd", "r1", "r2s", "mt")])
+        maps = true_maps(cmaps, fr)
         return {
             "image": image[:, None].float(),
             "target": target,

@@ -78,22 +78,16 @@ def ToNative(probseg: File, native: File, mask: File, transform: File, sd: File,
     import nibabel as nib
     import numpy as np
 
-    from phys_bids.preproc.register import to_native
+    from phys_bids.preproc.register import channels_to_native
     from phys_bids.progress import step
     from phys_bids.synth.tissues import TARGETS
 
     with step(label or Path(native).name, "back to native space"):
         ref = nib.load(str(native))
-        ref3 = nib.Nifti1Image(np.zeros(ref.shape[:3], np.float32), ref.affine, ref.header)
+
         def native_channels(path):
             tp = nib.load(str(path))
-            data = tp.get_fdata(dtype=np.float32)
-            out = np.zeros((*ref.shape[:3], data.shape[-1]), np.float32)
-            for k in range(data.shape[-1]):
-                if np.any(data[..., k]):  # a zero map stays zero: no resampling needed
-                    out[..., k] = np.asanyarray(to_native(
-                        nib.Nifti1Image(data[..., k], tp.affine), ref3, transform).dataobj)
-            return np.clip(out, 0, None)
+            return channels_to_native(tp.get_fdata(dtype=np.float32), tp.affine, ref, transform)
 
         p = native_channels(probseg)
         brain = np.asanyarray(nib.load(str(mask)).dataobj) > 0

@@ -30,7 +30,7 @@ from .. import __version__
 from ..bids.checks import InputImageError, check_anatomical
 from ..bids.derivatives import DerivativesWriter
 from ..bids.layout import T1wRun, ambiguous_runs
-from ..bids.outputs import derivative_path, xfm_path
+from ..bids.outputs import derivative_path, model_desc, xfm_path
 from ..bids.protocol import Protocol
 from ..bids.sidecars import SidecarError, load_sidecar
 from ..models.calibration import margins_for, widen
@@ -172,8 +172,8 @@ def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict, m
                                 transform=reg.transform, sd=seg.sd, label=label))
     maps = harmonized = None
     if qmri_model:
-        q = workflow.add(EstimateQMRI(in_template=reg.out_file, native=in_file, mask=strip.mask,
-                                      transform=reg.transform, template=template,
+        q = workflow.add(EstimateQMRI(in_template=reg.out_file, mask_template=seg.mask,
+                                      native=in_file, mask=strip.mask, transform=reg.transform,
                                       model=qmri_model, model_sha256=qmri_sha256,
                                       sequence=sequence, params=params, reference=reference,
                                       threads=threads, device=device, label=label))
@@ -342,13 +342,14 @@ def _mc_stats(samples: list) -> dict | None:
     return {t: volume_summary(x) for t, x in cols.items()}
 
 
-def _tissue_images(path):
-    """(tissue, 3D image) for each tissue channel of a 4D (..., background+tissues) map."""
+def _channel_images(path, channels=TISSUES):
+    """(name, 3D image) for each ``{index: name}`` channel of a 4D map (default: the tissue
+    channels of a background+tissues map)."""
     import nibabel as nib
 
     img = nib.load(str(path))
     data = img.get_fdata(dtype=np.float32)
-    for k, name in TISSUES.items():
+    for k, name in channels.items():
         hdr = img.header.copy()
         hdr.set_data_shape(data.shape[:3])
         yield name, nib.Nifti1Image(data[..., k], img.affine, hdr)
@@ -356,18 +357,12 @@ def _tissue_images(path):
 
 def _write_qmri(put, out: dict, qmri, reference: dict, p: PreparedRun) -> None:
     """The estimated maps (one file per map, ``desc-<model>``) and the harmonised image."""
-    import nibabel as nib
-
     from ..models.qmri_net import BIDS_SUFFIX, MAPS, UNITS
 
-    desc = "".join(ch for ch in qmri.name if ch.isalnum())
-    img = nib.load(str(out["qmri_maps"]))
-    data = img.get_fdata(dtype=np.float32)
+    desc = model_desc(qmri.name)
     model = {"Name": qmri.name, "WeightsSha256": qmri.manifest["weights_sha256"],
              "TrainingSteps": qmri.manifest.get("steps")}
-    for k, name in enumerate(MAPS):
-        hdr = img.header.copy()
-        hdr.set_data_shape(data.shape[:3])
+    for name, img in _channel_images(out["qmri_maps"], dict(enumerate(MAPS))):
         note = ("Estimated by a network from this one T1-weighted image and its acquisition "
                 f"parameters ({p.sequence}); a model estimate, not a model-based fit of "
                 "dedicated qMRI acquisitions.")
@@ -376,8 +371,7 @@ def _write_qmri(put, out: dict, qmri, reference: dict, p: PreparedRun) -> None:
                      "comes from anatomy and the training priors, not from a measurement.")
         if name == "PD":
             note += " A magnitude image fixes PD only up to scale: the scale is the priors'."
-        put({"suffix": BIDS_SUFFIX[name], "desc": desc},
-            img=nib.Nifti1Image(data[..., k], img.affine, hdr),
+        put({"suffix": BIDS_SUFFIX[name], "desc": desc}, img=img,
             extra={"Units": UNITS[name], "SkullStripped": True, "ModelEstimate": True,
                    "EstimationMethod": "phys-bids qMRI network (physics branch told the "
                    "acquisition); sliding window on the template grid, resampled to native",
@@ -434,10 +428,10 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
             extra={"SkullStripped": True})
         xfm = xfm_path(src, to=tpl)
         writer.copy_file(xfm, out["transform"])
-        for name, img in _tissue_images(out["probseg"]):
+        for name, img in _channel_images(out["probseg"]):
             put({"suffix": "probseg", "label": name}, img=img)
         if settings.mc_samples > 0:
-            for name, img in _tissue_images(out["sd"]):
+            for name, img in _channel_images(out["sd"]):
                 put({"suffix": "probseg", "label": name, "desc": "sd"}, img=img,
                     extra={"Description": f"standard deviation of the {name} probability over "
                            f"{settings.mc_samples} Monte-Carlo samples (dropout + aleatoric "
