@@ -46,19 +46,13 @@ def dice(a, b, k):
 
 
 def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor):
-    import ants
-
-    # scaled to a brain mean of 100: Atropos refuses class covariances below 1e-6, which
-    # the raw signal scale (~0.1) produces
-    x = image.numpy().astype(np.float64)
-    x = x * (100.0 / max(float(x[mask.numpy().astype(bool)].mean()), 1e-12))
-    img = ants.from_numpy(x.astype(np.float32))
-    msk = ants.from_numpy(mask.numpy().astype(np.float32))
-    seg = ants.atropos(a=img, m="[0.1,1x1x1]", c="[5,0]", i="kmeans[3]", x=msk, verbose=0)
-    lab = torch.from_numpy(seg["segmentation"].numpy().astype(np.int64))
-    # oracle assignment of the 3 clusters to GM/WM/CSF by best total overlap
+    """Atropos k-means (phys_bids.classical), its 3 clusters then re-assigned to
+    GM/WM/CSF by best total overlap with the anatomy (an oracle that favours Atropos)."""
     import itertools
 
+    from phys_bids.classical import atropos_labels as classical_labels
+
+    lab = torch.from_numpy(classical_labels(image.numpy(), mask.numpy()).astype(np.int64))
     best, out = -1.0, None
     for perm in itertools.permutations((1, 2, 3)):
         cand = torch.zeros_like(lab)
@@ -137,8 +131,17 @@ def main(argv=None):
                 if cname.startswith("mprage"):
                     curves.setdefault(m, {}).setdefault(cname, []).append(
                         {"ti": params["ti"].tolist(), "volumes": v.tolist(), "subject": subj})
+        # partial results after every subject: a long background run stopped early still
+        # leaves the subjects it finished
+        write_results(out, results, curves, models, args, subjects[:si + 1], t0, final=False)
+    print(write_results(out, results, curves, models, args, subjects, t0, final=True))
+
+
+def write_results(out, results, curves, models, args, subjects, t0, *, final: bool) -> str:
+    """Write consistency.json/.md (and the TI plot); returns the markdown."""
     summary = summarise(results)
-    meta = {"n_images": args.n_images, "subjects": subjects, "window": args.window,
+    meta = {"n_images": args.n_images, "subjects": subjects, "complete": final,
+            "window": args.window,
             "seed": args.seed, "models": {m: {"steps": models[m].manifest["steps"],
                                               "weights_sha256": models[m].manifest[
                                                   "weights_sha256"]} for m in models},
@@ -149,9 +152,10 @@ def main(argv=None):
     (out / "consistency.json").write_text(json.dumps({"meta": meta, "summary": summary,
                                                       "per_subject": results,
                                                       "curves": curves}, indent=1))
-    (out / "consistency.md").write_text(markdown(summary, meta))
+    md = markdown(summary, meta)
+    (out / "consistency.md").write_text(md)
     plot(curves, out / "volume_vs_ti.png")
-    print(markdown(summary, meta))
+    return md
 
 
 def summarise(results):

@@ -104,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "rigid registration to MNI), segments GM/WM/CSF with a network told the "
                     "acquisition parameters from the JSON sidecars, and writes BIDS-"
                     "Derivatives, an HTML report per subject and logs. The group level "
-                    "gathers the volumes of all subjects into one table.",
+                    "gathers the volumes of all subjects into one table, measures site "
+                    "effects (beside a classical segmentation's, with ComBat and proxy "
+                    "A-distances) and can bridge a protocol change (--bridge).",
         epilog="Exit status: 0 done; 1 subjects failed (the others completed); 2 usage or "
                "input error. Documentation: docs/usage.md, docs/outputs.md, "
                "docs/bad-input.md.")
@@ -113,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("output_dir", metavar="OUTPUT_DIR",
                     help="folder of the derivatives (created; must be outside BIDS_DIR)")
     ap.add_argument("analysis_level", choices=["participant", "group"],
-                    help="participant: process subjects; group: gather their volumes")
+                    help="participant: process subjects; group: gather their volumes, site "
+                         "effects and bridging")
     g = ap.add_argument_group("selection")
     g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
                    help="subjects to process, with or without 'sub-' (default: all)")
@@ -151,6 +154,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0,
                    help="random seed; the same seed gives bit-identical outputs on CPU with "
                         "the same --omp-nthreads (default: %(default)s)")
+    g = ap.add_argument_group("group level")
+    g.add_argument("--no-classical", action="store_true",
+                   help="skip the classical segmentation (Atropos k-means, ~5-20 s per scan) "
+                        "whose site effects the group level reports beside the model's")
+    g.add_argument("--bridge", nargs=2, metavar=("A", "B"),
+                   help="bridge a protocol change: subjects scanned in group A and group B "
+                        "(each a site, a session ses-X or an acquisition label acq-X); "
+                        "searches the parameters to tell the physics model (MPRAGE TI, SPGR "
+                        "flip angle) on half the pairs, tests on the rest and writes "
+                        "group/bridge*.{json,png} and a protocol file (docs/usage.md, "
+                        "Group level); costs --bridge-steps segmentation passes per scan")
+    g.add_argument("--bridge-steps", type=int, default=13, metavar="N",
+                   help="grid values of the searched parameter over the model's training "
+                        "range (default: %(default)s, 50 ms steps of TI 0.6-1.2 s)")
     g = ap.add_argument_group("resources")
     g.add_argument("-w", "--work-dir", metavar="DIR",
                    help="Pydra cache and pybids index; keep it to resume an interrupted run "
@@ -287,7 +304,10 @@ def run(args, argv: list[str]) -> int:
         if args.analysis_level == "group":
             from .group import run_group
 
-            return run_group(root, out_dir)
+            return run_group(root, out_dir, classical=not args.no_classical,
+                             bridge=tuple(args.bridge) if args.bridge else None,
+                             bridge_steps=args.bridge_steps, model=args.model, seed=args.seed,
+                             device=_device(args.device))
         bids_filter = load_filter_file(args.bids_filter_file) if args.bids_filter_file else None
         if args.protocol_file:
             Protocol.load(args.protocol_file)  # fail early on a malformed file
@@ -425,6 +445,8 @@ def main(argv: list[str] | None = None) -> int:
             parser.error("--omp-nthreads must be >= 1")
         if args.mc_samples < 0:
             parser.error("--mc-samples must be >= 0")
+        if args.bridge_steps < 3:
+            parser.error("--bridge-steps must be >= 3")
     except SystemExit as exc:
         return int(exc.code or 0)
     _pin_threads(args.omp_nthreads)

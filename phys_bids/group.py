@@ -12,7 +12,8 @@ site) gives, per tissue: counts, mean and SD by site; the proportion of variance
 explained by site (eta squared of a one-way model) and, where subjects were scanned
 at several sites (travelling subjects), the partial eta squared of site in an
 additive subject + site model; and the within-subject coefficient of variation
-(SD / mean over a subject's scans, x10^3: mean, min and max over subjects).
+(SD / mean over a subject's scans, x10^3: mean over subjects with a 95 % bootstrap
+interval resampling subjects, min and max).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ COLUMNS = {
     "outside_training_space": "parameters outside it",
     **{d: f"{d} from the input sidecar" for d in DESCRIPTORS},
     "parameters": "acquisition parameters used (JSON, SI units)",
+    **{f"{t}_atropos_ml": f"{t} volume in mL of the classical segmentation (Atropos k-means, "
+       "3 classes, in the same brain mask; n/a with --no-classical)" for t in TISSUES[:3]},
 }
 
 
@@ -98,10 +101,41 @@ def collect_volumes(bids_root: Path, out_dir: Path) -> list[dict]:
         for d in DESCRIPTORS:
             row[d] = sidecar.get(d, "n/a")
         row["parameters"] = json.dumps(acq.get("Parameters", {}), sort_keys=True)
+        for t in TISSUES[:3]:
+            row[f"{t}_atropos_ml"] = "n/a"
         person = people.get(row["participant_id"], {})
         row["age"], row["sex"] = person.get("age", "n/a"), person.get("sex", "n/a")
         rows.append(row)
     return rows
+
+
+def classical_volumes(out_dir: Path, rows: list[dict]) -> bool:
+    """Fill the ``*_atropos_ml`` columns: Atropos k-means (:mod:`phys_bids.classical`) on
+    each scan's preprocessed native T1w inside its brain mask - the same images and mask
+    as the network's. Returns False (columns left n/a) when a scan lacks them."""
+    import time
+
+    from .bids.outputs import derivative_path
+    from .classical import atropos_volumes
+
+    t0 = time.time()
+    for i, r in enumerate(rows):
+        name = Path(r["source"]).name
+        img_p = out_dir / derivative_path(name, suffix="T1w", desc="preproc")
+        mask_p = out_dir / derivative_path(name, suffix="mask", desc="brain")
+        if not (img_p.exists() and mask_p.exists()):
+            log.info("classical segmentation skipped: %s has no preprocessed T1w", name)
+            return False
+        img = nib.load(str(img_p))
+        mask = np.asanyarray(nib.load(str(mask_p)).dataobj) > 0
+        voxel_ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
+        vols = atropos_volumes(img.get_fdata(dtype=np.float32), mask, voxel_ml)
+        for t, v in vols.items():
+            r[f"{t}_atropos_ml"] = f"{v:.4f}"
+        log.info("classical segmentation %d/%d (%s): GM %.1f WM %.1f CSF %.1f mL (%.0f s)",
+                 i + 1, len(rows), name, vols["GM"], vols["WM"], vols["CSF"],
+                 time.time() - t0)
+    return True
 
 
 def _site_variance(values: np.ndarray, sites: list[str], subjects: list[str]) -> dict:
@@ -133,13 +167,15 @@ def _site_variance(values: np.ndarray, sites: list[str], subjects: list[str]) ->
     return out
 
 
-def site_effects(rows: list[dict]) -> dict:
-    """Per-tissue site statistics of the study table (see the module docs)."""
+def site_effects(rows: list[dict], column: str = "{t}_ml",
+                 tissues_of: tuple[str, ...] = TISSUES) -> dict:
+    """Per-tissue site statistics of the study table (see the module docs); ``column``
+    names the volume column of each tissue (``{t}_atropos_ml``: the classical one)."""
     tissues = {}
     sites = [r["site"] for r in rows]
     subjects = [r["participant_id"] for r in rows]
-    for t in TISSUES:
-        vals = np.array([float(r[f"{t}_ml"]) for r in rows])
+    for t in tissues_of:
+        vals = np.array([float(r[column.format(t=t)]) for r in rows])
         by_site = {}
         for s in sorted(set(sites)):
             v = vals[[x == s for x in sites]]
@@ -150,9 +186,15 @@ def site_effects(rows: list[dict]) -> dict:
             v = vals[[x == sub for x in subjects]]
             if v.size > 1 and v.mean() > 0:
                 covs.append(float(v.std(ddof=1) / v.mean()))
-        within = ({"subjects": len(covs), "mean_cov_x1e3": 1e3 * float(np.mean(covs)),
-                   "min_cov_x1e3": 1e3 * min(covs), "max_cov_x1e3": 1e3 * max(covs)}
-                  if covs else None)
+        within = None
+        if covs:
+            # 95 % bootstrap interval of the mean over subjects (resampling subjects;
+            # seeded, so the table is reproducible)
+            boot = np.random.default_rng(0).choice(covs, size=(2000, len(covs))).mean(1)
+            lo, hi = np.percentile(boot, [2.5, 97.5])
+            within = {"subjects": len(covs), "mean_cov_x1e3": 1e3 * float(np.mean(covs)),
+                      "ci95_cov_x1e3": [1e3 * float(lo), 1e3 * float(hi)],
+                      "min_cov_x1e3": 1e3 * min(covs), "max_cov_x1e3": 1e3 * max(covs)}
         tissues[t] = {"by_site": by_site, **_site_variance(vals, sites, subjects),
                       "within_subject": within}
     return {"scans": len(rows), "subjects": len(set(subjects)), "sites": sorted(set(sites)),
@@ -308,7 +350,49 @@ def _plot(rows: list[dict]) -> bytes:
     return buf.getvalue()
 
 
-def _report(effects: dict) -> str:
+def _site_effect_plot(effects: dict) -> bytes | None:
+    """Share of volume variance explained by site (after subject when there are
+    travelling subjects, else one-way), per tissue: physics model raw, after ComBat,
+    classical segmentation. None when no site statistic exists."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def value(e):
+        if not e:
+            return None
+        v = e.get("partial_eta2_site_given_subject")
+        return e.get("eta2_site") if v is None else v
+
+    tissues = ("GM", "WM", "CSF")
+    series = {"phys-bids": [value(effects["tissues"][t]) for t in tissues],
+              "phys-bids + ComBat": [value(effects["tissues"][t].get("combat"))
+                                     for t in tissues],
+              "classical (Atropos)": [value(effects["tissues"][t].get("classical"))
+                                      for t in tissues]}
+    series = {k: v for k, v in series.items() if any(x is not None for x in v)}
+    if not series:
+        return None
+    fig, ax = plt.subplots(figsize=(6, 3), dpi=80)
+    width = 0.8 / len(series)
+    for i, (name, vals) in enumerate(series.items()):
+        xs = [k + i * width for k in range(len(tissues))]
+        ax.bar(xs, [0 if v is None else v for v in vals], width, label=name)
+    ax.set_xticks([k + width * (len(series) - 1) / 2 for k in range(len(tissues))], tissues)
+    ax.set_ylabel("variance explained by site")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _report(effects: dict, site_plot: bool = False) -> str:
     import html
 
     rows = []
@@ -318,11 +402,20 @@ def _report(effects: dict) -> str:
         peta = e["partial_eta2_site_given_subject"]
         def fmt(x, f):
             return "n/a" if x is None else format(x, f)
-        cov = None if w is None else w["mean_cov_x1e3"]
+        def cov(w):
+            if not w:
+                return "n/a"
+            lo, hi = w.get("ci95_cov_x1e3", (None, None))
+            return f"{w['mean_cov_x1e3']:.1f}" + ("" if lo is None else
+                                                  f" [{lo:.1f}, {hi:.1f}]")
         cb = e.get("combat") or {}
+        cl = e.get("classical") or {}
         rows.append(f"<tr><td>{t}</td><td>{fmt(eta, '.3f')}</td><td>{fmt(peta, '.3f')}</td>"
-                    f"<td>{fmt(cov, '.1f')}</td><td>{fmt(cb.get('eta2_site'), '.3f')}</td>"
-                    f"<td>{fmt(cb.get('partial_eta2_site_given_subject'), '.3f')}</td></tr>")
+                    f"<td>{cov(w)}</td><td>{fmt(cb.get('eta2_site'), '.3f')}</td>"
+                    f"<td>{fmt(cb.get('partial_eta2_site_given_subject'), '.3f')}</td>"
+                    f"<td>{fmt(cl.get('eta2_site'), '.3f')}</td>"
+                    f"<td>{fmt(cl.get('partial_eta2_site_given_subject'), '.3f')}</td>"
+                    f"<td>{cov(cl.get('within_subject'))}</td></tr>")
     pad = effects.get("proxy_a_distance") or {}
     pairs = sorted({p for d in pad.values() for p in d})
     arows = "".join(f"<tr><td>{html.escape(p)}</td>" + "".join(
@@ -338,17 +431,54 @@ def _report(effects: dict) -> str:
             "<h2>Volumes by site</h2><img src='volumes_by_site.png' alt='volumes by site'>"
             "<p>Lines join the scans of one subject.</p><h2>Site effects</h2><table><tr>"
             "<th>tissue</th><th>variance explained by site</th><th>... after subject</th>"
-            "<th>within-subject CoV x10^3</th><th>after ComBat: by site</th>"
-            "<th>... after subject</th></tr>" + "".join(rows) + "</table>"
-            "<p>ComBat volumes (group/volumes_combat.tsv) are shown beside the raw ones, never "
+            "<th>within-subject CoV x10^3 [95 % CI]</th><th>after ComBat: by site</th>"
+            "<th>... after subject</th><th>classical (Atropos): by site</th>"
+            "<th>... after subject</th><th>... within-subject CoV x10^3</th></tr>"
+            + "".join(rows) + "</table>"
+            + ("<img src='site_effects.png' alt='variance explained by site'><p>Variance "
+               "explained by site after subject (travelling subjects), else one-way.</p>"
+               if site_plot else "")
+            + "<p>ComBat volumes (group/volumes_combat.tsv) are shown beside the raw ones, never "
             "instead of them.</p><h2>Proxy A-distance between sites</h2>"
             "<p>0: a linear classifier cannot tell the sites' brain-tissue intensities apart; "
             "2: it always can.</p>"
             + (f"<table><tr><th>sites</th>{ahead}</tr>{arows}</table>" if pad else
-               "<p>n/a (needs two sites with two scans each)</p>") + "</body></html>\n")
+               "<p>n/a (needs two sites with two scans each)</p>") + _bridge_html(effects)
+            + "</body></html>\n")
 
 
-def run_group(bids_root: Path, out_dir: Path) -> int:
+def _bridge_html(effects: dict) -> str:
+    import html
+
+    b = effects.get("bridge")
+    if not b:
+        return ""
+    names = {"classical_uncorrected": "classical (Atropos), uncorrected",
+             "classical_linear": "classical, linear correction (training pairs)",
+             "physics_as_processed": "physics model, sidecar parameters",
+             "physics_linear": "physics model, linear correction",
+             "physics_bridged": "physics model, bridged (searched parameters)"}
+    ev = b["test_mean_abs_pct_difference"]
+    rows = "".join(f"<tr><td>{names.get(k, k)}</td><td>{v['mean_pct']:.2f}</td>"
+                   f"<td>{v['GM_pct']:.2f}</td><td>{v['WM_pct']:.2f}</td></tr>"
+                   for k, v in ev.items())
+    side = b.get("sidecars")
+    return (f"<h2>Bridging {html.escape(b['groups']['A'])} &rarr; "
+            f"{html.escape(b['groups']['B'])}</h2><p>Searched on the training pairs: "
+            f"{html.escape(b['parameter']['A'])} {b['chosen']['A']:.3g} (A), "
+            f"{html.escape(b['parameter']['B'])} {b['chosen']['B']:.3g} (B)"
+            + (f"; the sidecars say {side['A']:.3g} and {side['B']:.3g}" if side else "")
+            + ". Written as group/bridge_protocol.json for the participant level.</p>"
+            "<img src='bridge_contour.png' alt='bridging search'>"
+            "<table><tr><th>test pairs: mean |% difference| A vs B</th><th>GM+WM</th>"
+            f"<th>GM</th><th>WM</th></tr>{rows}</table>")
+
+
+def run_group(bids_root: Path, out_dir: Path, *, classical: bool = True,
+              bridge: tuple[str, str] | None = None, bridge_steps: int = 13,
+              model: str = "seg-physics", seed: int = 0, device: str = "cpu") -> int:
+    """The group level (module docs); ``bridge``: two groups of scans to bridge
+    (:mod:`phys_bids.bridge`)."""
     from . import __version__
     from .cli import CliError
 
@@ -359,7 +489,15 @@ def run_group(bids_root: Path, out_dir: Path) -> int:
     if not rows:
         raise CliError(f"no volumes tables (*_morph.tsv) in {out_dir}; run the participant "
                        "level first")
+    if bridge is not None:  # fail on unbridgeable groups before any long computation
+        from .bridge import BridgeError, bridge_pairs
+
+        try:
+            bridge_pairs(rows, *bridge)
+        except BridgeError as err:
+            raise CliError(str(err)) from None
     writer = DerivativesWriter(out_dir, bids_root, version=__version__)
+    has_classical = classical and classical_volumes(out_dir, rows)
     lines = ["\t".join(COLUMNS)] + ["\t".join(str(r[c]) for c in COLUMNS) for r in rows]
     writer.write_text("group/volumes.tsv", "\n".join(lines) + "\n")
     writer.write_json("group/volumes.json", {c: {"Description": d} for c, d in COLUMNS.items()})
@@ -382,10 +520,33 @@ def run_group(bids_root: Path, out_dir: Path) -> int:
             effects["tissues"][t]["combat"] = {
                 k: after[t][k] for k in ("eta2_site", "partial_eta2_site_given_subject",
                                          "within_subject")}
+    if has_classical:
+        clas = site_effects(rows, "{t}_atropos_ml", TISSUES[:3])["tissues"]
+        for t in TISSUES[:3]:
+            effects["tissues"][t]["classical"] = {
+                k: clas[t][k] for k in ("by_site", "eta2_site",
+                                        "partial_eta2_site_given_subject", "within_subject")}
     effects["proxy_a_distance"] = a_distances(out_dir, rows)
+    if bridge is not None:
+        from .bridge import run_bridge
+
+        res = run_bridge(rows, out_dir, *bridge, model_name=model, steps=bridge_steps,
+                         seed=seed, device=device, classical=has_classical)
+        writer.write_json("group/bridge.json", res.report)
+        writer.write_json("group/bridge_protocol.json", res.protocol)
+        writer.write_bytes("group/bridge_contour.png", res.figure)
+        effects["bridge"] = {k: res.report[k] for k in (
+            "groups", "parameter", "chosen", "sidecars", "test_mean_abs_pct_difference")}
+        ev = res.report["test_mean_abs_pct_difference"]
+        log.info("bridging %s -> %s: chosen %s; test pairs' mean |%% difference| GM+WM: %s",
+                 *bridge, res.report["chosen"], ", ".join(
+                     f"{k} {v['mean_pct']:.2f}" for k, v in ev.items()))
     writer.write_json("group/site_effects.json", effects)
     writer.write_bytes("group/volumes_by_site.png", _plot(rows))
-    writer.write_text("group/report.html", _report(effects))
+    site_png = _site_effect_plot(effects)
+    if site_png is not None:
+        writer.write_bytes("group/site_effects.png", site_png)
+    writer.write_text("group/report.html", _report(effects, site_png is not None))
     for t in ("GM", "WM", "CSF"):
         e = effects["tissues"][t]
         w = e["within_subject"]

@@ -72,3 +72,33 @@ def test_proxy_a_distance_separates_shifted_sites_only():
     d = proxy_a_distance(feats, sites)
     assert set(d) == {"A | B", "A | C", "B | C"}
     assert d["A | B"] < 0.6 and d["A | C"] > 1.5 and d["B | C"] > 1.5
+
+
+def test_classical_columns_give_their_own_site_statistics_and_the_report_plots_them():
+    from phys_bids.group import _report, _site_effect_plot
+
+    rows = _rows({"A": 0, "B": 5})
+    for r in rows:  # a classical segmentation with a 60 mL site offset on GM
+        r.update({"GM_atropos_ml": r["GM_ml"] + (60 if r["site"] == "B" else 0),
+                  "WM_atropos_ml": r["WM_ml"], "CSF_atropos_ml": r["CSF_ml"]})
+    effects = site_effects(rows)
+    clas = site_effects(rows, "{t}_atropos_ml", ("GM", "WM", "CSF"))["tissues"]
+    assert set(clas) == {"GM", "WM", "CSF"}
+    assert (clas["GM"]["partial_eta2_site_given_subject"]
+            > effects["tissues"]["GM"]["partial_eta2_site_given_subject"])
+    assert (clas["GM"]["within_subject"]["mean_cov_x1e3"]
+            > 5 * effects["tissues"]["GM"]["within_subject"]["mean_cov_x1e3"])
+    for t in ("GM", "WM", "CSF"):
+        effects["tissues"][t]["classical"] = clas[t]
+    png = _site_effect_plot(effects)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    html = _report(effects, site_plot=True)
+    assert "site_effects.png" in html and "classical (Atropos)" in html
+    assert "site_effects.png" not in _report(effects)
+
+
+def test_within_subject_cov_has_a_bootstrap_interval_around_its_mean():
+    w = site_effects(_rows({"A": 0, "B": 20}))["tissues"]["GM"]["within_subject"]
+    lo, hi = w["ci95_cov_x1e3"]
+    assert w["min_cov_x1e3"] <= lo < w["mean_cov_x1e3"] < hi <= w["max_cov_x1e3"]
+    assert site_effects(_rows({"A": 0, "B": 20}))["tissues"]["GM"]["within_subject"] == w

@@ -1,0 +1,195 @@
+"""Bridging a protocol change and the classical segmentation of the group level."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from phys_bids.bids.protocol import Protocol
+from phys_bids.bridge import (
+    BridgeError,
+    bridge_pairs,
+    evaluate,
+    percent_difference,
+    run_bridge,
+    search,
+    split_pairs,
+    sweep_volumes,
+)
+from phys_bids.classical import atropos_labels
+from phys_bids.models.registry import available_models, load_model
+
+GRID_A = np.linspace(0.6, 1.2, 13)
+GRID_B = np.linspace(0.6, 1.2, 13)
+
+
+def _row(sub, ses, site, seq="MPRAGE", acq=None, ti=0.9):
+    name = f"sub-{sub}_ses-{ses}" + (f"_acq-{acq}" if acq else "") + "_T1w.nii.gz"
+    return {"participant_id": f"sub-{sub}", "session_id": f"ses-{ses}", "site": site,
+            "source": f"sub-{sub}/ses-{ses}/anat/{name}", "sequence": seq,
+            "parameters": json.dumps({"ti": ti, "tr": 2.3, "te": 0.003, "fa": 9.0}),
+            "GM_ml": "700", "WM_ml": "500", "CSF_ml": "300"}
+
+
+def _synthetic_sweeps(n, true_a, true_b, rng):
+    """Volumes that depend linearly on the told TI, with tissue-specific slopes that
+    differ between the protocols: only the true pair makes A and B agree."""
+    base = rng.uniform(500, 800, size=(n, 1, 3))
+    slope_a = np.array([0.30, -0.20, 0.10])
+    slope_b = np.array([0.15, -0.25, 0.05])
+    va = base * (1 + slope_a * (GRID_A[None, :, None] - true_a))
+    vb = base * (1 + slope_b * (GRID_B[None, :, None] - true_b))
+    return va, vb
+
+
+def test_search_recovers_the_parameters_that_make_the_protocols_agree():
+    rng = np.random.default_rng(0)
+    va, vb = _synthetic_sweeps(6, 0.9, 1.1, rng)
+    res = search(va, vb)
+    p, q = res["index"]
+    assert (GRID_A[p], GRID_B[q]) == pytest.approx((0.9, 1.1))
+    assert res["objective"][p, q] == pytest.approx(0.0, abs=1e-9)
+    # any other pair leaves a difference
+    assert np.sort(res["objective"].ravel())[1] > 0.1
+
+
+def test_evaluation_linear_correction_removes_a_linear_protocol_effect():
+    rng = np.random.default_rng(1)
+    a = rng.uniform(500, 800, size=(8, 3))
+    b = 20.0 + 1.05 * a  # protocol B reads 5 % + 20 mL more
+    vols = np.stack([a, b], axis=1)
+    exact = np.stack([a, a], axis=1)
+    out = evaluate(list(range(4)), list(range(4, 8)), processed=vols, classical=vols,
+                   bridged=exact)
+    assert out["classical_uncorrected"]["mean_pct"] > 5.0
+    assert out["classical_linear"]["mean_pct"] == pytest.approx(0.0, abs=1e-6)
+    assert out["physics_bridged"]["mean_pct"] == 0.0
+    assert set(out) == {"physics_as_processed", "physics_bridged", "classical_uncorrected",
+                        "physics_linear", "classical_linear"}
+
+
+def test_pairs_are_found_by_site_session_or_acquisition_and_bad_groups_refused():
+    rows = [_row(s, "pre", "Old scanner") for s in ("01", "02", "03", "04")]
+    rows += [_row(s, "post", "New scanner", ti=1.1) for s in ("01", "02", "03")]
+    rows += [_row("05", "post", "New scanner")]
+    for a, b in (("pre", "post"), ("ses-pre", "ses-post"), ("Old scanner", "New scanner")):
+        pairs = bridge_pairs(rows, a, b)
+        assert [p[0]["participant_id"] for p in pairs] == ["sub-01", "sub-02", "sub-03"]
+        assert all(p[0]["session_id"] == "ses-pre" for p in pairs)
+    acq = [_row(s, "1", "X", acq=a) for s in ("01", "02", "03") for a in ("v1", "v2")]
+    assert len(bridge_pairs(acq, "acq-v1", "v2")) == 3
+    with pytest.raises(BridgeError, match="2 subject.* scanned in both; bridging needs >= 3"):
+        bridge_pairs(rows[:2] + rows[4:6], "pre", "post")
+    with pytest.raises(BridgeError, match="is in both groups"):
+        bridge_pairs(rows, "Old scanner", "pre")
+    mixed = rows[:3] + [_row(s, "post", "N", seq=q) for s, q in
+                        (("01", "MPRAGE"), ("02", "SPGR"), ("03", "MPRAGE"))]
+    with pytest.raises(BridgeError, match="must share one sequence"):
+        bridge_pairs(mixed, "pre", "post")
+
+
+def test_split_is_by_pair_seeded_and_keeps_two_for_training():
+    for n in (3, 4, 7, 12):
+        train, test = split_pairs(n, seed=3)
+        assert len(train) >= 2 and len(test) >= 1
+        assert sorted(train + test) == list(range(n))
+    assert split_pairs(10, 1) == split_pairs(10, 1) != split_pairs(10, 2)
+
+
+def test_percent_difference_is_symmetric():
+    a, b = np.array([100.0, 50.0]), np.array([110.0, 40.0])
+    assert np.allclose(percent_difference(a, b), percent_difference(b, a))
+
+
+def test_atropos_names_clusters_by_intensity_and_leaves_no_temporary_files(tmp_path,
+                                                                         monkeypatch):
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    rng = np.random.default_rng(2)
+    truth = np.zeros((20, 20, 20), np.uint8)
+    truth[:, :, :6], truth[:, :, 6:13], truth[:, :, 13:] = 3, 1, 2  # CSF, GM, WM slabs
+    signal = np.array([0.0, 0.6, 1.0, 0.25])[truth]
+    img = signal + rng.normal(0, 0.03, truth.shape)
+    img[0, 0, 0] = 25.0  # one bright outlier must not take a class of its own
+    lab = atropos_labels(img, np.ones(truth.shape, bool))
+    agree = (lab == truth).mean()
+    assert agree > 0.98
+    assert list(tmp_path.iterdir()) == []
+
+
+needs_model = pytest.mark.skipif("seg-physics" not in available_models(),
+                                 reason="the shipped seg-physics model is not installed")
+
+
+def _phantom_outputs(out: Path, rows: list[dict], rng) -> None:
+    """Template-space preprocessed T1w and dseg, as the participant level writes them,
+    for small brains whose MPRAGE contrast follows each row's TI."""
+    from phys_bids.physics.simulate import simulate
+
+    for r in rows:
+        folder = out / Path(r["source"]).parent
+        folder.mkdir(parents=True, exist_ok=True)
+        stem = Path(r["source"]).name.split("_T1w")[0]
+        cls = np.zeros((40, 40, 40), np.uint8)
+        zz, yy, xx = np.mgrid[:40, :40, :40] - 19.5
+        rad = np.sqrt(zz ** 2 + yy ** 2 + xx ** 2)
+        cls[rad < 16], cls[rad < 13], cls[rad < 8] = 3, 1, 2
+        r1 = np.array([0, 0.68, 1.04, 0.24])[cls]
+        pd = np.array([0, 0.8, 0.7, 1.0])[cls]
+        import torch
+
+        ti = json.loads(r["parameters"])["ti"]
+        sig = simulate("MPRAGE", {"pd": torch.tensor(pd), "r1": torch.tensor(r1),
+                                  "r2s": torch.full(cls.shape, 20.0)}, {"ti": ti})[0]
+        img = sig.numpy() * (cls > 0) + rng.normal(0, 0.005, cls.shape) * (cls > 0)
+        aff = np.diag([1.0, 1.0, 1.0, 1.0])
+        nib.save(nib.Nifti1Image(img.astype(np.float32), aff),
+                 str(folder / f"{stem}_space-MNI152NLin2009aSym_desc-preproc_T1w.nii.gz"))
+        nib.save(nib.Nifti1Image(cls, aff),
+                 str(folder / f"{stem}_space-MNI152NLin2009aSym_dseg.nii.gz"))
+
+
+@needs_model
+def test_run_bridge_writes_a_usable_protocol_file_and_plot(tmp_path):
+    rows = [_row(s, "pre", "A", ti=0.9) for s in ("01", "02", "03")]
+    rows += [_row(s, "post", "B", ti=1.1) for s in ("01", "02", "03")]
+    _phantom_outputs(tmp_path, rows, np.random.default_rng(0))
+    res = run_bridge(rows, tmp_path, "pre", "post", model_name="seg-physics", steps=3, seed=0,
+                     classical=False)
+    rep = res.report
+    assert rep["grid"]["A"] == pytest.approx([0.6, 0.9, 1.2])
+    assert rep["sidecars"] == {"A": 0.9, "B": 1.1}
+    assert {p["subset"] for p in rep["pairs"]} == {"train", "test"}
+    assert len(rep["per_test_subject"]) == sum(p["subset"] == "test" for p in rep["pairs"])
+    ev = rep["test_mean_abs_pct_difference"]
+    assert set(ev) == {"physics_as_processed", "physics_bridged", "physics_linear"}
+    assert all(np.isfinite(v["mean_pct"]) for v in ev.values())
+    assert np.array(rep["objective_pct"]).shape == (3, 3)
+    # the protocol file is one the participant level accepts, naming every scan
+    path = tmp_path / "protocol.json"
+    path.write_text(json.dumps(res.protocol))
+    proto = Protocol.load(path)
+    assert proto.fields_for(Path(rows[0]["source"]).name) == {
+        "InversionTime": rep["chosen"]["A"]}
+    assert proto.fields_for(Path(rows[4]["source"]).name) == {
+        "InversionTime": rep["chosen"]["B"]}
+    assert res.figure[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@needs_model
+def test_the_sweep_tells_the_model_each_value():
+    model = load_model("seg-physics")
+    rng = np.random.default_rng(0)
+    img = rng.uniform(0.2, 1.0, (32, 32, 32)).astype(np.float32)
+    mask = np.ones(img.shape, bool)
+    v = sweep_volumes(model, img, mask, 0.001, "MPRAGE", {"ti": 0.9, "tr": 2.3}, GRID_A[::4])
+    assert v.shape == (4, 3)
+    # probabilities of GM/WM/CSF fill the brain (background is the rest), and the
+    # told TI changes the volumes of the same image
+    assert np.all(v.sum(1) <= 32 ** 3 * 0.001 + 1e-6)
+    assert np.ptp(v[:, 0]) > 0
