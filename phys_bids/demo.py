@@ -169,13 +169,49 @@ def demo_truth(*, subjects: int = 3, voxel: float = 1.5, seed: int = 0) -> dict:
     return out
 
 
+#: qMRI acquisitions of ``--qmri`` (site A sessions): variable flip angle SPGR and
+#: multi-echo GRE, Siemens-style sidecars
+QMRI_ACQUISITIONS = {
+    "VFA": [{"FlipAngle": fa, "RepetitionTimeExcitation": 0.015, "EchoTime": 0.0025}
+            for fa in (3, 20)],
+    "MEGRE": [{"FlipAngle": 15, "RepetitionTimeExcitation": 0.04, "EchoTime": te}
+              for te in (0.004, 0.010, 0.016, 0.022)],
+}
+
+
+def _write_qmri_acquisitions(anat: Path, sub: str, ses: str, maps, affine, brain, g) -> None:
+    """VFA (``flip-1/2``) and MEGRE (``echo-1..4``) images of the same maps, SNR 50."""
+    from .physics import sequences
+
+    for suffix, protocol in QMRI_ACQUISITIONS.items():
+        index = "flip" if suffix == "VFA" else "echo"
+        signals = [sequences.spgr(maps["pd"], maps["r1"], maps["r2s"],
+                                  p["RepetitionTimeExcitation"], p["EchoTime"], p["FlipAngle"])
+                   for p in protocol]
+        sigma = float(signals[0][torch.from_numpy(brain)].mean()) / 50.0
+        for i, (sig, p) in enumerate(zip(signals, protocol, strict=True), start=1):
+            image = rician_noise(sig.abs().float(), sigma, generator=g).numpy()
+            stem = f"{sub}_ses-{ses}_{index}-{i}_{suffix}"
+            img = nib.Nifti1Image((image * 1000).astype(np.float32), affine)
+            img.header.set_xyzt_units("mm", "sec")
+            nib.save(img, str(anat / f"{stem}.nii.gz"))
+            _write_json(anat / f"{stem}.json", {**SITES[ses]["sidecar"], **p,
+                                                "ScanningSequence": "GR",
+                                                "SequenceVariant": "SP",
+                                                "PulseSequenceType": "SPGR"})
+
+
 def write_demo_dataset(root, *, subjects: int = 3, voxel: float = 1.5, seed: int = 0,
-                       anatomy: str = "mni", size: int = 48) -> Path:
+                       anatomy: str = "mni", size: int = 48, qmri: bool = False) -> Path:
     """Write the demo dataset to ``root`` (which must not exist or be empty).
 
     ``anatomy="mni"`` (default): heads made from the ICBM152 tissue maps, varied per
     subject (scale, rotation, position), on a ``voxel`` mm grid. ``anatomy="phantom"``:
     small procedural heads of ``size``^3 1 mm voxels (fast, for unit tests).
+    ``qmri=True``: the site A sessions also hold VFA (2 flip angles) and multi-echo
+    GRE (4 echoes) images of the same maps (:data:`QMRI_ACQUISITIONS`), which the
+    participant level fits and compares with its estimates; the T1w images are the
+    same either way.
     """
     root = Path(root)
     if anatomy not in ("mni", "phantom"):
@@ -192,6 +228,7 @@ def write_demo_dataset(root, *, subjects: int = 3, voxel: float = 1.5, seed: int
     rows = ["participant_id\tsex\tage"]
     g = torch.Generator().manual_seed(seed)
     heads = _mni_subjects(subjects, voxel, seed) if anatomy == "mni" else None
+    g_qmri = torch.Generator().manual_seed(seed + 7919)  # own stream: T1w images unchanged
     for s in range(1, subjects + 1):
         sub = f"sub-{s:02d}"
         rows.append(f"{sub}\tn/a\tn/a")
@@ -221,6 +258,8 @@ def write_demo_dataset(root, *, subjects: int = 3, voxel: float = 1.5, seed: int
             img.header.set_xyzt_units("mm", "sec")
             nib.save(img, str(anat / f"{stem}.nii.gz"))
             _write_json(anat / f"{stem}.json", site["sidecar"])
+            if qmri and ses == "siteA":
+                _write_qmri_acquisitions(anat, sub, ses, maps, affine, brain, g_qmri)
     (root / "participants.tsv").write_text("\n".join(rows) + "\n")
     return root
 
@@ -235,6 +274,9 @@ def main(argv=None) -> int:
                     help="heads from the ICBM152 tissue maps, or small procedural phantoms")
     ap.add_argument("--size", type=int, default=48, help="phantom edge in 1 mm voxels")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--qmri", action="store_true",
+                    help="site A sessions also hold VFA and multi-echo GRE images, fitted by "
+                         "the participant level and compared with the network's estimates")
     args = ap.parse_args(argv)
     desc = Path(args.output_dir) / "dataset_description.json"
     if desc.exists() and json.loads(desc.read_text()).get("Name", "").startswith("phys-bids demo"):
@@ -242,7 +284,8 @@ def main(argv=None) -> int:
         return 0
     try:
         root = write_demo_dataset(args.output_dir, subjects=args.subjects, voxel=args.voxel,
-                                  seed=args.seed, anatomy=args.anatomy, size=args.size)
+                                  seed=args.seed, anatomy=args.anatomy, size=args.size,
+                                  qmri=args.qmri)
     except FileExistsError as err:
         print(f"phys-bids demo: error: {err}", file=sys.stderr)
         return 2

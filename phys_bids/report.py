@@ -17,7 +17,7 @@ import numpy as np
 
 from .bids.outputs import figure_path, report_path
 
-__all__ = ["run_figures", "subject_report"]
+__all__ = ["run_figures", "subject_report", "volumes_figure"]
 
 _COLOURS = np.array([[0, 0, 0, 0], [0.2, 0.8, 0.2, 0.45], [0.95, 0.95, 0.3, 0.45],
                      [0.2, 0.5, 1.0, 0.45]])
@@ -150,6 +150,71 @@ _CSS = ("body{font-family:sans-serif;max-width:1000px;margin:auto}table{border-c
         ".flag{color:#a00}.ok{color:#070}img{max-width:100%}")
 
 
+def volumes_figure(writer, source: str, volumes: dict, mc: dict | None,
+                   calibrated: dict | None) -> str | None:
+    """The tissue volumes with their bounds, one panel per tissue: the volume (dot), the
+    Monte-Carlo median (cross), [Q1, Q3] (thick bar), [2.5, 97.5] % (thin bar) and the
+    calibrated 95 % interval (grey band). None without Monte-Carlo samples."""
+    if not mc:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(9, 2.6), dpi=80)
+    for ax, t in zip(axes, ("GM", "WM", "CSF"), strict=True):
+        m = mc[t]
+        if calibrated and t in calibrated:
+            lo, hi = calibrated[t]
+            ax.axhspan(lo, hi, color="0.85", label="calibrated 95 %")
+        ax.vlines(0, m["p2_5"], m["p97_5"], color="C0", lw=1.5, label="MC 2.5-97.5 %")
+        ax.vlines(0, m["q1"], m["q3"], color="C0", lw=6, label="MC [Q1, Q3]")
+        ax.plot(0, m["median"], "x", color="k", ms=8, label="MC median")
+        ax.plot(0, volumes[t], "o", color="C3", ms=5, label="volume")
+        ax.set_xlim(-1, 1)
+        ax.set_xticks([])
+        ax.set_title(f"{t} (mL)", fontsize=9)
+    axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return _save(writer, figure_path(source, step="volumes", suffix="T1w"), buf.getvalue())
+
+
+def _fits_section(fits: list[dict]) -> str:
+    """Model-based fits of the session's qMRI acquisitions vs the network's estimates."""
+    rows, errors = [], []
+    for f in fits:
+        if "error" in f:
+            errors.append(f"{f['kind']} {f['name']}: {f['error']}")
+            continue
+        for name, m in f["maps"].items():
+            c = m.get("comparison") or {}
+            cells = []
+            for t in ("GM", "WM"):
+                x = c.get(t)
+                cells.append("n/a" if not x else f"{x['fit_median']:.3g} / "
+                             f"{x['estimate_median']:.3g}")
+            r = c.get("pearson_r")
+            rows.append((f"{f['kind']} ({f['method']})", name, *cells,
+                         "n/a" if r is None else f"{r:.2f}", m["path"].rsplit("/", 1)[-1]))
+    out = ["<h3>qMRI: model-based fits of this session's acquisitions vs the network's "
+           "estimates</h3>"]
+    if rows:
+        out.append(_table(rows, ("acquisition (fit)", "map", "GM median fit / estimate",
+                                 "WM median fit / estimate", "voxelwise r", "file")))
+        out.append("<p>The fitted map is resampled onto the T1w grid by scanner "
+                   "coordinates (same-session acquisitions assumed aligned); tissues from "
+                   "this run's segmentation. PD is in arbitrary units in both: compare its "
+                   "correlation, not its medians.</p>")
+    if errors:
+        out.append("<ul>" + "".join(f"<li class='flag'>not fitted: {html.escape(e)}</li>"
+                                    for e in errors) + "</ul>")
+    return "".join(out)
+
+
 def subject_report(writer, subject: str, runs: list[dict], provenance: dict) -> str:
     """Write ``sub-X.html``; returns its path relative to the derivatives."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>phys-bids: sub-"
@@ -184,6 +249,8 @@ def subject_report(writer, subject: str, runs: list[dict], provenance: dict) -> 
         else:
             parts.append(_table([(t, f"{v:.1f}") for t, v in r["volumes"].items()],
                                 ("tissue", "volume (mL)")))
+        if r.get("qmri_fits"):
+            parts.append(_fits_section(r["qmri_fits"]))
         parts.append(f"<p>Brain mask {r['brain_volume_ml']:.0f} mL; brain overlap with the "
                      f"template after registration (Dice) {r['registration_dice']:.3f}.</p>")
         for stepname, rel in r["figures"].items():

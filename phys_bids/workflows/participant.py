@@ -388,6 +388,65 @@ def _write_qmri(put, out: dict, qmri, reference: dict, p: PreparedRun) -> None:
                "EstimationModel": model})
 
 
+def _write_fits(writer, p: PreparedRun, out: dict, done: dict, qmri) -> list[dict]:
+    """Model-based fits of the qMRI acquisitions in this run's session
+    (:mod:`phys_bids.qmri.dataset`), written once per session, each compared with this
+    run's network estimate of the same map. A set that cannot be fitted is reported
+    and skipped."""
+    import nibabel as nib
+
+    from ..models.qmri_net import BIDS_SUFFIX, MAPS
+    from ..qmri.dataset import UNITS, FitError, compare_maps, find_sets, fit_set
+
+    key = (p.run.subject, p.run.session)
+    if key not in done:
+        results = []
+        for s in find_sets(writer.bids_dir, p.run.subject, p.run.session):
+            entry = {"kind": s.kind, "name": s.name, "method": s.method}
+            try:
+                maps, affine, prov = fit_set(s)
+            except FitError as err:
+                log.warning("sub-%s: qMRI fit skipped: %s", p.run.subject, err)
+                entry["error"] = str(err)
+                results.append(entry)
+                continue
+            src = f"{s.name}_{s.kind}.nii.gz"
+            sources = [f"bids:raw:{Path(p.run.relpath).parent.as_posix()}/{f.name}"
+                       for f in s.images]
+            entry["maps"] = {}
+            for name, data in maps.items():
+                rel = derivative_path(src, suffix=name, desc=s.method)
+                writer.save_image(rel, nib.Nifti1Image(data, affine))
+                writer.write_json(rel.replace(".nii.gz", ".json"), {
+                    "Sources": sources, "Units": UNITS[name], "SkullStripped": False,
+                    "ModelEstimate": False,
+                    "EstimationMethod": f"phys-bids model-based fit ({s.method}) of the "
+                    f"session's {s.kind} images", "EstimationParameters": prov})
+                entry["maps"][name] = {"path": rel, "data": data, "affine": affine}
+            log.info("sub-%s: fitted %s from %d %s image(s): %s", p.run.subject,
+                     "/".join(entry["maps"]), len(s.images), s.kind, s.name)
+            results.append(entry)
+        done[key] = results
+    fits = []
+    estimates = {}
+    if qmri is not None and out.get("qmri_maps"):
+        estimates = {BIDS_SUFFIX[n]: img for n, img in
+                     _channel_images(out["qmri_maps"], dict(enumerate(MAPS)))}
+    dseg = nib.load(str(out["dseg"])) if estimates else None
+    for entry in done[key]:
+        row = {k: entry[k] for k in ("kind", "name", "method")}
+        if "error" in entry:
+            row["error"] = entry["error"]
+        else:
+            row["maps"] = {}
+            for name, m in entry["maps"].items():
+                cmp = (compare_maps(m["data"], m["affine"], estimates[name], dseg)
+                       if name in estimates else None)
+                row["maps"][name] = {"path": m["path"], "comparison": cmp}
+        fits.append(row)
+    return fits
+
+
 def _registration_dice(mask_template, template) -> float:
     import nibabel as nib
 
@@ -405,6 +464,7 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
 
     writer.init_dataset()
     summaries = []
+    fitted_sessions: dict = {}
     tpl = template.name
     for p, out in zip(prepared, per_run, strict=True):
         src = p.run.name
@@ -440,12 +500,14 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
         put({"suffix": "dseg", "space": tpl}, out["dseg_template"])
         if qmri is not None and out.get("qmri_maps"):
             _write_qmri(put, out, qmri, settings.reference, p)
+        fits = _write_fits(writer, p, out, fitted_sessions, qmri)
         vols = out["volumes"]
         stats = _mc_stats(out["mc_volumes"])
         rows = ["\t".join(["tissue", "volume_ml", *MC_COLUMNS, *CAL_COLUMNS, "mc_samples",
                            "seed", "in_training_space", "outside_training_space"])]
         flag = "true" if p.in_training_space else "false"
         outside = ",".join(p.outside) or "n/a"
+        calibrated = {}
         for t in ("GM", "WM", "CSF", "ICV"):
             mc = ([f"{stats[t][c.removeprefix('mc_').removesuffix('_ml')]:.4f}"
                    for c in MC_COLUMNS] if stats else ["n/a"] * len(MC_COLUMNS))
@@ -454,6 +516,7 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
             if stats and margins:
                 wide = widen(stats[t], margins)
                 cal = [f"{max(0.0, wide[c[4:-3]]):.4f}" for c in CAL_COLUMNS]
+                calibrated[t] = (max(0.0, wide["p2_5"]), wide["p97_5"])
             rows.append("\t".join([t, f"{vols[t]:.4f}", *mc, *cal, str(settings.mc_samples),
                                    str(settings.seed), flag, outside]))
         morph = derivative_path(src, suffix="morph", extension=".tsv")
@@ -483,13 +546,17 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
                       + ", ".join(p.outside))
         figures = report.run_figures(writer, src, subject, {**out, "raw": p.run.path},
                                      template)
+        vfig = report.volumes_figure(writer, src, vols, stats, calibrated)
+        if vfig:
+            figures = {"volumes with bounds": vfig, **figures}
         summaries.append({"run": p.run.relpath, "label": p.run.label, "sequence": p.sequence,
                           "params": p.params, "sources": p.sources,
                           "in_training_space": p.in_training_space, "outside": p.outside,
                           "warnings": [*p.warnings, *out["strip_warnings"]], "qc": qc,
                           "volumes": vols, "mc": stats,
                           "brain_volume_ml": out["brain_volume_ml"],
-                          "registration_dice": reg_dice, "figures": figures})
+                          "registration_dice": reg_dice, "figures": figures,
+                          "qmri_fits": fits})
     report.subject_report(writer, subject, summaries, provenance={
         "version": __version__, "model": model.name,
         "weights_sha256": model.manifest["weights_sha256"], "template": template.name,

@@ -41,8 +41,13 @@ EXPECTED = sorted([
     f"{SUB}_space-MNI152NLin2009aSym_dseg.nii.gz", f"{SUB}_space-MNI152NLin2009aSym_dseg.json",
     f"{SUB}_morph.tsv", f"{SUB}_morph.json",
     *[f"sub-01/figures/sub-01_ses-siteA_desc-{s}.png" for s in
-      ("skullstrip_T1w", "n4_biasfield", "registration_T1w", "segmentation_T1w")],
+      ("skullstrip_T1w", "n4_biasfield", "registration_T1w", "segmentation_T1w",
+       "volumes_T1w")],
     "sub-01.html", "dataset_description.json", "dseg.tsv", ".bidsignore", "README.md",
+    # model-based fits of the session's VFA and multi-echo GRE images (demo qmri=True)
+    *[f"{SUB}_desc-{d}_{m}.{e}" for d, m in (("despot1", "R1map"), ("despot1", "PDmap"),
+                                            ("r2starfit", "R2starmap"))
+      for e in ("nii.gz", "json")],
 ])
 #: with the shipped qMRI model: its four maps, the harmonised image and their figure
 QMRI_FILES = sorted([
@@ -58,7 +63,7 @@ if "qmri-physics" in available_models(kind="qmri"):
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     base = tmp_path_factory.mktemp("study")
-    bids = write_demo_dataset(base / "bids", subjects=2, voxel=2.0, seed=0)
+    bids = write_demo_dataset(base / "bids", subjects=2, voxel=2.0, seed=0, qmri=True)
     bad = bids / "sub-02/ses-siteA/anat/sub-02_ses-siteA_T1w.nii.gz"
     img = nib.load(bad)
     data = img.get_fdata(dtype=np.float32)
@@ -165,7 +170,8 @@ def test_report_is_self_contained(study):
     html = (out / "sub-01.html").read_text()
     assert "Acquisition parameters used" in html and "sidecar:InversionTime" in html
     srcs = [s.split("'")[0] for s in html.split("<img src='")[1:]]
-    n_figures = 4 + ("qmri-physics" in available_models(kind="qmri"))  # + the qMRI figure
+    # 4 steps + the volumes with their bounds (--mc-samples 4) + the qMRI figure
+    n_figures = 5 + ("qmri-physics" in available_models(kind="qmri"))
     assert len(srcs) == n_figures and all((out / s).is_file() for s in srcs)
     assert "http" not in html.replace("https://github.com/phys-bids/phys-bids", "")
 
@@ -203,6 +209,19 @@ def test_group_level_gathers_volumes(study):
     assert effects["scans"] == 1 and effects["sites"] == ["Site A/Prisma"]
     html = (study["out"] / "group" / "report.html").read_text()
     assert "volumes_by_site.png" in html and (study["out"] / "group/volumes_by_site.png").is_file()
+    # the classical segmentation labels the same brain mask: its tissues add up to ICV
+    classical = sum(float(rows[0][f"{t}_atropos_ml"]) for t in ("GM", "WM", "CSF"))
+    assert classical == pytest.approx(float(rows[0]["ICV_ml"]), rel=0.03)
+    assert all(float(rows[0][f"{t}_atropos_ml"]) > 0.05 * classical for t in ("GM", "WM", "CSF"))
+    assert effects["tissues"]["GM"]["classical"]["by_site"]["Site A/Prisma"]["n"] == 1
+    # bridging needs subjects scanned in both groups: one actionable line, exit 2
+    before = tree_hashes(study["out"] / "group")
+    r = cli(study["bids"], study["out"], "group", "-w", study["work"], "--bridge", "siteA",
+            "siteB")
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1].startswith(
+        "phys-bids: error: --bridge siteA siteB: 0 subject(s) scanned in both")
+    assert tree_hashes(study["out"] / "group") == before
 
 
 def test_killed_run_resumes_to_identical_outputs(study):
@@ -321,5 +340,33 @@ def test_qmri_maps_are_plausible_estimates_and_the_harmonised_image_has_its_prot
             "-w", study["work"], "--omp-nthreads", "2", "--qmri-model", "none",
             "--participant-label", "01")
     assert r.returncode == 0, r.stderr
-    assert not list((base / "out-none").rglob("*R1map*"))
+    assert not list((base / "out-none").rglob("*qmriphysics*"))
+    # the model-based fits do not need the network
+    assert (base / "out-none" / f"{SUB}_desc-despot1_R1map.nii.gz").is_file()
     assert not list((base / "out-none").rglob("*harmonized*"))
+
+
+def test_session_qmri_acquisitions_are_fitted_and_compared_with_the_estimates(study):
+    from phys_bids.synth.tissues import PRIORS
+
+    anat = study["out"] / "sub-01/ses-siteA/anat"
+    side = json.loads((anat / "sub-01_ses-siteA_desc-despot1_R1map.json").read_text())
+    assert side["ModelEstimate"] is False and side["Units"] == "1/s"
+    assert side["EstimationParameters"]["Parameters"]["FlipAngle"] == [3.0, 20.0]
+    assert side["Sources"] == ["bids:raw:sub-01/ses-siteA/anat/sub-01_ses-siteA_flip-1_VFA.nii.gz",
+                               "bids:raw:sub-01/ses-siteA/anat/sub-01_ses-siteA_flip-2_VFA.nii.gz"]
+    dseg = np.asanyarray(nib.load(anat / "sub-01_ses-siteA_dseg.nii.gz").dataobj)
+    fit = {m: nib.load(anat / f"sub-01_ses-siteA_desc-{d}_{m}.nii.gz").get_fdata()
+           for d, m in (("despot1", "R1map"), ("r2starfit", "R2starmap"))}
+    # the VFA/MEGRE images were simulated from the demo's maps: the fits find the
+    # tissue values of the priors (subject jitter of R1 +-5 %, partial volume, SNR 50)
+    for k, cls in ((1, "gm_cortex"), (2, "wm")):
+        assert np.median(fit["R1map"][dseg == k]) == pytest.approx(PRIORS[cls]["r1"].mean,
+                                                                  rel=0.15)
+        assert np.median(fit["R2starmap"][dseg == k]) == pytest.approx(
+            PRIORS[cls]["r2s"].mean, rel=0.2)
+    html = (study["out"] / "sub-01.html").read_text()
+    assert "model-based fits of this session" in html and "despot1" in html
+    if "qmri-physics" in available_models(kind="qmri"):
+        # the report's table compares the fit with the network's estimate (GM/WM medians)
+        assert "WM median fit / estimate" in html
