@@ -29,7 +29,12 @@ import torch
 from ..io import atomic_write, sha256
 from ..physics import PhysicsEncoder
 from ..synth import SynthConfig, SynthGenerator, load_head
-from .losses import soft_dice_loss, stochastic_cross_entropy, stratification_loss
+from .losses import (
+    contrastive_loss,
+    soft_dice_loss,
+    stochastic_cross_entropy,
+    stratification_loss,
+)
 from .qmri_net import MAPS, UNITS, qmri_loss, qmri_metrics, raw_to_maps
 from .unet import PhysicsUNet
 
@@ -62,6 +67,9 @@ class TrainConfig:
     warmup: int = 20
     weight_decay: float = 1e-4
     stratification_weight: float = 1.0
+    #: Siamese acquisition-invariance loss (losses.contrastive_loss); 0 = off
+    contrastive_weight: float = 0.0
+    contrastive_margin: float = 1.0
     dice_weight: float = 1.0
     aleatoric_samples: int = 10
     gradient_weight: float = 1.0  # qmri: L1 on the maps' spatial gradients
@@ -157,7 +165,13 @@ def _loss(model, batch, cfg: TrainConfig, g: torch.Generator):
     dice = soft_dice_loss(torch.softmax(logits, 1), target)
     strat = stratification_loss(feats)
     total = ce + cfg.dice_weight * dice + cfg.stratification_weight * strat
-    return total, {"ce": ce.item(), "dice": dice.item(), "strat": strat.item()}
+    parts = {"ce": ce.item(), "dice": dice.item(), "strat": strat.item()}
+    if cfg.contrastive_weight > 0:
+        con = contrastive_loss(feats, batch["target"], margin=cfg.contrastive_margin,
+                               generator=g)
+        total = total + cfg.contrastive_weight * con
+        parts["contrastive"] = con.item()
+    return total, parts
 
 
 @torch.no_grad()
