@@ -15,7 +15,11 @@ import tempfile
 
 import numpy as np
 
-__all__ = ["atropos_labels", "atropos_volumes"]
+__all__ = ["atropos_labels", "atropos_volumes", "ClassicalSegmentationError"]
+
+
+class ClassicalSegmentationError(ValueError):
+    """Atropos could not segment the image (e.g. an empty class at a contrast null)."""
 
 
 def atropos_labels(image: np.ndarray, mask: np.ndarray, *, iterations: int = 5) -> np.ndarray:
@@ -54,6 +58,8 @@ def atropos_labels(image: np.ndarray, mask: np.ndarray, *, iterations: int = 5) 
             seg = ants.atropos(a=img, m="[0.1,1x1x1]", c=f"[{iterations},0]", i="kmeans[3]",
                                x=msk, verbose=0)
             lab = seg["segmentation"].numpy().astype(np.int64)
+        except Exception as err:  # antspyx raises a bare Exception on a non-zero exit
+            raise ClassicalSegmentationError(f"Atropos failed ({err})") from None
         finally:
             tempfile.tempdir = before
     means = [float(x[lab == k].mean()) if (lab == k).any() else np.inf for k in (1, 2, 3)]

@@ -116,7 +116,7 @@ def classical_volumes(out_dir: Path, rows: list[dict]) -> bool:
     import time
 
     from .bids.outputs import derivative_path
-    from .classical import atropos_volumes
+    from .classical import ClassicalSegmentationError, atropos_volumes
 
     t0 = time.time()
     for i, r in enumerate(rows):
@@ -129,7 +129,12 @@ def classical_volumes(out_dir: Path, rows: list[dict]) -> bool:
         img = nib.load(str(img_p))
         mask = np.asanyarray(nib.load(str(mask_p)).dataobj) > 0
         voxel_ml = float(np.prod(img.header.get_zooms()[:3])) / 1000.0
-        vols = atropos_volumes(img.get_fdata(dtype=np.float32), mask, voxel_ml)
+        try:
+            vols = atropos_volumes(img.get_fdata(dtype=np.float32), mask, voxel_ml)
+        except ClassicalSegmentationError as err:
+            log.warning("classical segmentation of %s: %s; its *_atropos_ml stay n/a", name,
+                        err)
+            continue
         for t, v in vols.items():
             r[f"{t}_atropos_ml"] = f"{v:.4f}"
         log.info("classical segmentation %d/%d (%s): GM %.1f WM %.1f CSF %.1f mL (%.0f s)",
@@ -520,8 +525,9 @@ def run_group(bids_root: Path, out_dir: Path, *, classical: bool = True,
             effects["tissues"][t]["combat"] = {
                 k: after[t][k] for k in ("eta2_site", "partial_eta2_site_given_subject",
                                          "within_subject")}
-    if has_classical:
-        clas = site_effects(rows, "{t}_atropos_ml", TISSUES[:3])["tissues"]
+    classical_rows = [r for r in rows if r["GM_atropos_ml"] != "n/a"]
+    if has_classical and classical_rows:
+        clas = site_effects(classical_rows, "{t}_atropos_ml", TISSUES[:3])["tissues"]
         for t in TISSUES[:3]:
             effects["tissues"][t]["classical"] = {
                 k: clas[t][k] for k in ("by_site", "eta2_site",

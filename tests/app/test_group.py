@@ -102,3 +102,35 @@ def test_within_subject_cov_has_a_bootstrap_interval_around_its_mean():
     lo, hi = w["ci95_cov_x1e3"]
     assert w["min_cov_x1e3"] <= lo < w["mean_cov_x1e3"] < hi <= w["max_cov_x1e3"]
     assert site_effects(_rows({"A": 0, "B": 20}))["tissues"]["GM"]["within_subject"] == w
+
+
+def test_a_scan_atropos_cannot_segment_stays_n_a(tmp_path, monkeypatch):
+    import nibabel as nib
+
+    import phys_bids.classical as classical
+    from phys_bids.group import classical_volumes
+
+    rows = []
+    for sub in ("01", "02"):
+        anat = tmp_path / f"sub-{sub}" / "anat"
+        anat.mkdir(parents=True)
+        img = np.zeros((10, 10, 10), np.float32)
+        img[2:8, 2:8, 2:8] = np.linspace(0.2, 1.0, 216).reshape(6, 6, 6)
+        nib.save(nib.Nifti1Image(img, np.eye(4)), anat / f"sub-{sub}_desc-preproc_T1w.nii.gz")
+        nib.save(nib.Nifti1Image((img > 0).astype(np.uint8), np.eye(4)),
+                 anat / f"sub-{sub}_desc-brain_mask.nii.gz")
+        rows.append({"source": f"sub-{sub}/anat/sub-{sub}_T1w.nii.gz",
+                     **{f"{t}_atropos_ml": "n/a" for t in ("GM", "WM", "CSF")}})
+    real = classical.atropos_volumes
+
+    def flaky(image, mask, voxel_ml):
+        if flaky.calls == 0:
+            flaky.calls += 1
+            raise classical.ClassicalSegmentationError("Atropos failed (empty class)")
+        return real(image, mask, voxel_ml)
+    flaky.calls = 0
+    monkeypatch.setattr(classical, "atropos_volumes", flaky)
+    assert classical_volumes(tmp_path, rows)
+    assert rows[0]["GM_atropos_ml"] == "n/a"
+    assert sum(float(rows[1][f"{t}_atropos_ml"]) for t in ("GM", "WM", "CSF")) == \
+        pytest.approx(0.216, abs=1e-6)
