@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from phys_bids.classical import ClassicalSegmentationError
 from phys_bids.models.inference import sliding_window_logits
 from phys_bids.models.registry import load_model
 from phys_bids.synth import load_head
@@ -77,6 +78,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--out", default="docs/results/consistency")
+    ap.add_argument("--resume", action="store_true",
+                    help="keep the subjects already in OUT/consistency.json (same settings)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
@@ -89,9 +92,19 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results = {m: {c: [] for c in conds} for m in methods}
-    curves = {}
+    curves: dict = {}
+    failures: list = []
+    done: set = set()
+    if args.resume and (out / "consistency.json").exists():
+        prev = json.loads((out / "consistency.json").read_text())
+        results, curves = prev["per_subject"], prev["curves"]
+        failures = prev["meta"].get("atropos_failures", [])
+        done = set(prev["meta"]["subjects"])
+        log.info("resuming: %s already measured", ", ".join(sorted(done)))
     t0 = time.time()
     for si, subj in enumerate(subjects):
+        if subj in done:
+            continue
         head = load_head(Path(args.data) / f"{subj}.nii.gz")
         gen, cmaps, frac, present, mask, anatomy, pgs = phantom(head, args.seed + si)
         for cname, (seq, params) in conds.items():
@@ -105,7 +118,16 @@ def main(argv=None):
                 img = img / img[mask].mean()
                 for m in methods:
                     if m == "atropos":
-                        lab = atropos_labels(img, mask, anatomy)
+                        try:
+                            lab = atropos_labels(img, mask, anatomy)
+                        except ClassicalSegmentationError as err:
+                            # counted as a failure, left out of the statistics
+                            log.warning("%s %s %d: %s", subj, cname, i, err)
+                            failures.append({"subject": subj, "condition": cname,
+                                             "image": i})
+                            vols[m].append([np.nan] * 3)
+                            dices[m].append([np.nan] * 6)
+                            continue
                     else:
                         mod = models[m]
                         phys = mod.encoder.encode(seq, p) if mod.physics else None
@@ -118,26 +140,32 @@ def main(argv=None):
                 log.info("%s %s %d/%d (%.0f s)", subj, cname, i + 1, n, time.time() - t0)
             for m in methods:
                 v = np.array(vols[m], dtype=np.float64)
-                d = np.array(dices[m])
+                d = np.array(dices[m], dtype=np.float64)
                 results[m][cname].append({
                     "subject": subj,
-                    "cov_x1e3": dict(zip(TISSUES.values(), (1e3 * v.std(0) / v.mean(0)).tolist(),
+                    "cov_x1e3": dict(zip(TISSUES.values(),
+                                         (1e3 * np.nanstd(v, 0) / np.nanmean(v, 0)).tolist(),
                                          strict=True)),
-                    "dice_anatomy": dict(zip(TISSUES.values(), d[:, :3].mean(0).tolist(),
-                                             strict=True)),
-                    "dice_pgs": dict(zip(TISSUES.values(), d[:, 3:].mean(0).tolist(),
+                    "dice_anatomy": dict(zip(TISSUES.values(),
+                                             np.nanmean(d[:, :3], 0).tolist(), strict=True)),
+                    "dice_pgs": dict(zip(TISSUES.values(), np.nanmean(d[:, 3:], 0).tolist(),
                                          strict=True)),
+                    "images": int(np.isfinite(v[:, 0]).sum()),
                 })
                 if cname.startswith("mprage"):
                     curves.setdefault(m, {}).setdefault(cname, []).append(
                         {"ti": params["ti"].tolist(), "volumes": v.tolist(), "subject": subj})
         # partial results after every subject: a long background run stopped early still
         # leaves the subjects it finished
-        write_results(out, results, curves, models, args, subjects[:si + 1], t0, final=False)
-    print(write_results(out, results, curves, models, args, subjects, t0, final=True))
+        done.add(subj)
+        write_results(out, results, curves, models, args, [s for s in subjects if s in done],
+                      t0, final=False, failures=failures)
+    print(write_results(out, results, curves, models, args, subjects, t0, final=True,
+                        failures=failures))
 
 
-def write_results(out, results, curves, models, args, subjects, t0, *, final: bool) -> str:
+def write_results(out, results, curves, models, args, subjects, t0, *, final: bool,
+                  failures: list) -> str:
     """Write consistency.json/.md (and the TI plot); returns the markdown."""
     summary = summarise(results)
     meta = {"n_images": args.n_images, "subjects": subjects, "complete": final,
@@ -146,7 +174,7 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
                                               "weights_sha256": models[m].manifest[
                                                   "weights_sha256"]} for m in models},
             "atropos": "k-means 3 classes, 5 iterations, clusters assigned to tissues by best "
-                       "overlap with the anatomy (oracle)",
+                       "overlap with the anatomy (oracle)", "atropos_failures": failures,
             "images": "noise-free, skull-stripped with the anatomical brain mask, divided by the "
                       "mean in the mask", "wall_s": time.time() - t0}
     (out / "consistency.json").write_text(json.dumps({"meta": meta, "summary": summary,
@@ -177,6 +205,10 @@ def summarise(results):
 def markdown(summary, meta) -> str:
     lines = [f"Subjects: {', '.join(meta['subjects'])}; {meta['n_images']} images per "
              f"condition; mean +- SD over subjects.", ""]
+    if meta.get("atropos_failures"):
+        lines += [f"Atropos failed on {len(meta['atropos_failures'])} image(s) (left out of "
+                  "its statistics): " + ", ".join(f"{f['subject']} {f['condition']} #{f['image']}"
+                                                  for f in meta["atropos_failures"]), ""]
     for metric, title in (("cov_x1e3", "CoV of volume (x10^3, lower is better)"),
                           ("dice_anatomy", "Dice vs anatomy"),
                           ("dice_pgs", "Dice vs physics gold standard")):
