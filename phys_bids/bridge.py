@@ -213,9 +213,9 @@ class BridgeResult:
 
 
 def _plot(grid_a, grid_b, res: dict, black: list, truth, labels) -> bytes:
-    import io
-
     import matplotlib
+
+    from .report import png_bytes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -236,11 +236,7 @@ def _plot(grid_a, grid_b, res: dict, black: list, truth, labels) -> bytes:
         ax.set_ylabel(labels[0])
         ax.set_title(TISSUES[t])
     axes[0].legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def run_bridge(rows: list[dict], out_dir: Path, a: str, b: str, *, model_name: str,

@@ -325,9 +325,9 @@ def a_distances(out_dir: Path, rows: list[dict], seed: int = 0) -> dict:
 
 
 def _plot(rows: list[dict]) -> bytes:
-    import io
-
     import matplotlib
+
+    from .report import png_bytes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -348,20 +348,16 @@ def _plot(rows: list[dict]) -> bytes:
                 ax.plot(*zip(*pts, strict=True), "-", color="grey", lw=0.6)
         ax.set_xticks(range(len(sites)), sites, rotation=20, fontsize=7)
         ax.set_title(f"{t} (mL)")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def _site_effect_plot(effects: dict) -> bytes | None:
     """Share of volume variance explained by site (after subject when there are
     travelling subjects, else one-way), per tissue: physics model raw, after ComBat,
     classical segmentation. None when no site statistic exists."""
-    import io
-
     import matplotlib
+
+    from .report import png_bytes
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -390,11 +386,7 @@ def _site_effect_plot(effects: dict) -> bytes | None:
     ax.set_ylabel("variance explained by site")
     ax.set_ylim(0, 1)
     ax.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def _report(effects: dict, site_plot: bool = False) -> str:

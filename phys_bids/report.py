@@ -37,6 +37,18 @@ def _centre(mask: np.ndarray) -> list[int]:
     return [int(v) for v in idx.mean(0)] if idx.size else [s // 2 for s in mask.shape]
 
 
+def png_bytes(fig) -> bytes:
+    """A finished matplotlib figure as PNG bytes (tight layout, no Software tag - so that
+    reruns write identical files), the figure closed."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
 def _figure(panels, title: str) -> bytes:
     import matplotlib
 
@@ -48,11 +60,7 @@ def _figure(panels, title: str) -> bytes:
         draw(ax)
         ax.set_axis_off()
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return buf.getvalue()
+    return png_bytes(fig)
 
 
 def _grey(ax, sl):
@@ -176,11 +184,7 @@ def volumes_figure(writer, source: str, volumes: dict, mc: dict | None,
         ax.set_xticks([])
         ax.set_title(f"{t} (mL)", fontsize=9)
     axes[-1].legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", metadata={"Software": None})
-    plt.close(fig)
-    return _save(writer, figure_path(source, step="volumes", suffix="T1w"), buf.getvalue())
+    return _save(writer, figure_path(source, step="volumes", suffix="T1w"), png_bytes(fig))
 
 
 def _fits_section(fits: list[dict]) -> str:
