@@ -355,14 +355,16 @@ def _channel_images(path, channels=TISSUES):
         yield name, nib.Nifti1Image(data[..., k], img.affine, hdr)
 
 
-def _write_qmri(put, out: dict, qmri, reference: dict, p: PreparedRun) -> None:
-    """The estimated maps (one file per map, ``desc-<model>``) and the harmonised image."""
-    from ..models.qmri_net import BIDS_SUFFIX, MAPS, UNITS
+def _write_qmri(put, out: dict, estimated: dict, qmri, reference: dict, p: PreparedRun
+                ) -> None:
+    """The estimated maps (``estimated``: map name -> native image; one file per map,
+    ``desc-<model>``) and the harmonised image."""
+    from ..models.qmri_net import BIDS_SUFFIX, UNITS
 
     desc = model_desc(qmri.name)
     model = {"Name": qmri.name, "WeightsSha256": qmri.manifest["weights_sha256"],
              "TrainingSteps": qmri.manifest.get("steps")}
-    for name, img in _channel_images(out["qmri_maps"], dict(enumerate(MAPS))):
+    for name, img in estimated.items():
         note = ("Estimated by a network from this one T1-weighted image and its acquisition "
                 f"parameters ({p.sequence}); a model estimate, not a model-based fit of "
                 "dedicated qMRI acquisitions.")
@@ -388,14 +390,16 @@ def _write_qmri(put, out: dict, qmri, reference: dict, p: PreparedRun) -> None:
                "EstimationModel": model})
 
 
-def _write_fits(writer, p: PreparedRun, out: dict, done: dict, qmri) -> list[dict]:
+def _write_fits(writer, p: PreparedRun, out: dict, done: dict, estimated: dict
+                ) -> list[dict]:
     """Model-based fits of the qMRI acquisitions in this run's session
     (:mod:`phys_bids.qmri.dataset`), written once per session, each compared with this
-    run's network estimate of the same map. A set that cannot be fitted is reported
-    and skipped."""
+    run's network estimate of the same map (``estimated``: map name -> native image;
+    empty without the qMRI model). A set that cannot be fitted is reported and
+    skipped."""
     import nibabel as nib
 
-    from ..models.qmri_net import BIDS_SUFFIX, MAPS
+    from ..models.qmri_net import BIDS_SUFFIX
     from ..qmri.dataset import UNITS, FitError, compare_maps, find_sets, fit_set
 
     key = (p.run.subject, p.run.session)
@@ -428,11 +432,9 @@ def _write_fits(writer, p: PreparedRun, out: dict, done: dict, qmri) -> list[dic
             results.append(entry)
         done[key] = results
     fits = []
-    estimates = {}
-    if qmri is not None and out.get("qmri_maps"):
-        estimates = {BIDS_SUFFIX[n]: img for n, img in
-                     _channel_images(out["qmri_maps"], dict(enumerate(MAPS)))}
-    dseg = nib.load(str(out["dseg"])) if estimates else None
+    estimates = {BIDS_SUFFIX[n]: img for n, img in estimated.items()}
+    dseg = (nib.load(str(out["dseg"]))
+            if estimates and any("maps" in e for e in done[key]) else None)
     for entry in done[key]:
         row = {k: entry[k] for k in ("kind", "name", "method")}
         if "error" in entry:
@@ -461,6 +463,7 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
     """Write every derivative, the figures and the report of one subject."""
 
     from .. import report
+    from ..models.qmri_net import MAPS
 
     writer.init_dataset()
     summaries = []
@@ -498,9 +501,12 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
                            "logit noise); not a probability"})
         put({"suffix": "dseg"}, out["dseg"])
         put({"suffix": "dseg", "space": tpl}, out["dseg_template"])
-        if qmri is not None and out.get("qmri_maps"):
-            _write_qmri(put, out, qmri, settings.reference, p)
-        fits = _write_fits(writer, p, out, fitted_sessions, qmri)
+        # the 4D map file is read once, for the outputs and the comparison with fits
+        estimated = (dict(_channel_images(out["qmri_maps"], dict(enumerate(MAPS))))
+                     if qmri is not None and out.get("qmri_maps") else {})
+        if estimated:
+            _write_qmri(put, out, estimated, qmri, settings.reference, p)
+        fits = _write_fits(writer, p, out, fitted_sessions, estimated)
         vols = out["volumes"]
         stats = _mc_stats(out["mc_volumes"])
         rows = ["\t".join(["tissue", "volume_ml", *MC_COLUMNS, *CAL_COLUMNS, "mc_samples",
