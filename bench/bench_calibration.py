@@ -8,7 +8,8 @@ with ``--mc-samples`` Monte-Carlo samples (dropout + aleatoric logit noise,
 :func:`phys_bids.models.segment.segment_brain`), and check whether the true tissue
 volume (label counts, mL) lies inside the sample [Q1, Q3] (nominal 50 %) and
 [2.5, 97.5] percentiles (nominal 95 %). Also: IQR width in vs out of distribution,
-and the time per Monte-Carlo sample.
+and the time per Monte-Carlo sample. ``--rescore`` re-applies the model's current
+margins to the stored rows (after ``workflows/calibrate_bounds.py`` refitted them).
 
     python bench/bench_calibration.py --subjects head_14 --n-images 3 --samples 8 \
         --out docs/results/calibration-preview
@@ -24,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from phys_bids.models.calibration import calibration_rows, margins_for, widen
+from phys_bids.models.calibration import calibration_rows, coverage_summary
 from phys_bids.models.registry import load_model
 from phys_bids.synth import load_head
 from phys_bids.synth.evaluation import development_data
@@ -42,52 +43,49 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=7)
     ap.add_argument("--out", default="docs/results/calibration")
+    ap.add_argument("--rescore", action="store_true",
+                    help="no new images: re-apply the model's current calibration.json to "
+                         "the rows stored in OUT/calibration.json (after refitting margins)")
     args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    model = load_model(args.model)
-    subjects = args.subjects.split(",") if args.subjects else model.manifest["split"]["test"]
-    heads = {s: load_head(Path(args.data) / f"{s}.nii.gz") for s in subjects}
-    rows, sample_seconds = calibration_rows(
-        model, heads, condition_names=args.conditions.split(","), n_images=args.n_images,
-        samples=args.samples, seed=args.seed, threads=args.threads,
-        progress=lambda m: print(m, flush=True))
-    cal = model.calibration
-    for x in rows:
-        x["in_iqr"] = x["q1"] <= x["truth_ml"] <= x["q3"]
-        x["in_95"] = x["p2_5"] <= x["truth_ml"] <= x["p97_5"]
-        margins = margins_for(cal, x["tissue"], x["in_training_space"])
-        if margins:
-            w = widen(x, margins)
-            x["cal_in_iqr"] = w["q1"] <= x["truth_ml"] <= w["q3"]
-            x["cal_in_95"] = w["p2_5"] <= x["truth_ml"] <= w["p97_5"]
-            x["cal_width_50_pct"] = 100 * (w["q3"] - w["q1"]) / x["median"]
-            x["cal_width_95_pct"] = 100 * (w["p97_5"] - w["p2_5"]) / x["median"]
-    summary = {}
-    for cname in dict.fromkeys(x["condition"] for x in rows):
-        r = [x for x in rows if x["condition"] == cname]
-        if cal:
-            summary.setdefault("calibrated", {})[cname] = {
-                k: float(np.mean([x[k] for x in r])) for k in
-                ("cal_in_iqr", "cal_in_95", "cal_width_50_pct", "cal_width_95_pct")}
-        summary[cname] = {
-            "coverage_iqr": float(np.mean([x["in_iqr"] for x in r])),
-            "coverage_95": float(np.mean([x["in_95"] for x in r])),
-            "median_iqr_pct_of_volume": float(np.median([100 * x["iqr"] / x["median"]
-                                                         for x in r])),
-            "median_abs_error_pct": float(np.median([100 * abs(x["median"] - x["truth_ml"])
-                                                     / x["truth_ml"] for x in r])),
-            "n": len(r)}
-    meta = {"model": args.model, "subjects": subjects, "images_per_condition": args.n_images,
-            "samples": args.samples, "seconds_per_sample_median":
-                float(np.median(sample_seconds)), "threads": args.threads,
-            "command": "python bench/bench_calibration.py " + " ".join(sys.argv[1:])}
     out = Path(args.out)
+    model = load_model(args.model)
+    cal = model.calibration
+    if args.rescore:
+        stored = json.loads((out / "calibration.json").read_text())
+        meta, rows = stored["meta"], stored["rows"]
+        if cal:
+            meta["rescored"] = {"command": "python bench/bench_calibration.py "
+                                + " ".join(sys.argv[1:]),
+                                "calibration": cal.get("refit_by") or cal.get("command")}
+    else:
+        torch.set_num_threads(args.threads)
+        subjects = (args.subjects.split(",") if args.subjects
+                    else model.manifest["split"]["test"])
+        heads = {s: load_head(Path(args.data) / f"{s}.nii.gz") for s in subjects}
+        rows, sample_seconds = calibration_rows(
+            model, heads, condition_names=args.conditions.split(","),
+            n_images=args.n_images, samples=args.samples, seed=args.seed,
+            threads=args.threads, progress=lambda m: print(m, flush=True))
+        meta = {"model": args.model, "subjects": subjects,
+                "images_per_condition": args.n_images, "samples": args.samples,
+                "seconds_per_sample_median": float(np.median(sample_seconds)),
+                "threads": args.threads,
+                "command": "python bench/bench_calibration.py " + " ".join(sys.argv[1:])}
+    summary = coverage_summary(rows, cal)
     out.mkdir(parents=True, exist_ok=True)
     (out / "calibration.json").write_text(json.dumps(
         {"meta": meta, "summary": summary, "rows": rows}, indent=1) + "\n")
-    lines = [f"Model {args.model}, subjects {', '.join(subjects)}, {args.n_images} images per "
-             f"condition, {args.samples} samples, {meta['seconds_per_sample_median']:.1f} s "
-             f"per sample ({args.threads} threads).", "",
+    text = report(meta, summary, cal)
+    (out / "calibration.md").write_text(text)
+    print(text, end="")
+    return 0
+
+
+def report(meta: dict, summary: dict, cal: dict | None) -> str:
+    lines = [f"Model {meta['model']}, subjects {', '.join(meta['subjects'])}, "
+             f"{meta['images_per_condition']} images per condition, {meta['samples']} "
+             f"samples, {meta['seconds_per_sample_median']:.1f} s per sample "
+             f"({meta['threads']} threads).", "",
              "| condition | truth in [Q1, Q3] (nominal 50 %) | truth in [2.5, 97.5] (nominal "
              "95 %) | median IQR, % of volume | median abs error % | n |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -108,9 +106,7 @@ def main(argv=None) -> int:
         for c, v in summary["calibrated"].items():
             lines.append(f"| {c} | {100 * v['cal_in_iqr']:.0f} % | {100 * v['cal_in_95']:.0f} %"
                          f" | {v['cal_width_50_pct']:.1f} | {v['cal_width_95_pct']:.1f} |")
-    (out / "calibration.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    return 0
+    return "\n".join(lines) + "\n"
 
 
 if __name__ == "__main__":

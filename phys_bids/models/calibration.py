@@ -35,7 +35,7 @@ import numpy as np
 from ..synth.tissues import TARGETS
 
 __all__ = ["LEVELS", "conformal_margins", "fit_margins", "margins_for", "widen",
-           "load_calibration", "calibration_rows", "training_space_flags"]
+           "load_calibration", "calibration_rows", "training_space_flags", "coverage_summary"]
 
 #: nominal level -> the sample quantiles bounding it
 LEVELS = {"0.5": ("q1", "q3"), "0.95": ("p2_5", "p97_5")}
@@ -96,6 +96,49 @@ def widen(stats: dict, margins: dict[str, float]) -> dict[str, float]:
         d = margins[level] * stats["median"]
         res[lo], res[hi] = stats[lo] - d, stats[hi] + d
     return {k: res[k] for k in ("q1", "q3", "p2_5", "p97_5")}
+
+
+def coverage_summary(rows: list[dict], calibration: dict | None) -> dict:
+    """How often the truth lies inside the raw and (with ``calibration``) the widened
+    intervals, per condition and for all rows in / out of the training space.
+
+    Sets per-row flags (``in_iqr``, ``in_95``, ``cal_in_iqr``, ``cal_in_95``, and the
+    calibrated widths in % of the median volume); returns, per group, the raw coverage,
+    median IQR and absolute error (% of volume) and n, plus a ``"calibrated"`` section.
+    """
+    for x in rows:
+        x["in_iqr"] = x["q1"] <= x["truth_ml"] <= x["q3"]
+        x["in_95"] = x["p2_5"] <= x["truth_ml"] <= x["p97_5"]
+        for k in ("cal_in_iqr", "cal_in_95", "cal_width_50_pct", "cal_width_95_pct"):
+            x.pop(k, None)  # flags of an earlier scoring
+        margins = margins_for(calibration, x["tissue"], x["in_training_space"])
+        if margins:
+            w = widen(x, margins)
+            x["cal_in_iqr"] = w["q1"] <= x["truth_ml"] <= w["q3"]
+            x["cal_in_95"] = w["p2_5"] <= x["truth_ml"] <= w["p97_5"]
+            x["cal_width_50_pct"] = 100 * (w["q3"] - w["q1"]) / x["median"]
+            x["cal_width_95_pct"] = 100 * (w["p97_5"] - w["p2_5"]) / x["median"]
+    groups = {c: [x for x in rows if x["condition"] == c]
+              for c in dict.fromkeys(x["condition"] for x in rows)}
+    groups["all in distribution"] = [x for x in rows if x["in_training_space"]]
+    groups["all out of distribution"] = [x for x in rows if not x["in_training_space"]]
+    summary: dict = {}
+    for name, r in groups.items():
+        if not r:
+            continue
+        if calibration and all("cal_in_iqr" in x for x in r):
+            summary.setdefault("calibrated", {})[name] = {
+                k: float(np.mean([x[k] for x in r])) for k in
+                ("cal_in_iqr", "cal_in_95", "cal_width_50_pct", "cal_width_95_pct")}
+        summary[name] = {
+            "coverage_iqr": float(np.mean([x["in_iqr"] for x in r])),
+            "coverage_95": float(np.mean([x["in_95"] for x in r])),
+            "median_iqr_pct_of_volume": float(np.median([100 * x["iqr"] / x["median"]
+                                                         for x in r])),
+            "median_abs_error_pct": float(np.median([100 * abs(x["median"] - x["truth_ml"])
+                                                     / x["truth_ml"] for x in r])),
+            "n": len(r)}
+    return summary
 
 
 def load_calibration(model_dir) -> dict | None:
