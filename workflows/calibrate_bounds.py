@@ -9,6 +9,14 @@ the training space, to ``<model folder>/calibration.json``:
 
     python workflows/calibrate_bounds.py --model seg-physics --samples 4 --n-images 4
 
+``--add`` draws more calibration images (another ``--seed``: other virtual subjects'
+tissue values, noise and SPGR draws) and refits the margins on all rows, so that a
+tissue's margin rests on the >= 19 scores the 95 % guarantee needs without redoing
+the images already scored:
+
+    python workflows/calibrate_bounds.py --model seg-physics --add --seed 202 \
+        --n-images 3 --conditions mprage-id,spgr-id
+
 --data defaults to $PHYS_BIDS_DATA/label-maps or ../shared/data/label-maps.
 """
 
@@ -41,6 +49,9 @@ def main(argv=None) -> int:
     ap.add_argument("--conditions", default="mprage-id,mprage-ood,spgr-id,spgr-ood")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=101)
+    ap.add_argument("--add", action="store_true",
+                    help="add images (a new --seed) to the rows of the existing "
+                         "calibration.json and refit")
     ap.add_argument("--refit", action="store_true",
                     help="recompute the margins from the rows already in calibration.json "
                          "(no new images)")
@@ -48,40 +59,87 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     folder = Path(args.model) if Path(args.model).is_dir() else MODELS_DIR / args.model
     model = load_model(folder)
+    command = "python workflows/calibrate_bounds.py " + " ".join(sys.argv[1:])
     if args.refit:
         cal = json.loads((folder / "calibration.json").read_text())
-        training_space_flags(cal["rows"], cal["images_per_condition"], cal["seed"])
+        _flag(cal)
         cal["margins"] = fit_margins(cal["rows"])
-        cal["n_per_tissue"] = {k: sum(r["in_training_space"] is (k == "in")
-                                      for r in cal["rows"]) // 3 for k in ("in", "out")}
-        cal["refit_by"] = "python workflows/calibrate_bounds.py " + " ".join(sys.argv[1:])
-        atomic_write(folder / "calibration.json",
-                     lambda tmp: tmp.write_text(json.dumps(cal, indent=1) + "\n"))
-        print(json.dumps(cal["margins"], indent=1))
-        return 0
+        cal["n_per_tissue"] = _n_per_tissue(cal["rows"])
+        cal["refit_by"] = command
+        return _write(folder, cal)
+    existing = None
+    if args.add:
+        existing = json.loads((folder / "calibration.json").read_text())
+        if existing["weights_sha256"] != model.manifest["weights_sha256"]:
+            print("calibration.json belongs to other weights: calibrate from scratch "
+                  "(without --add)", file=sys.stderr)
+            return 2
+        if existing["mc_samples"] != args.samples:
+            print(f"calibration.json used {existing['mc_samples']} samples per image; add "
+                  f"images with --samples {existing['mc_samples']}", file=sys.stderr)
+            return 2
+        used = {r.get("seed", existing["seed"]) for r in existing["rows"]}
+        if args.seed in used:
+            print(f"seed {args.seed} already made calibration images ({sorted(used)}): "
+                  "choose another --seed", file=sys.stderr)
+            return 2
     subjects = model.manifest["split"]["val"]
     heads = {s: load_head(Path(args.data) / f"{s}.nii.gz") for s in subjects}
     t0 = time.time()
     rows, seconds = calibration_rows(model, heads, condition_names=args.conditions.split(","),
                                      n_images=args.n_images, samples=args.samples,
                                      seed=args.seed, threads=args.threads)
+    for r in rows:
+        r["seed"], r["images_per_condition"] = args.seed, args.n_images
+    if existing is not None:
+        for r in existing["rows"]:
+            r.setdefault("seed", existing["seed"])
+            r.setdefault("images_per_condition", existing["images_per_condition"])
+        existing["rows"] += rows
+        existing["margins"] = fit_margins(existing["rows"])
+        existing["n_per_tissue"] = _n_per_tissue(existing["rows"])
+        existing.setdefault("added", []).append(
+            {"command": command, "seconds_per_sample_median": float(np.median(seconds)),
+             "minutes": round((time.time() - t0) / 60, 1), "code_commit": _git_commit()})
+        return _write(folder, existing)
     cal = {
         "model": model.name, "weights_sha256": model.manifest["weights_sha256"],
         "method": "split-conformal widening of the Monte-Carlo quantiles (CQR, Romano et al. "
                   "2019), relative to the median volume",
         "mc_samples": args.samples, "subjects": subjects, "conditions": args.conditions,
         "images_per_condition": args.n_images, "seed": args.seed,
-        "n_per_tissue": {k: sum(r["in_training_space"] is (k == "in") for r in rows) // 3
-                         for k in ("in", "out")},
+        "n_per_tissue": _n_per_tissue(rows),
         "margins": fit_margins(rows),
         "seconds_per_sample_median": float(np.median(seconds)),
         "minutes": round((time.time() - t0) / 60, 1), "code_commit": _git_commit(),
-        "command": "python workflows/calibrate_bounds.py " + " ".join(sys.argv[1:]),
+        "command": command,
         "rows": rows,
     }
+    return _write(folder, cal)
+
+
+def _n_per_tissue(rows: list[dict]) -> dict:
+    return {k: sum(r["in_training_space"] is (k == "in") for r in rows) // 3
+            for k in ("in", "out")}
+
+
+def _flag(cal: dict) -> None:
+    """Recompute the in/out flags of every row from the conditions of the run that
+    made it (its seed and images per condition)."""
+    runs: dict = {}
+    for r in cal["rows"]:
+        key = (r.get("images_per_condition", cal["images_per_condition"]),
+               r.get("seed", cal["seed"]))
+        runs.setdefault(key, []).append(r)
+    for (n, seed), rows in runs.items():
+        training_space_flags(rows, n, seed)
+
+
+def _write(folder: Path, cal: dict) -> int:
     atomic_write(folder / "calibration.json",
                  lambda tmp: tmp.write_text(json.dumps(cal, indent=1) + "\n"))
-    print(json.dumps(cal["margins"], indent=1))
+    print(json.dumps({"n_per_tissue": cal["n_per_tissue"], "margins": cal["margins"]},
+                     indent=1))
     return 0
 
 
