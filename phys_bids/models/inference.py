@@ -67,6 +67,12 @@ def sliding_window_logits(network, image: Tensor, physics: Tensor | None, *, win
     levels = len(network.config["channels"])
     mult = 2 ** (levels - 1)
     x, crop = pad_to_multiple(image, mult)
+    fmt = torch.contiguous_format
+    if x.device.type == "cpu":
+        # oneDNN's channels-last 3D convolutions: about 20 % faster per window on this
+        # CPU, logits equal to ~1e-5 (docs/performance.md); weights converted in place
+        fmt = torch.channels_last_3d
+        network.to(memory_format=fmt)
     win = [min(window, s) for s in x.shape[-3:]]
     win = [w - w % mult for w in win]
     step = [max(1, int(w * (1 - overlap))) for w in win]
@@ -80,7 +86,7 @@ def sliding_window_logits(network, image: Tensor, physics: Tensor | None, *, win
         for sy in _starts(x.shape[3], win[1], step[1]):
             for sz in _starts(x.shape[4], win[2], step[2]):
                 sl = (slice(sx, sx + win[0]), slice(sy, sy + win[1]), slice(sz, sz + win[2]))
-                patch = x[(slice(None), slice(None), *sl)]
+                patch = x[(slice(None), slice(None), *sl)].contiguous(memory_format=fmt)
                 acc = 0
                 for f in flips:
                     p = patch.flip(f) if f else patch

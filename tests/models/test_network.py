@@ -75,10 +75,12 @@ def test_tiny_network_learns():
 def test_sliding_window_equals_one_pass_when_the_window_covers_the_image():
     net = tiny(10).eval()
     x, p = torch.randn(1, 1, 13, 16, 10), torch.zeros(1, 10)
-    out = sliding_window_logits(net, x, p, window=64)
-    assert out.shape == (1, 4, 13, 16, 10)
     xp = torch.nn.functional.pad(x, (0, 0, 0, 0, 0, 1))  # x: 13 -> 14 (multiple of 2)
-    assert torch.allclose(out, net(xp, p)[0][:, :, :13, :16, :10], atol=1e-5)
+    ref = net(xp, p)[0][:, :, :13, :16, :10]  # weights and input in the default layout
+    out = sliding_window_logits(net, x, p, window=64)  # channels-last on CPU
+    assert out.shape == (1, 4, 13, 16, 10)
+    assert torch.allclose(out, ref, atol=1e-5)
+    assert torch.equal(out, sliding_window_logits(net, x, p, window=64))  # repeatable
     tiled = sliding_window_logits(net, x, p, window=8, overlap=0.5, flip_tta=True)
     assert tiled.shape == out.shape and torch.isfinite(tiled).all()
 
