@@ -12,7 +12,9 @@ skull-strip them with the brain mask, normalise, and segment each with (a) the
 physics model, (b) the baseline, (c) Atropos k-means (antspyx), whose three clusters
 are assigned to GM/WM/CSF by best overlap with the anatomy (an oracle assignment that
 favours Atropos). Per tissue: coefficient of variation of the hard volume over the N
-images (x10^3), Dice vs anatomy and vs the physics gold standard (R1-based).
+images (x10^3), Dice vs anatomy and vs the physics gold standard (R1-based), and the
+volume error against the anatomy in % (signed mean over the images; for the networks
+also of the *soft* volume, the sum of the probabilities, which the application reports).
 
     python bench/bench_consistency.py --n-images 121 --out docs/results/consistency
 
@@ -39,6 +41,11 @@ from phys_bids.synth.evaluation import BRAIN, conditions, development_data, phan
 
 log = logging.getLogger("bench.consistency")
 TISSUES = {1: "GM", 2: "WM", 3: "CSF"}
+METRICS = {"cov_x1e3": "CoV of volume (x10^3, lower is better)",
+           "dice_anatomy": "Dice vs anatomy",
+           "dice_pgs": "Dice vs physics gold standard",
+           "volume_error_pct": "Volume error vs anatomy, % (hard labels)",
+           "soft_volume_error_pct": "Volume error vs anatomy, % (soft: sum of probabilities)"}
 
 
 def dice(a, b, k):
@@ -110,6 +117,7 @@ def main(argv=None):
         for cname, (seq, params) in conds.items():
             n = next(iter(params.values())).shape[0]
             vols = {m: [] for m in methods}
+            soft = {m: [] for m in methods}
             dices = {m: [] for m in methods}
             for i in range(n):
                 p = {k: v[i:i + 1] for k, v in params.items()}
@@ -134,14 +142,23 @@ def main(argv=None):
                         logits = sliding_window_logits(mod.network, img[None, None], phys,
                                                        window=args.window, overlap=0.25)
                         lab = logits[0].argmax(0) * mask
+                        prob = torch.softmax(logits[0], 0) * mask
+                        soft[m].append([float(prob[k].sum()) for k in (1, 2, 3)])
                     vols[m].append([int((lab == k).sum()) for k in (1, 2, 3)])
                     dices[m].append([dice(lab, anatomy, k) for k in (1, 2, 3)]
                                     + [dice(lab, pgs, k) for k in (1, 2, 3)])
                 log.info("%s %s %d/%d (%.0f s)", subj, cname, i + 1, n, time.time() - t0)
+            truth = np.array([float((anatomy == k).sum()) for k in (1, 2, 3)])
             for m in methods:
                 v = np.array(vols[m], dtype=np.float64)
                 d = np.array(dices[m], dtype=np.float64)
+                err = {"volume_error_pct": 100 * (np.nanmean(v, 0) - truth) / truth}
+                if soft[m]:
+                    err["soft_volume_error_pct"] = (100 * (np.mean(soft[m], 0) - truth)
+                                                    / truth)
                 results[m][cname].append({
+                    **{k: dict(zip(TISSUES.values(), e.tolist(), strict=True))
+                       for k, e in err.items()},
                     "subject": subj,
                     "cov_x1e3": dict(zip(TISSUES.values(),
                                          (1e3 * np.nanstd(v, 0) / np.nanmean(v, 0)).tolist(),
@@ -194,9 +211,12 @@ def summarise(results):
             if not rows:
                 continue
             entry = {}
-            for metric in ("cov_x1e3", "dice_anatomy", "dice_pgs"):
-                entry[metric] = {t: (float(np.mean([r[metric][t] for r in rows])),
-                                     float(np.std([r[metric][t] for r in rows])))
+            for metric in METRICS:
+                have = [r for r in rows if metric in r]  # older runs lack the errors
+                if len(have) < len(rows):
+                    continue
+                entry[metric] = {t: (float(np.mean([r[metric][t] for r in have])),
+                                     float(np.std([r[metric][t] for r in have])))
                                  for t in TISSUES.values()}
             summary[m][c] = entry
     return summary
@@ -209,20 +229,22 @@ def markdown(summary, meta) -> str:
         lines += [f"Atropos failed on {len(meta['atropos_failures'])} image(s) (left out of "
                   "its statistics): " + ", ".join(f"{f['subject']} {f['condition']} #{f['image']}"
                                                   for f in meta["atropos_failures"]), ""]
-    for metric, title in (("cov_x1e3", "CoV of volume (x10^3, lower is better)"),
-                          ("dice_anatomy", "Dice vs anatomy"),
-                          ("dice_pgs", "Dice vs physics gold standard")):
+    for metric, title in METRICS.items():
         conds = sorted({c for m in summary.values() for c in m})
+        if not any(metric in per[c] for per in summary.values() for c in per):
+            continue
         lines += [f"### {title}", "",
                   "| method | " + " | ".join(f"{c} {t}" for c in conds for t in TISSUES.values())
                   + " |", "|---" * (1 + len(conds) * 3) + "|"]
         for m, per in summary.items():
             cells = []
+            if not all(metric in per[c] for c in conds):
+                continue  # atropos has no soft volume
             for c in conds:
                 for t in TISSUES.values():
                     mu, sd = per[c][metric][t]
-                    cells.append(f"{mu:.2f} +- {sd:.2f}" if metric == "cov_x1e3"
-                                 else f"{mu:.3f}")
+                    cells.append(f"{mu:.3f}" if metric.startswith("dice")
+                                 else f"{mu:.2f} +- {sd:.2f}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)

@@ -104,6 +104,10 @@ class SynthConfig:
     blur_probability: float = 0.25
     mask_jitter_probability: float = 0.3
     field_strength: float = 3.0
+    #: draw the patch centre uniformly within its voxel. Off (the shipped models): the
+    #: centre sits on a label voxel and the 2x grid puts every unrotated 1 mm voxel
+    #: across 2x2x2 label voxels, so the network sees the anatomy at one phase only
+    subvoxel_shift: bool = False
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -138,7 +142,11 @@ class SynthGenerator:
         """Voxel coordinates (in the head volume) of a 2x super-sampled patch grid."""
         cfg = self.cfg
         ss = 2 * patch
-        centre = head.brain_voxels[int(torch.randint(len(head.brain_voxels), (1,), generator=g))]
+        centre = torch.as_tensor(
+            head.brain_voxels[int(torch.randint(len(head.brain_voxels), (1,), generator=g))],
+            dtype=torch.float64)
+        if cfg.subvoxel_shift:
+            centre = centre + torch.rand(3, generator=g, dtype=torch.float64) - 0.5
         ang = (torch.rand(3, generator=g, dtype=torch.float64) * 2 - 1) * math.radians(
             cfg.rotation_deg)
         rot = _rotation(ang)
@@ -146,7 +154,7 @@ class SynthGenerator:
         a = rot * scale[None, :]
         u = (torch.arange(ss, dtype=torch.float64) + 0.5) / 2.0 - patch / 2.0  # mm
         grid = torch.stack(torch.meshgrid(u, u, u, indexing="ij"), dim=-1)  # (ss,ss,ss,3)
-        pts = grid @ a.T + torch.as_tensor(centre, dtype=torch.float64)
+        pts = grid @ a.T + centre
         if cfg.elastic_mm > 0:
             disp = smooth_random_field((ss, ss, ss), control_points=4, batch=3, generator=g,
                                        dtype=torch.float64)

@@ -65,3 +65,29 @@ def test_physics_gold_standard_is_acquisition_independent(gen):
     assert torch.allclose(pgs.sum(0), torch.ones_like(pgs[0]))
     wm = b["target"][2] > 0.99
     assert float((pgs.argmax(0)[wm] == 2).float().mean()) > 0.8
+
+
+def test_subvoxel_shift_shows_the_anatomy_at_every_phase_of_the_label_grid():
+    """Unrotated, the centre on a label voxel puts every 1 mm voxel across two label
+    voxels per axis: a plane boundary is always a 50/50 voxel. With the shift, the
+    voxels straddling it take other fractions too (including pure ones)."""
+    classes = np.full((40, 40, 40), CLASSES.index("wm"), np.uint8)
+    classes[:, :, 20:] = CLASSES.index("gm_cortex")
+    head = Head("plane", classes)
+
+    def patches_with_a_mixed_voxel(shift: bool) -> int:
+        cfg = SynthConfig(patch=16, realisations=1, rotation_deg=0.0, scale=0.0,
+                          elastic_mm=0.0, subvoxel_shift=shift)
+        g = SynthGenerator([head], cfg)
+        mixed = 0
+        for seed in range(40):
+            pts = g._sample_grid(head, torch.Generator().manual_seed(seed), 16)
+            wm = g._fractions(head, pts, 16)[CLASSES.index("wm")]
+            if wm.min() < 1 and wm.max() > 0:  # the boundary is in the patch
+                mixed += bool(((wm > 0) & (wm < 1)).any())
+            else:
+                mixed += 1  # no boundary: count as "not sharp"
+        return mixed
+
+    assert patches_with_a_mixed_voxel(False) == 40  # always a 50/50 voxel
+    assert 5 < patches_with_a_mixed_voxel(True) < 35  # half the phases are sharp
