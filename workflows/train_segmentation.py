@@ -10,6 +10,15 @@ so a longer schedule continues from the committed one):
         --out phys_bids/data/models/seg-baseline
 
 --data defaults to $PHYS_BIDS_DATA/label-maps or ../shared/data/label-maps.
+
+--init-from continues a committed model in a new folder (a fine-tuning arm): its
+checkpoint (weights, optimiser, step, RNG states, history) starts the run, and the
+manifest records which model and weights it came from. The session-5 arms
+(docs/segmentation.md), e.g.:
+
+    python workflows/labels_to_mni.py --out /tmp/label-maps-mni
+    python workflows/train_segmentation.py --config workflows/configs/seg-physics-mni.json \
+        --init-from seg-physics --data /tmp/label-maps-mni --out /tmp/arm-mni
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("--device", default="cpu", help="cpu or cuda")
     ap.add_argument("--no-resume", action="store_true", help="ignore an existing checkpoint")
+    ap.add_argument("--init-from", default=None,
+                    help="start from this model's checkpoint (a shipped model name or a "
+                         "model folder) when --out has none")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = TrainConfig.from_json(args.config)
@@ -44,7 +56,8 @@ def main(argv=None) -> int:
     if args.threads is not None:
         cfg.threads = args.threads
     data = args.data or str(development_data() / "label-maps")
-    manifest = train(cfg, data, args.out, resume=not args.no_resume, device=args.device)
+    manifest = train(cfg, data, args.out, resume=not args.no_resume, device=args.device,
+                     init_from=args.init_from)
     print(f"{cfg.name}: {manifest['steps']} steps, weights sha256 {manifest['weights_sha256']}")
     return 0
 

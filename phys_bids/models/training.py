@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -238,11 +239,31 @@ def revalidate(manifest: dict, model, data_dir) -> dict:
     return evaluate(model, validation_batches(cfg, gen), cfg)
 
 
-def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: str = "cpu"
-          ) -> dict:
-    """Train (or continue training) one model; returns the manifest."""
+def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: str = "cpu",
+          init_from: str | Path | None = None) -> dict:
+    """Train (or continue training) one model; returns the manifest.
+
+    ``init_from``: a model folder or shipped model name whose ``checkpoint.pt`` starts
+    the run when ``out_dir`` has no checkpoint of its own (fine-tuning a committed
+    model in a new folder); the manifest records it as ``initialised_from``.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    initialised_from = None
+    if init_from is not None:
+        src = Path(init_from)
+        if not (src / "checkpoint.pt").is_file():
+            from .registry import MODELS_DIR
+
+            src = MODELS_DIR / str(init_from)
+        if not (src / "checkpoint.pt").is_file():
+            raise FileNotFoundError(f"{init_from}: no checkpoint.pt to start from")
+        parent = json.loads((src / "manifest.json").read_text())
+        initialised_from = {"model": parent["name"], "steps": parent["steps"],
+                            "weights_sha256": parent["weights_sha256"]}
+        if not (out / "checkpoint.pt").exists():
+            shutil.copyfile(src / "checkpoint.pt", out / "checkpoint.pt")
+            log.info("starting from %s (%d steps)", src, parent["steps"])
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
     data_dir = Path(data_dir)
@@ -294,6 +315,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         "synth": synth.to_dict(),
         "train_config": cfg.to_dict(),
         "data": {s: {"file": paths[s].name, "sha256": sha256(paths[s])} for s in paths},
+        **({"initialised_from": initialised_from} if initialised_from else {}),
     }
     model.train()
     t_start = time.time()
@@ -311,7 +333,9 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
             "torch": torch.__version__, "history": history, "validation": last_val,
             "weights_sha256": sha256(weights), "weights_file": "weights.pt",
             "reproduce": f"python workflows/train_segmentation.py --config "
-                         f"workflows/configs/{cfg.name}.json --out <dir>",
+                         f"workflows/configs/{cfg.name}.json --out <dir>"
+                         + (f" --init-from {initialised_from['model']} --data <the label maps "
+                            "whose sha256 are in 'data'>" if initialised_from else ""),
         })
         atomic_write_bytes(out / "manifest.json", json.dumps(manifest, indent=1).encode())
         return manifest

@@ -123,6 +123,25 @@ def test_training_writes_manifest_resumes_and_is_deterministic(label_dir, tmp_pa
     assert load_model(tmp_path / "c").encoder is None and base["physics_encoder"] is None
 
 
+def test_a_fine_tuning_arm_starts_from_a_committed_model_and_says_so(label_dir, tmp_path):
+    parent = train(_tiny_cfg(), label_dir, tmp_path / "parent")
+    cfg = _tiny_cfg(max_steps=6, cycles=(4,), dice_weight=0.0)
+    arm = train(cfg, label_dir, tmp_path / "arm", init_from=tmp_path / "parent")
+    assert arm["initialised_from"] == {"model": "tiny", "steps": 4,
+                                       "weights_sha256": parent["weights_sha256"]}
+    assert arm["steps"] == 6 and arm["history"]["resumed_at"] == [4]
+    assert arm["history"]["loss"][:4] == parent["history"]["loss"]
+    assert "--init-from tiny" in arm["reproduce"]
+    # the parent is untouched; a second call resumes the arm's own checkpoint
+    assert load_model(tmp_path / "parent").manifest["weights_sha256"] == \
+        parent["weights_sha256"]
+    again = train(_tiny_cfg(max_steps=7, cycles=(4,), dice_weight=0.0), label_dir,
+                  tmp_path / "arm", init_from=tmp_path / "parent")
+    assert again["history"]["resumed_at"] == [4, 6]
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        train(cfg, label_dir, tmp_path / "x", init_from=tmp_path / "nowhere")
+
+
 def test_corrupted_weights_are_refused(label_dir, tmp_path):
     train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "m")
     w = tmp_path / "m" / "weights.pt"
