@@ -33,7 +33,7 @@ import torch
 
 from phys_bids.io import atomic_write
 from phys_bids.models.calibration import calibration_rows, fit_margins, training_space_flags
-from phys_bids.models.registry import MODELS_DIR, load_model
+from phys_bids.models.registry import load_model, model_folder
 from phys_bids.models.training import _git_commit
 from phys_bids.synth import load_head
 from phys_bids.synth.evaluation import development_data
@@ -57,7 +57,7 @@ def main(argv=None) -> int:
                          "(no new images)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    folder = Path(args.model) if Path(args.model).is_dir() else MODELS_DIR / args.model
+    folder = model_folder(args.model)
     model = load_model(folder)
     command = "python workflows/calibrate_bounds.py " + " ".join(sys.argv[1:])
     if args.refit:

@@ -18,7 +18,8 @@ from ..io import sha256
 from ..physics import PhysicsEncoder
 from .unet import PhysicsUNet
 
-__all__ = ["MODELS_DIR", "ModelCorruptError", "LoadedModel", "available_models", "load_model"]
+__all__ = ["MODELS_DIR", "ModelCorruptError", "LoadedModel", "available_models", "load_model",
+           "model_folder"]
 
 MODELS_DIR = Path(__file__).resolve().parents[1] / "data" / "models"
 
@@ -62,14 +63,21 @@ def available_models(root: Path | None = None, kind: str | None = "segmentation"
     return names
 
 
-def load_model(name_or_dir: str | Path, *, device="cpu", root: Path | None = None) -> LoadedModel:
-    """Load a shipped model by name (or a model folder) after checking its hash."""
+def model_folder(name_or_dir: str | Path, root: Path | None = None) -> Path:
+    """The folder of a model given as a folder (holding ``manifest.json``) or a name
+    under ``root`` / ``$PHYS_BIDS_MODELS`` / the shipped models."""
     folder = Path(name_or_dir)
     if not (folder / "manifest.json").exists():
         folder = _root(root) / str(name_or_dir)
-    mpath = folder / "manifest.json"
-    if not mpath.exists():
+    if not (folder / "manifest.json").exists():
         raise FileNotFoundError(f"no model {name_or_dir!r}; available: {available_models(root)}")
+    return folder
+
+
+def load_model(name_or_dir: str | Path, *, device="cpu", root: Path | None = None) -> LoadedModel:
+    """Load a shipped model by name (or a model folder) after checking its hash."""
+    folder = model_folder(name_or_dir, root)
+    mpath = folder / "manifest.json"
     manifest = json.loads(mpath.read_text())
     wpath = folder / manifest.get("weights_file", "weights.pt")
     digest = sha256(wpath)

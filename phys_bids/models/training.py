@@ -251,11 +251,12 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
     out.mkdir(parents=True, exist_ok=True)
     initialised_from = None
     if init_from is not None:
-        src = Path(init_from)
-        if not (src / "checkpoint.pt").is_file():
-            from .registry import MODELS_DIR
+        from .registry import model_folder
 
-            src = MODELS_DIR / str(init_from)
+        try:
+            src = model_folder(init_from)
+        except FileNotFoundError:
+            src = Path(init_from)
         if not (src / "checkpoint.pt").is_file():
             raise FileNotFoundError(f"{init_from}: no checkpoint.pt to start from")
         parent = json.loads((src / "manifest.json").read_text())
