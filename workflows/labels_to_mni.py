@@ -14,11 +14,13 @@ a T1w, so that a training run sees anatomy in the pose and on the grid it will m
    interpolation), written as ``<name>.nii.gz`` with the transform, and the brain
    Dice with the template mask in ``manifest.json``.
 
-    python workflows/labels_to_mni.py --data ../shared/data/label-maps --out /tmp/label-maps-mni
+    python workflows/labels_to_mni.py --data ../shared/data/label-maps
 
-A training run then uses them with ``--data /tmp/label-maps-mni`` (the manifest
-records the data hashes). The shipped models were trained on the label maps in their
-own space (docs/segmentation.md).
+--out defaults to $XDG_CACHE_HOME/phys-bids/label-maps-mni (~/.cache/...), where
+workflows/train_segmentation.py looks for them (and runs this workflow when they are
+missing): the shipped segmentation models train 2250 steps on the label maps in
+their own space, then 450 on these (``aligned_from_step`` in their configs; the
+manifest records both sets of data hashes; docs/segmentation.md).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ import torch
 from phys_bids.physics.simulate import SEQUENCES
 from phys_bids.preproc.register import register_to_template, to_template
 from phys_bids.preproc.templates import get_template
-from phys_bids.synth.evaluation import BRAIN, development_data
+from phys_bids.synth.evaluation import BRAIN, aligned_label_maps, development_data
 from phys_bids.synth.tissues import CLASSES, PRIORS, label_to_class
 
 
@@ -82,7 +84,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(development_data() / "label-maps"))
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", default=str(aligned_label_maps()),
+                    help="output folder (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="template cache (default: OUT/.templates)")

@@ -9,29 +9,37 @@
 * writes tests/models/data/<name>-prediction.json (weights hash + a small
   prediction) that tests/models/test_network.py reproduces.
 
---data defaults to $PHYS_BIDS_DATA/label-maps or ../shared/data/label-maps.
+--data defaults to $PHYS_BIDS_DATA/label-maps or ../shared/data/label-maps; a model
+that ended its schedule on the MNI-aligned label maps is revalidated on those
+(--aligned-data, default $XDG_CACHE_HOME/phys-bids/label-maps-mni; see
+workflows/labels_to_mni.py).
 """
 
+import argparse
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 from phys_bids.models.registry import MODELS_DIR, load_model
 from phys_bids.models.shipping import reference_prediction
 from phys_bids.models.training import atomic_write_bytes, revalidate
-from phys_bids.synth.evaluation import development_data
+from phys_bids.synth.evaluation import aligned_label_maps, development_data
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = development_data() / "label-maps"
 
 
-def main(names):
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("names", nargs="+", help="shipped model names")
+    ap.add_argument("--data", default=str(development_data() / "label-maps"))
+    ap.add_argument("--aligned-data", default=str(aligned_label_maps()))
+    args = ap.parse_args(argv)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
-    for name in names:
+    for name in args.names:
         model = load_model(name)
-        val = revalidate(model.manifest, model.network, DATA)
+        val = revalidate(model.manifest, model.network, args.data, args.aligned_data)
         manifest = dict(model.manifest)
         manifest["validation"] = {"step": manifest["steps"], **val,
                                   "computed_by": f"workflows/ship_model.py at {commit}"}
@@ -49,4 +57,4 @@ def main(names):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    main()

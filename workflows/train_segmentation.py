@@ -11,14 +11,22 @@ so a longer schedule continues from the committed one):
 
 --data defaults to $PHYS_BIDS_DATA/label-maps or ../shared/data/label-maps.
 
+A config with "aligned_from_step" (the shipped segmentation models: 2250 steps on
+the label maps in their own space, then 450 on the maps rigidly aligned to MNI, the
+space the application segments in) needs the aligned maps: --aligned-data names
+their folder, and when it lacks a subject this command makes them first with
+workflows/labels_to_mni.py (about 1 min per head). Default folder:
+$XDG_CACHE_HOME/phys-bids/label-maps-mni (~/.cache/...).
+
 --init-from continues a committed model in a new folder (a fine-tuning arm): its
 checkpoint (weights, optimiser, step, RNG states, history) starts the run, and the
-manifest records which model and weights it came from. The session-5 arms
-(docs/segmentation.md), e.g.:
+manifest records which model and weights it came from. The fine-tuning arms of
+docs/segmentation.md started from the step-2250 checkpoint of seg-physics, e.g.:
 
     python workflows/labels_to_mni.py --out /tmp/label-maps-mni
     python workflows/train_segmentation.py --config workflows/configs/seg-physics-mni.json \
-        --init-from seg-physics --data /tmp/label-maps-mni --out /tmp/arm-mni
+        --init-from <a seg-physics folder at step 2250> --data /tmp/label-maps-mni \
+        --out /tmp/arm-mni
 """
 
 from __future__ import annotations
@@ -26,9 +34,25 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from phys_bids.models.training import TrainConfig, train
-from phys_bids.synth.evaluation import development_data
+from phys_bids.synth.evaluation import aligned_label_maps, development_data
+
+
+def ensure_aligned(cfg: TrainConfig, data: str, aligned: Path, threads: int) -> None:
+    """Make the MNI-aligned label maps the config needs unless they are there."""
+    subjects = (*cfg.train_subjects, *cfg.val_subjects)
+    if all((aligned / f"{s}.nii.gz").exists() for s in subjects):
+        return
+    import labels_to_mni  # workflows/, beside this script
+
+    logging.getLogger("phys_bids.train").info(
+        "aligning the label maps to MNI into %s (workflows/labels_to_mni.py)", aligned)
+    rc = labels_to_mni.main(["--data", data, "--out", str(aligned),
+                             "--threads", str(threads)])
+    if rc:
+        raise SystemExit(rc)
 
 
 def main(argv=None) -> int:
@@ -46,6 +70,10 @@ def main(argv=None) -> int:
     ap.add_argument("--init-from", default=None,
                     help="start from this model's checkpoint (a shipped model name or a "
                          "model folder) when --out has none")
+    ap.add_argument("--aligned-data", default=None,
+                    help="folder of the MNI-aligned label maps for a config with "
+                         "aligned_from_step (made when missing; default "
+                         "$XDG_CACHE_HOME/phys-bids/label-maps-mni)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cfg = TrainConfig.from_json(args.config)
@@ -56,8 +84,12 @@ def main(argv=None) -> int:
     if args.threads is not None:
         cfg.threads = args.threads
     data = args.data or str(development_data() / "label-maps")
+    aligned = None
+    if cfg.aligned_from_step is not None:
+        aligned = Path(args.aligned_data) if args.aligned_data else aligned_label_maps()
+        ensure_aligned(cfg, data, aligned, max(1, cfg.threads))
     manifest = train(cfg, data, args.out, resume=not args.no_resume, device=args.device,
-                     init_from=args.init_from)
+                     init_from=args.init_from, aligned_dir=aligned)
     print(f"{cfg.name}: {manifest['steps']} steps, weights sha256 {manifest['weights_sha256']}")
     return 0
 

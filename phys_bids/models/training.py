@@ -63,6 +63,10 @@ class TrainConfig:
     #: schedule continues a committed one exactly, and a run from scratch replays both
     cycles: tuple[int, ...] = ()
     restart_lr: float | None = None  # peak of the later cycles (default lr / 2)
+    #: from this step on, train on the label maps rigidly aligned to MNI
+    #: (workflows/labels_to_mni.py), the pose and grid the application segments in;
+    #: None = the label maps in their own space throughout
+    aligned_from_step: int | None = None
     lr: float = 2e-3
     min_lr: float = 1e-4
     warmup: int = 20
@@ -229,9 +233,22 @@ def validation_batches(cfg: TrainConfig, val_gen: SynthGenerator) -> list[dict]:
             for _ in range(2)]
 
 
-def revalidate(manifest: dict, model, data_dir) -> dict:
-    """Recompute a shipped model's validation metrics on its own validation batches."""
+def _aligned_at(cfg: TrainConfig, step: int) -> bool:
+    """Whether the step trains on the MNI-aligned label maps."""
+    return cfg.aligned_from_step is not None and step >= cfg.aligned_from_step
+
+
+def revalidate(manifest: dict, model, data_dir, aligned_dir=None) -> dict:
+    """Recompute a shipped model's validation metrics on its own validation batches.
+
+    ``aligned_dir``: the MNI-aligned label maps, needed when the run ended on them.
+    """
     cfg = TrainConfig.from_dict(manifest["train_config"])
+    if _aligned_at(cfg, manifest["steps"]):
+        if aligned_dir is None:
+            raise ValueError(f"{manifest['name']} ended on the MNI-aligned label maps: "
+                             "give their folder (workflows/labels_to_mni.py)")
+        data_dir = aligned_dir
     heads = [load_head(Path(data_dir) / f"{s}.nii.gz") for s in cfg.val_subjects]
     synth = SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
     gen = SynthGenerator(heads, synth, PhysicsEncoder())
@@ -239,13 +256,27 @@ def revalidate(manifest: dict, model, data_dir) -> dict:
     return evaluate(model, validation_batches(cfg, gen), cfg)
 
 
+def _label_paths(folder, subjects) -> dict[str, Path]:
+    folder = Path(folder)
+    paths = {s: folder / f"{s}.nii.gz" for s in subjects}
+    missing = [str(p) for p in paths.values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"label maps not found: {missing[:3]} (set --data to the "
+                                "folder holding head_XX.nii.gz)")
+    return paths
+
+
 def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: str = "cpu",
-          init_from: str | Path | None = None) -> dict:
+          init_from: str | Path | None = None, aligned_dir=None) -> dict:
     """Train (or continue training) one model; returns the manifest.
 
     ``init_from``: a model folder or shipped model name whose ``checkpoint.pt`` starts
     the run when ``out_dir`` has no checkpoint of its own (fine-tuning a committed
     model in a new folder); the manifest records it as ``initialised_from``.
+
+    ``aligned_dir``: the label maps aligned to MNI, which the steps from
+    ``cfg.aligned_from_step`` on train on (required when it is set). Switching in the
+    middle of a run gives the same weights as stopping at that step and resuming.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,20 +298,33 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
             log.info("starting from %s (%d steps)", src, parent["steps"])
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    data_dir = Path(data_dir)
-    paths = {s: data_dir / f"{s}.nii.gz" for s in (*cfg.train_subjects, *cfg.val_subjects)}
-    missing = [str(p) for p in paths.values() if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"label maps not found: {missing[:3]} (set --data to the "
-                                "folder holding head_XX.nii.gz)")
-    t0 = time.time()
-    heads = {s: load_head(p) for s, p in paths.items()}
-    log.info("loaded %d label maps in %.1f s", len(heads), time.time() - t0)
+    subjects = (*cfg.train_subjects, *cfg.val_subjects)
+    paths = _label_paths(data_dir, subjects)
+    aligned_paths = None
+    if cfg.aligned_from_step is not None:
+        if aligned_dir is None:
+            raise ValueError(f"{cfg.name} trains on MNI-aligned label maps from step "
+                             f"{cfg.aligned_from_step}: give their folder (--aligned-data)")
+        aligned_paths = _label_paths(aligned_dir, subjects)
     encoder = PhysicsEncoder()
     synth = SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
-    gen = SynthGenerator([heads[s] for s in cfg.train_subjects], synth, encoder, device)
-    val_gen = SynthGenerator([heads[s] for s in cfg.val_subjects], synth, encoder, device)
-    val_batches = validation_batches(cfg, val_gen)
+
+    def generators(label_paths):
+        """Training generator and fixed validation batches on these label maps.
+
+        The global RNG (dropout) is left as it was, so that switching to the aligned
+        maps in a run equals resuming from a checkpoint at that step."""
+        rng, t0 = torch.get_rng_state(), time.time()
+        heads = {s: load_head(p) for s, p in label_paths.items()}
+        log.info("loaded %d label maps from %s in %.1f s", len(heads),
+                 next(iter(label_paths.values())).parent, time.time() - t0)
+        gen = SynthGenerator([heads[s] for s in cfg.train_subjects], synth, encoder, device)
+        val_gen = SynthGenerator([heads[s] for s in cfg.val_subjects], synth, encoder,
+                                 device)
+        batches = validation_batches(cfg, val_gen)
+        torch.set_rng_state(rng)
+        return gen, batches
+
     model = build_model(cfg, encoder).to(device)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -295,6 +339,8 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         step, history = ck["step"], ck["history"]
         history.setdefault("resumed_at", []).append(step)
         log.info("resumed %s at step %d", cfg.name, step)
+    aligned = _aligned_at(cfg, step)
+    gen, val_batches = generators(aligned_paths if aligned else paths)
     code_commit = _git_commit()  # the code this run started from
     manifest_base = {
         "name": cfg.name,
@@ -316,6 +362,9 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         "synth": synth.to_dict(),
         "train_config": cfg.to_dict(),
         "data": {s: {"file": paths[s].name, "sha256": sha256(paths[s])} for s in paths},
+        **({"aligned_data": {s: {"file": p.name, "sha256": sha256(p)}
+                             for s, p in aligned_paths.items()},
+            "aligned_from_step": cfg.aligned_from_step} if aligned_paths else {}),
         **({"initialised_from": initialised_from} if initialised_from else {}),
     }
     model.train()
@@ -344,6 +393,10 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
     manifest = None
     session_start = step
     while step < cfg.max_steps:
+        if not aligned and _aligned_at(cfg, step):
+            gen, val_batches = generators(aligned_paths)
+            aligned = True
+            log.info("%s: from step %d on the MNI-aligned label maps", cfg.name, step)
         for pg in opt.param_groups:
             pg["lr"] = _lr_at(cfg, step)
         batch = gen.sample(g)

@@ -30,6 +30,13 @@ def development_data() -> Path:
                                Path(__file__).resolve().parents[3] / "shared" / "data"))
 
 
+def aligned_label_maps() -> Path:
+    """Where ``workflows/labels_to_mni.py`` puts the MNI-aligned label maps by default:
+    ``$XDG_CACHE_HOME/phys-bids/label-maps-mni`` (``~/.cache/...``)."""
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "phys-bids" / "label-maps-mni"
+
+
 def conditions(n: int, seed: int) -> dict[str, tuple[str, dict]]:
     """``{name: (sequence, {param: (n,) tensor})}``: MPRAGE TI evenly over the in- and
     out-of-distribution ranges, SPGR random draws of the two spaces (seeded).

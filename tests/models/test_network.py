@@ -142,6 +142,37 @@ def test_a_fine_tuning_arm_starts_from_a_committed_model_and_says_so(label_dir, 
         train(cfg, label_dir, tmp_path / "x", init_from=tmp_path / "nowhere")
 
 
+def test_a_switch_to_aligned_label_maps_equals_resuming_there(label_dir, tmp_path):
+    """The shipped schedule: native label maps, then MNI-aligned ones from a step."""
+    aligned = tmp_path / "aligned"
+    aligned.mkdir()
+    write_phantom(aligned / "head_a.nii.gz", 40, 2)  # other anatomy: the switch shows
+    write_phantom(aligned / "head_b.nii.gz", 40, 3)
+    cfg = _tiny_cfg(aligned_from_step=2)
+    whole = train(cfg, label_dir, tmp_path / "whole", aligned_dir=aligned)
+    assert whole["aligned_from_step"] == 2 and set(whole["aligned_data"]) == {"head_a",
+                                                                              "head_b"}
+    assert whole["aligned_data"]["head_a"]["sha256"] != whole["data"]["head_a"]["sha256"]
+    # stop at the switch, resume: bit-identical weights, validation on the aligned maps
+    train(_tiny_cfg(aligned_from_step=2, max_steps=2), label_dir, tmp_path / "split",
+          aligned_dir=aligned)
+    split = train(cfg, label_dir, tmp_path / "split", aligned_dir=aligned)
+    assert split["weights_sha256"] == whole["weights_sha256"]
+    assert split["history"]["val"] == whole["history"]["val"]
+    native = train(_tiny_cfg(), label_dir, tmp_path / "native")
+    assert native["history"]["loss"][:2] == whole["history"]["loss"][:2]
+    assert native["history"]["loss"][2:] != whole["history"]["loss"][2:]
+    from phys_bids.models.training import revalidate
+
+    model = load_model(tmp_path / "whole")
+    assert revalidate(model.manifest, model.network, label_dir, aligned) == \
+        {k: v for k, v in whole["validation"].items() if k != "step"}
+    with pytest.raises(ValueError, match="MNI-aligned"):
+        revalidate(model.manifest, model.network, label_dir)
+    with pytest.raises(ValueError, match="aligned-data"):
+        train(cfg, label_dir, tmp_path / "x")
+
+
 def test_corrupted_weights_are_refused(label_dir, tmp_path):
     train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "m")
     w = tmp_path / "m" / "weights.pt"
