@@ -16,6 +16,7 @@ Every file is written atomically (temporary file, then rename).
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import math
@@ -113,7 +114,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 
 def _atomic_torch_save(obj, path: Path) -> None:
-    atomic_write(path, lambda tmp: torch.save(obj, tmp))
+    """torch.save through a buffer: saved to a file, the archive's inner folder is named
+    after the (per-process) temporary file, so equal tensors gave other bytes and
+    another sha256 in another process; from a buffer it is always ``archive``."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def _git_commit() -> str:
