@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -57,6 +58,11 @@ def main(argv=None) -> int:
     results = {"truth_ml": truth, "models": {}}
     for model in args.models.split(","):
         out = work / f"out-{model}"
+        # the bench's own scratch: outputs or a Pydra cache of an earlier run (other
+        # weights are refused by the participant level) would make it stop or time a
+        # resume instead of a run
+        for stale in (out, work / "work"):
+            shutil.rmtree(stale, ignore_errors=True)
         seconds = run([str(bids), str(out), "participant", "-w", str(work / "work"),
                        "--model", model, "--omp-nthreads", str(args.omp_nthreads),
                        "--nprocs", str(args.omp_nthreads)])
