@@ -14,21 +14,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 
 import torch
+from bench_physics import best  # bench/, beside this script
 
 from phys_bids.models.inference import sliding_window_logits
 from phys_bids.models.registry import load_model
-
-
-def best_of(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
 
 
 def main(argv=None) -> int:
@@ -51,11 +44,11 @@ def main(argv=None) -> int:
     with torch.inference_mode():
         net.to(memory_format=torch.contiguous_format)
         ref = net(x, phys)[0]
-        t_default = best_of(lambda: net(x, phys), args.repeats)
+        t_default = best(lambda: net(x, phys), args.repeats)
         net.to(memory_format=cl)
         xc = x.contiguous(memory_format=cl)
         out = net(xc, phys)[0]
-        t_cl = best_of(lambda: net(xc, phys), args.repeats)
+        t_cl = best(lambda: net(xc, phys), args.repeats)
         brain = torch.rand((1, 1, 144, 176, 144), generator=g)  # a 1 mm brain's box
         t0 = time.perf_counter()
         sliding_window_logits(net, brain, phys, window=w, overlap=0.25)
@@ -67,7 +60,7 @@ def main(argv=None) -> int:
            "max_abs_logit_difference": float((out - ref).abs().max()),
            "brain_box": [144, 176, 144], "sliding_window_pass_s": round(t_brain, 2),
            "command": "python bench/bench_inference.py " + " ".join(
-               argv if argv is not None else __import__("sys").argv[1:])}
+               argv if argv is not None else sys.argv[1:])}
     print(json.dumps(res, indent=1))
     if args.json:
         with open(args.json, "w") as f:

@@ -255,7 +255,7 @@ def revalidate(manifest: dict, model, data_dir, aligned_dir=None) -> dict:
             raise ValueError(f"{manifest['name']} ended on the MNI-aligned label maps: "
                              "give their folder (workflows/labels_to_mni.py)")
         data_dir = aligned_dir
-    heads = [load_head(Path(data_dir) / f"{s}.nii.gz") for s in cfg.val_subjects]
+    heads = [load_head(p) for p in _label_paths(data_dir, cfg.val_subjects).values()]
     synth = SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
     gen = SynthGenerator(heads, synth, PhysicsEncoder())
     torch.manual_seed(cfg.seed)
