@@ -24,7 +24,7 @@ import json
 import shutil
 from pathlib import Path
 
-from bench_demo_sites import TISSUES, run  # the same runner of the phys-bids command
+from bench_demo_sites import TISSUES, clear, run  # the same runner of the phys-bids command
 
 from phys_bids.demo import SITES, write_demo_dataset
 
@@ -43,6 +43,7 @@ def main(argv=None) -> int:
     bids, out = work / "bids", work / "out"
     if not bids.exists():
         write_demo_dataset(bids, subjects=args.subjects, voxel=args.voxel)
+    clear(out, work / "work")
     common = ["-w", str(work / "work"), "--omp-nthreads", str(args.omp_nthreads),
               "--nprocs", str(args.omp_nthreads)]
     t_part = run([str(bids), str(out), "participant", "--mc-samples", "0",

@@ -42,6 +42,14 @@ def run(cmd: list[str]) -> float:
     return time.time() - t0
 
 
+def clear(*scratch: Path) -> None:
+    """Remove the bench's own scratch folders: outputs or a Pydra cache of an earlier
+    run (other weights are refused by the participant level) would make it stop or
+    time a resume instead of a run."""
+    for path in scratch:
+        shutil.rmtree(path, ignore_errors=True)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -58,11 +66,7 @@ def main(argv=None) -> int:
     results = {"truth_ml": truth, "models": {}}
     for model in args.models.split(","):
         out = work / f"out-{model}"
-        # the bench's own scratch: outputs or a Pydra cache of an earlier run (other
-        # weights are refused by the participant level) would make it stop or time a
-        # resume instead of a run
-        for stale in (out, work / "work"):
-            shutil.rmtree(stale, ignore_errors=True)
+        clear(out, work / "work")
         seconds = run([str(bids), str(out), "participant", "-w", str(work / "work"),
                        "--model", model, "--omp-nthreads", str(args.omp_nthreads),
                        "--nprocs", str(args.omp_nthreads)])
