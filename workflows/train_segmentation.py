@@ -36,7 +36,7 @@ import logging
 import sys
 from pathlib import Path
 
-from phys_bids.models.training import TrainConfig, train
+from phys_bids.models.training import TrainConfig, needs_aligned, train
 from phys_bids.synth.evaluation import aligned_label_maps, development_data
 
 
@@ -85,7 +85,7 @@ def main(argv=None) -> int:
         cfg.threads = args.threads
     data = args.data or str(development_data() / "label-maps")
     aligned = None
-    if cfg.aligned_from_step is not None:
+    if needs_aligned(cfg):
         aligned = Path(args.aligned_data) if args.aligned_data else aligned_label_maps()
         ensure_aligned(cfg, data, aligned, max(1, cfg.threads))
     manifest = train(cfg, data, args.out, resume=not args.no_resume, device=args.device,

@@ -40,8 +40,8 @@ from .losses import (
 from .qmri_net import MAPS, UNITS, qmri_loss, qmri_metrics, raw_to_maps
 from .unet import PhysicsUNet
 
-__all__ = ["TrainConfig", "train", "sha256", "atomic_write_bytes", "evaluate_batches",
-           "validation_batches", "revalidate"]
+__all__ = ["TrainConfig", "train", "needs_aligned", "sha256", "atomic_write_bytes",
+           "evaluate_batches", "validation_batches", "revalidate"]
 
 log = logging.getLogger("phys_bids.train")
 
@@ -57,6 +57,9 @@ class TrainConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64)
     dropout: float = 0.1
     input_dropout: float = 0.05
+    #: normalisation of the network's blocks (PhysicsUNet): "instance" (the models shipped
+    #: so far) or "batch" (the physics branch survives it; window-independent inference)
+    norm: str = "instance"
     patch: int = 48
     realisations: int = 4
     max_steps: int = 1500
@@ -139,7 +142,7 @@ def build_model(cfg: TrainConfig, encoder: PhysicsEncoder) -> PhysicsUNet:
         raise ValueError(f"unknown task {cfg.task!r}")
     return PhysicsUNet(channels=cfg.channels, physics_dim=encoder.dim if cfg.physics else 0,
                        dropout=cfg.dropout, input_dropout=cfg.input_dropout,
-                       aleatoric=cfg.task == "segmentation")
+                       aleatoric=cfg.task == "segmentation", norm=cfg.norm)
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -239,6 +242,12 @@ def validation_batches(cfg: TrainConfig, val_gen: SynthGenerator) -> list[dict]:
             for _ in range(2)]
 
 
+def needs_aligned(cfg: TrainConfig) -> bool:
+    """Whether the run reaches the steps on the MNI-aligned label maps (a run stopped
+    before them, ``--max-steps``, does not need them; resuming the full schedule does)."""
+    return cfg.aligned_from_step is not None and cfg.aligned_from_step < cfg.max_steps
+
+
 def _aligned_at(cfg: TrainConfig, step: int) -> bool:
     """Whether the step trains on the MNI-aligned label maps."""
     return cfg.aligned_from_step is not None and step >= cfg.aligned_from_step
@@ -307,7 +316,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
     subjects = (*cfg.train_subjects, *cfg.val_subjects)
     paths = _label_paths(data_dir, subjects)
     aligned_paths = None
-    if cfg.aligned_from_step is not None:
+    if needs_aligned(cfg):
         if aligned_dir is None:
             raise ValueError(f"{cfg.name} trains on MNI-aligned label maps from step "
                              f"{cfg.aligned_from_step}: give their folder (--aligned-data)")

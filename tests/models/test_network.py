@@ -307,3 +307,43 @@ def test_contrastive_weight_enters_the_training_loss(label_dir, tmp_path):
     assert on["train_config"]["contrastive_weight"] == 0.5
     # same seed, same batch: the first loss differs only by the contrastive term (>= 0)
     assert on["history"]["loss"][0] > off["history"]["loss"][0]
+
+
+def _centre_physics_effect(net, size: int) -> float:
+    """Mean |logit change| in the central 8^3 voxels between two physics vectors."""
+    torch.manual_seed(0)
+    x = torch.rand(1, 1, size, size, size)
+    with torch.no_grad():
+        a = net(x, torch.zeros(1, 10))[0]
+        b = net(x, torch.ones(1, 10))[0]
+    c = slice(size // 2 - 4, size // 2 + 4)
+    return float((a - b).abs()[..., c, c, c].mean())
+
+
+def test_batch_norm_keeps_the_physics_effect_whatever_the_window():
+    # instance norm subtracts the tiled physics constant again (away from the window's
+    # zero padding), so its effect at the centre shrinks as the window grows; batch
+    # norm at inference uses fixed statistics and keeps it
+    torch.manual_seed(3)
+    bn = PhysicsUNet(channels=(4, 8), physics_dim=10, norm="batch").eval()
+    torch.manual_seed(3)
+    inorm = PhysicsUNet(channels=(4, 8), physics_dim=10, norm="instance").eval()
+    small, large = _centre_physics_effect(bn, 16), _centre_physics_effect(bn, 48)
+    assert small > 1e-3 and large / small > 0.9, (small, large)
+    small_i, large_i = _centre_physics_effect(inorm, 16), _centre_physics_effect(inorm, 48)
+    assert large_i / small_i < 0.5, (small_i, large_i)
+
+
+def test_unknown_norm_is_refused():
+    with pytest.raises(ValueError, match="norm"):
+        PhysicsUNet(channels=(4, 8), norm="group")
+
+
+def test_a_run_stopped_before_the_aligned_phase_does_not_need_the_aligned_maps():
+    from phys_bids.models.training import needs_aligned
+
+    cfg = TrainConfig(max_steps=2700, aligned_from_step=2250)
+    assert needs_aligned(cfg)
+    cfg.max_steps = 1500
+    assert not needs_aligned(cfg)
+    assert not needs_aligned(TrainConfig(max_steps=2700, aligned_from_step=None))
