@@ -60,6 +60,9 @@ class TrainConfig:
     #: normalisation of the network's blocks (PhysicsUNet): "instance" (the models shipped
     #: so far) or "batch" (the physics branch survives it; window-independent inference)
     norm: str = "instance"
+    #: how the physics enters (PhysicsUNet): "concat" (the models shipped so far) or
+    #: "film" (modulation after the norm, which no later norm can cancel)
+    injection: str = "concat"
     patch: int = 48
     realisations: int = 4
     max_steps: int = 1500
@@ -142,7 +145,7 @@ def build_model(cfg: TrainConfig, encoder: PhysicsEncoder) -> PhysicsUNet:
         raise ValueError(f"unknown task {cfg.task!r}")
     return PhysicsUNet(channels=cfg.channels, physics_dim=encoder.dim if cfg.physics else 0,
                        dropout=cfg.dropout, input_dropout=cfg.input_dropout,
-                       aleatoric=cfg.task == "segmentation", norm=cfg.norm)
+                       aleatoric=cfg.task == "segmentation", norm=cfg.norm, injection=cfg.injection)
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:

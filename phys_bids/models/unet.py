@@ -20,6 +20,14 @@ window, 0.29 for 96^3, 0.23 for 160^3), and every output depends on what else th
 window holds. Batch norm (``norm="batch"``) normalises with statistics over the batch
 during training and with fixed running statistics at inference: the physics shift
 survives and the network is the same function whatever the window.
+
+Injection (``injection``). ``"concat"`` tiles the physics vector and concatenates it
+(the papers' design, and that of the models shipped so far). ``"film"`` instead
+modulates the normalised features of the first encoder block and of the final decoder
+block, the same two depths, per channel: ``norm(x) * (1 + gamma) + beta`` before each
+activation (feature-wise linear modulation, Perez et al. 2018; conditional instance
+norm). The shift is applied after the normalisation and before a non-linearity, so no
+later normalisation can subtract it again, whatever the norm or the window.
 """
 
 from __future__ import annotations
@@ -35,7 +43,16 @@ NORMS = {"instance": lambda c: nn.InstanceNorm3d(c, affine=True),
          "batch": nn.BatchNorm3d}
 
 
+INJECTIONS = ("concat", "film")
+
+
 class _Block(nn.Sequential):
+    """conv-norm-act twice (+ dropout); with ``film`` (B, 2, 2, cout) the output of the
+    k-th norm becomes ``x * (1 + film[:, k, 0]) + film[:, k, 1]`` before its activation.
+    Sub-module indices are those of the plain Sequential, so shipped weights load."""
+
+    _NORM_AT = (1, 4)
+
     def __init__(self, cin: int, cout: int, dropout: float = 0.0, norm: str = "instance"):
         layers: list[nn.Module] = [
             nn.Conv3d(cin, cout, 3, padding=1, bias=False),
@@ -48,6 +65,16 @@ class _Block(nn.Sequential):
         if dropout > 0:
             layers.append(nn.Dropout3d(dropout))
         super().__init__(*layers)
+
+    def forward(self, x: Tensor, film: Tensor | None = None) -> Tensor:
+        for i, layer in enumerate(self):
+            x = layer(x)
+            if film is not None and i in self._NORM_AT:
+                k = self._NORM_AT.index(i)
+                gamma = film[:, k, 0, :, None, None, None]
+                beta = film[:, k, 1, :, None, None, None]
+                x = x * (1 + gamma) + beta
+        return x
 
 
 class PhysicsUNet(nn.Module):
@@ -76,29 +103,43 @@ class PhysicsUNet(nn.Module):
     norm : {"instance", "batch"}
         Normalisation in every block (module docstring); "instance" is the design of the
         models shipped so far, whose manifests do not name it.
+    injection : {"concat", "film"}
+        How the physics vector enters at the two depths (module docstring); "concat" is
+        the design of the models shipped so far.
     """
 
     def __init__(self, in_channels: int = 1, n_classes: int = 4,
                  channels: tuple[int, ...] = (8, 16, 32, 64), physics_dim: int = 10,
                  physics_hidden: int = 16, physics_channels: int = 8, dropout: float = 0.1,
-                 input_dropout: float = 0.05, aleatoric: bool = True, norm: str = "instance"):
+                 input_dropout: float = 0.05, aleatoric: bool = True, norm: str = "instance",
+                 injection: str = "concat"):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {sorted(NORMS)}, not {norm!r}")
+        if injection not in INJECTIONS:
+            raise ValueError(f"injection must be one of {list(INJECTIONS)}, not {injection!r}")
         self.config = {
             "in_channels": in_channels, "n_classes": n_classes, "channels": list(channels),
             "physics_dim": physics_dim, "physics_hidden": physics_hidden,
             "physics_channels": physics_channels, "dropout": dropout,
             "input_dropout": input_dropout, "aleatoric": aleatoric, "norm": norm,
+            "injection": injection,
         }
-        pc = physics_channels if physics_dim > 0 else 0
+        self.film = injection == "film" and physics_dim > 0
+        # concat: channels tiled at the two depths; film: (gamma, beta) for the two norms
+        # of the two modulated blocks
+        pc = physics_channels if physics_dim > 0 and not self.film else 0
+        out = 8 * channels[0] if self.film else pc
         self.physics_dim = physics_dim
         self.physics = (
             nn.Sequential(nn.Linear(physics_dim, physics_hidden), nn.ReLU(inplace=True),
                           nn.Linear(physics_hidden, physics_hidden), nn.ReLU(inplace=True),
-                          nn.Linear(physics_hidden, pc))
+                          nn.Linear(physics_hidden, out))
             if physics_dim > 0 else None
         )
+        if self.film:  # start as the identity modulation
+            nn.init.zeros_(self.physics[-1].weight)
+            nn.init.zeros_(self.physics[-1].bias)
         self.input_dropout = nn.Dropout3d(input_dropout) if input_dropout > 0 else nn.Identity()
         c = list(channels)
         self.enc = nn.ModuleList()
@@ -120,7 +161,7 @@ class PhysicsUNet(nn.Module):
         )
 
     def _tile(self, vec: Tensor | None, like: Tensor) -> list[Tensor]:
-        if vec is None:
+        if vec is None or self.film:
             return []
         return [vec[:, :, None, None, None].expand(-1, -1, *like.shape[2:])]
 
@@ -147,12 +188,16 @@ class PhysicsUNet(nn.Module):
             if physics is None:
                 raise ValueError("this model has a physics branch: pass the encoded parameters")
             vec = self.physics(physics.to(image.dtype))
+        film_first = film_last = None
+        if self.film:
+            films = vec.view(vec.shape[0], 2, 2, 2, -1)  # (B, block, norm, gamma/beta, C)
+            film_first, film_last = films[:, 0], films[:, 1]
         x = self.input_dropout(image)
         skips = []
         for i, block in enumerate(self.enc):
             if i > 0:
                 x = F.max_pool3d(x, 2)
-            x = block(x)
+            x = block(x, film_first if i == 0 else None)
             if i == 0:
                 x = torch.cat([x, *self._tile(vec, x)], dim=1)
             skips.append(x)
@@ -161,9 +206,10 @@ class PhysicsUNet(nn.Module):
             skip = skips.pop()
             x = F.interpolate(x, size=skip.shape[2:], mode="trilinear", align_corners=False)
             parts = [x, skip]
-            if j == len(self.dec) - 1:
+            last = j == len(self.dec) - 1
+            if last:
                 parts += self._tile(vec, skip)
-            x = block(torch.cat(parts, dim=1))
+            x = block(torch.cat(parts, dim=1), film_last if last else None)
         logits = self.head(x)
         log_sigma = self.sigma_head(x) if self.sigma_head is not None else None
         return logits, log_sigma, x

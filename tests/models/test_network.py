@@ -334,9 +334,25 @@ def test_batch_norm_keeps_the_physics_effect_whatever_the_window():
     assert large_i / small_i < 0.5, (small_i, large_i)
 
 
+def test_film_injection_keeps_the_physics_effect_under_instance_norm():
+    # the modulation comes after the norm, before the activation: nothing subtracts it
+    torch.manual_seed(3)
+    film = PhysicsUNet(channels=(4, 8), physics_dim=10, injection="film").eval()
+    # starts as the identity modulation: the parameters change nothing yet
+    assert _centre_physics_effect(film, 16) == 0.0
+    torch.nn.init.normal_(film.physics[-1].weight, std=0.3)
+    small, large = _centre_physics_effect(film, 16), _centre_physics_effect(film, 48)
+    assert small > 1e-3 and large / small > 0.9, (small, large)
+    # the baseline has no branch to modulate with
+    base = PhysicsUNet(channels=(4, 8), physics_dim=0, injection="film")
+    assert base.physics is None and not base.film
+
+
 def test_unknown_norm_is_refused():
     with pytest.raises(ValueError, match="norm"):
         PhysicsUNet(channels=(4, 8), norm="group")
+    with pytest.raises(ValueError, match="injection"):
+        PhysicsUNet(channels=(4, 8), injection="add")
 
 
 def test_a_run_stopped_before_the_aligned_phase_does_not_need_the_aligned_maps():
