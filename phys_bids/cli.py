@@ -128,7 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     g = ap.add_argument_group("processing")
     g.add_argument("--model", default="seg-physics",
                    help="segmentation model shipped with phys-bids: seg-physics (told the "
-                        "acquisition) or seg-baseline (not told) (default: %(default)s)")
+                        "acquisition), seg-physics-film (told it by feature-wise modulation "
+                        "after the norm; a candidate, docs/segmentation.md) or seg-baseline "
+                        "(not told) (default: %(default)s)")
     g.add_argument("--qmri-model", default="auto", metavar="NAME",
                    help="network estimating PD, R1, R2* and MT maps from each T1w, from which "
                         "the harmonised image is synthesised: auto = qmri-physics when "

@@ -163,7 +163,8 @@ CASES = {
     "output-dir-holds-another-dataset": (None, lambda r, t: ["OUT", _foreign(t)],
                                          r"holds another dataset", 2),
     "unknown-model": (None, lambda r, t: ["--model", "seg-magic"],
-                      r"--model seg-magic: unknown; available: seg-baseline, seg-physics", 2),
+                      r"--model seg-magic: unknown; available: seg-baseline, seg-physics, "
+                      r"seg-physics-film", 2),
     "cuda-requested-without-gpu": (None, lambda r, t: ["--device", "cuda"],
                                    r"no CUDA device is available", 2),
     "bad-nprocs": (None, lambda r, t: ["--nprocs", "0"], r"--nprocs must be >= 1", 2),
