@@ -363,3 +363,30 @@ def test_a_run_stopped_before_the_aligned_phase_does_not_need_the_aligned_maps()
     cfg.max_steps = 1500
     assert not needs_aligned(cfg)
     assert not needs_aligned(TrainConfig(max_steps=2700, aligned_from_step=None))
+
+
+def test_window_benchmark_reports_each_model_and_window(label_dir, tmp_path):
+    """bench/bench_window.py on tiny models: a row per model and window; the baseline is
+    not told the parameters (sensitivity 0), the physics model is."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "bench_window.py"
+    if not script.is_file():
+        pytest.skip(f"{script} not in this checkout (installed package only)")
+    spec = importlib.util.spec_from_file_location("bench_window", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
+    train(_tiny_cfg(max_steps=2, physics=False), label_dir, tmp_path / "base")
+    bench.main(["--data", str(label_dir), "--models", f"{tmp_path / 'phys'},{tmp_path / 'base'}",
+                "--subjects", "head_b", "--windows", "16,32", "--threads", "1",
+                "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "window.json").read_text())
+    assert len(result["per_subject"]) == 4
+    phys, base = (result["summary"][str(tmp_path / m)] for m in ("phys", "base"))
+    assert set(phys) == set(base) == {"16", "32"}
+    assert all(base[w]["physics_sensitivity"] == 0.0 for w in base)
+    assert all(phys[w]["physics_sensitivity"] > 0.0 for w in phys)
+    assert all(0.0 <= phys[w]["dice_anatomy"] <= 1.0 for w in phys)
+    assert (tmp_path / "out" / "window.md").read_text().count("| 16 |") == 2
