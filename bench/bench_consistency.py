@@ -24,7 +24,6 @@ deviation from TI=0.9 s against TI, as the paper's figure 3).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -35,9 +34,15 @@ import torch
 
 from phys_bids.classical import ClassicalSegmentationError
 from phys_bids.models.inference import sliding_window_logits
-from phys_bids.models.registry import load_model
 from phys_bids.synth import load_head
-from phys_bids.synth.evaluation import BRAIN, conditions, development_data, phantom  # noqa: F401 - re-exported
+from phys_bids.synth.evaluation import (  # noqa: F401 - re-exported
+    BRAIN,
+    benchmark_models,
+    conditions,
+    development_data,
+    model_benchmark_parser,
+    phantom,
+)
 
 log = logging.getLogger("bench.consistency")
 TISSUES = {1: "GM", 2: "WM", 3: "CSF"}
@@ -73,11 +78,7 @@ def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tenso
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(development_data() / "label-maps"))
-    ap.add_argument("--models", default="seg-physics,seg-baseline")
-    ap.add_argument("--subjects", default=None, help="default: the test split of the manifest")
+    ap = model_benchmark_parser(__doc__)
     ap.add_argument("--n-images", type=int, default=121)
     ap.add_argument("--conditions", default="mprage-id,mprage-ood,spgr-id,spgr-ood")
     ap.add_argument("--no-atropos", action="store_true")
@@ -90,9 +91,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    models = {m: load_model(m) for m in args.models.split(",") if m}
-    first = next(iter(models.values()))
-    subjects = (args.subjects.split(",") if args.subjects else first.manifest["split"]["test"])
+    models, subjects = benchmark_models(args)
     methods = list(models) + ([] if args.no_atropos else ["atropos"])
     conds = {k: v for k, v in conditions(args.n_images, args.seed).items()
              if k in args.conditions.split(",")}

@@ -21,7 +21,6 @@ writes ``window.json`` and ``window.md``.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
@@ -31,9 +30,8 @@ import numpy as np
 import torch
 
 from phys_bids.models.inference import sliding_window_logits
-from phys_bids.models.registry import load_model
 from phys_bids.synth import load_head
-from phys_bids.synth.evaluation import development_data, phantom
+from phys_bids.synth.evaluation import benchmark_models, model_benchmark_parser, phantom
 
 log = logging.getLogger("bench.window")
 TISSUES = ("GM", "WM", "CSF")
@@ -47,11 +45,7 @@ def probabilities(model, img, mask, ti: float, window: int) -> torch.Tensor:
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--data", default=str(development_data() / "label-maps"))
-    ap.add_argument("--models", default="seg-physics,seg-baseline")
-    ap.add_argument("--subjects", default=None, help="default: the test split of the manifest")
+    ap = model_benchmark_parser(__doc__)
     ap.add_argument("--windows", default="48,96,160")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=2024)
@@ -59,9 +53,7 @@ def main(argv=None):
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(args.threads)
-    models = {m: load_model(m) for m in args.models.split(",") if m}
-    first = next(iter(models.values()))
-    subjects = args.subjects.split(",") if args.subjects else first.manifest["split"]["test"]
+    models, subjects = benchmark_models(args)
     windows = [int(w) for w in args.windows.split(",")]
     rows = []
     t0 = time.time()

@@ -18,7 +18,8 @@ from .generator import SynthConfig, SynthGenerator
 from .gold_standard import physics_gold_standard
 from .tissues import CLASSES, TARGET_OF_CLASS
 
-__all__ = ["BRAIN", "development_data", "conditions", "phantom", "noisy_image"]
+__all__ = ["BRAIN", "development_data", "conditions", "phantom", "noisy_image",
+           "model_benchmark_parser", "benchmark_models"]
 
 BRAIN = [CLASSES.index(c) for c in ("gm_cortex", "gm_deep", "wm", "csf")]
 
@@ -90,3 +91,27 @@ def noisy_image(gen, cmaps, frac, mask, sequence: str, params: dict, g: torch.Ge
     sig = gen.simulate_patch(sequence, params, cmaps, frac)[0].abs()
     ref = float(sig[mask].mean())
     return rician_noise(sig, ref / snr, generator=g) * mask
+
+
+def model_benchmark_parser(doc: str):
+    """The arguments every model benchmark of ``bench/`` shares: ``--data`` (label
+    maps), ``--models`` (names or folders, comma-separated), ``--subjects``."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data", default=str(development_data() / "label-maps"))
+    ap.add_argument("--models", default="seg-physics,seg-baseline")
+    ap.add_argument("--subjects", default=None, help="default: the test split of the manifest")
+    return ap
+
+
+def benchmark_models(args) -> tuple[dict, list[str]]:
+    """``({name: loaded model}, subjects)`` for parsed :func:`model_benchmark_parser`
+    arguments; the subjects default to the first model's test split."""
+    from ..models.registry import load_model
+
+    models = {m: load_model(m) for m in args.models.split(",") if m}
+    first = next(iter(models.values()))
+    subjects = args.subjects.split(",") if args.subjects else first.manifest["split"]["test"]
+    return models, subjects
