@@ -40,6 +40,7 @@ from phys_bids.synth.evaluation import (  # noqa: F401 - re-exported
     benchmark_models,
     conditions,
     development_data,
+    dice,
     model_benchmark_parser,
     phantom,
 )
@@ -51,11 +52,6 @@ METRICS = {"cov_x1e3": "CoV of volume (x10^3, lower is better)",
            "dice_pgs": "Dice vs physics gold standard",
            "volume_error_pct": "Volume error vs anatomy, % (hard labels)",
            "soft_volume_error_pct": "Volume error vs anatomy, % (soft: sum of probabilities)"}
-
-
-def dice(a, b, k):
-    a, b = a == k, b == k
-    return float(2 * (a & b).sum() / max(1, int(a.sum() + b.sum())))
 
 
 def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor):

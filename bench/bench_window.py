@@ -31,7 +31,7 @@ import torch
 
 from phys_bids.models.inference import sliding_window_logits
 from phys_bids.synth import load_head
-from phys_bids.synth.evaluation import benchmark_models, model_benchmark_parser, phantom
+from phys_bids.synth.evaluation import benchmark_models, dice, model_benchmark_parser, phantom
 
 log = logging.getLogger("bench.window")
 TISSUES = ("GM", "WM", "CSF")
@@ -75,14 +75,13 @@ def main(argv=None):
                              - probabilities(model, img, mask, 1.2, w))
                         sens = float(d[1:].abs().sum(0)[mask].mean())
                 vols = [int((lab == k).sum()) for k in (1, 2, 3)]
-                dice = [float(2 * ((lab == k) & (anatomy == k)).sum()
-                              / max(1, int((lab == k).sum() + (anatomy == k).sum())))
-                        for k in (1, 2, 3)]
                 rows.append({"model": name, "subject": subj, "window": w,
                              "volume_error_pct": dict(zip(TISSUES, (
                                  100 * (v - t) / t for v, t in zip(vols, truth, strict=True)),
                                  strict=True)),
-                             "dice_anatomy": dict(zip(TISSUES, dice, strict=True)),
+                             "dice_anatomy": dict(zip(TISSUES, (dice(lab, anatomy, k)
+                                                                for k in (1, 2, 3)),
+                                                     strict=True)),
                              "physics_sensitivity": sens})
                 log.info("%s %s window %d: errors %s, sensitivity %.4f (%.0f s)", name, subj,
                          w, " ".join(f"{e:+.1f}" for e in

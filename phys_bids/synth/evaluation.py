@@ -18,7 +18,7 @@ from .generator import SynthConfig, SynthGenerator
 from .gold_standard import physics_gold_standard
 from .tissues import CLASSES, TARGET_OF_CLASS
 
-__all__ = ["BRAIN", "development_data", "conditions", "phantom", "noisy_image",
+__all__ = ["BRAIN", "development_data", "conditions", "phantom", "noisy_image", "dice",
            "model_benchmark_parser", "benchmark_models"]
 
 BRAIN = [CLASSES.index(c) for c in ("gm_cortex", "gm_deep", "wm", "csf")]
@@ -91,6 +91,12 @@ def noisy_image(gen, cmaps, frac, mask, sequence: str, params: dict, g: torch.Ge
     sig = gen.simulate_patch(sequence, params, cmaps, frac)[0].abs()
     ref = float(sig[mask].mean())
     return rician_noise(sig, ref / snr, generator=g) * mask
+
+
+def dice(a, b, k) -> float:
+    """Dice overlap of label ``k`` between two label volumes (0 when neither has it)."""
+    a, b = a == k, b == k
+    return float(2 * (a & b).sum() / max(1, int(a.sum() + b.sum())))
 
 
 def model_benchmark_parser(doc: str):
