@@ -58,7 +58,8 @@ class TrainConfig:
     dropout: float = 0.1
     input_dropout: float = 0.05
     #: normalisation of the network's blocks (PhysicsUNet): "instance" (the models shipped
-    #: so far) or "batch" (the physics branch survives it; window-independent inference)
+    #: so far), "batch" (the physics branch survives it; window-independent inference) or
+    #: "none" (no statistics: the same function in training and at any window)
     norm: str = "instance"
     #: how the physics enters (PhysicsUNet): "concat" (the models shipped so far) or
     #: "film" (modulation after the norm, which no later norm can cancel)

@@ -19,7 +19,10 @@ mean |logit change| at the window centre between TI 0.6 and 1.2 s is 1.33 for a 
 window, 0.29 for 96^3, 0.23 for 160^3), and every output depends on what else the
 window holds. Batch norm (``norm="batch"``) normalises with statistics over the batch
 during training and with fixed running statistics at inference: the physics shift
-survives and the network is the same function whatever the window.
+survives and the network is the same function whatever the window. ``norm="none"``
+drops the normalisation (convolutions with bias, He initialisation): no statistics at
+all, so training and inference compute the same function of each voxel's receptive
+field whatever the window holds; the input is already scaled by the whole-brain mean.
 
 Injection (``injection``). ``"concat"`` tiles the physics vector and concatenates it
 (the papers' design, and that of the models shipped so far). ``"film"`` instead
@@ -40,7 +43,8 @@ __all__ = ["PhysicsUNet", "enable_mc_dropout"]
 
 
 NORMS = {"instance": lambda c: nn.InstanceNorm3d(c, affine=True),
-         "batch": nn.BatchNorm3d}
+         "batch": nn.BatchNorm3d,
+         "none": lambda c: nn.Identity()}
 
 
 INJECTIONS = ("concat", "film")
@@ -54,14 +58,19 @@ class _Block(nn.Sequential):
     _NORM_AT = (1, 4)
 
     def __init__(self, cin: int, cout: int, dropout: float = 0.0, norm: str = "instance"):
+        bias = norm == "none"  # a norm's own shift makes a convolution bias redundant
         layers: list[nn.Module] = [
-            nn.Conv3d(cin, cout, 3, padding=1, bias=False),
+            nn.Conv3d(cin, cout, 3, padding=1, bias=bias),
             NORMS[norm](cout),
             nn.LeakyReLU(0.01, inplace=True),
-            nn.Conv3d(cout, cout, 3, padding=1, bias=False),
+            nn.Conv3d(cout, cout, 3, padding=1, bias=bias),
             NORMS[norm](cout),
             nn.LeakyReLU(0.01, inplace=True),
         ]
+        if norm == "none":  # He initialisation keeps the activations' scale without a norm
+            for conv in (layers[0], layers[3]):
+                nn.init.kaiming_normal_(conv.weight, a=0.01, nonlinearity="leaky_relu")
+                nn.init.zeros_(conv.bias)
         if dropout > 0:
             layers.append(nn.Dropout3d(dropout))
         super().__init__(*layers)
@@ -100,7 +109,7 @@ class PhysicsUNet(nn.Module):
         Dropout probability on the input (paper: 0.05).
     aleatoric : bool
         Add the log-sigma head.
-    norm : {"instance", "batch"}
+    norm : {"instance", "batch", "none"}
         Normalisation in every block (module docstring); "instance" is the design of the
         models shipped so far, whose manifests do not name it.
     injection : {"concat", "film"}

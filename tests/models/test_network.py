@@ -348,6 +348,36 @@ def test_film_injection_keeps_the_physics_effect_under_instance_norm():
     assert base.physics is None and not base.film
 
 
+def _centre_logits(net, image, centre):
+    with torch.no_grad():
+        out = net(image, torch.zeros(1, 10))[0]
+    c = [slice(k - 4, k + 4) for k in centre]
+    return out[(..., *c)]
+
+
+def test_without_a_norm_the_output_does_not_depend_on_what_else_the_window_holds():
+    # the same 32^3 neighbourhood inside two windows whose other content differs (a bright
+    # slab far outside the receptive field): a normalisation over the window sees the slab,
+    # no normalisation does not
+    torch.manual_seed(4)
+    inner = torch.rand(1, 1, 32, 32, 32) * 2
+    small = torch.zeros(1, 1, 48, 48, 48)
+    small[..., 8:40, 8:40, 8:40] = inner
+    large = torch.zeros(1, 1, 96, 96, 96)
+    large[..., 8:40, 8:40, 8:40] = inner
+    large[..., 64:, :, :] = 3.0
+    diffs = {}
+    for norm in ("none", "instance"):
+        torch.manual_seed(5)
+        net = PhysicsUNet(channels=(4, 8), physics_dim=10, injection="film", norm=norm).eval()
+        diffs[norm] = float((_centre_logits(net, small, (24, 24, 24))
+                             - _centre_logits(net, large, (24, 24, 24))).abs().max())
+    assert diffs["none"] < 1e-5 and diffs["instance"] > 1e-2, diffs
+    # the blocks carry a convolution bias in place of the norm's shift
+    assert PhysicsUNet(channels=(4, 8), norm="none").enc[0][0].bias is not None
+    assert PhysicsUNet(channels=(4, 8), norm="instance").enc[0][0].bias is None
+
+
 def test_unknown_norm_is_refused():
     with pytest.raises(ValueError, match="norm"):
         PhysicsUNet(channels=(4, 8), norm="group")
