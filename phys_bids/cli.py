@@ -129,7 +129,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="seg-physics",
                    help="segmentation model shipped with phys-bids: seg-physics (told the "
                         "acquisition), seg-physics-film (told it by feature-wise modulation "
-                        "after the norm; a candidate, docs/segmentation.md) or seg-baseline "
+                        "after the norm; a candidate, docs/segmentation.md), "
+                        "seg-physics-film-nonorm (the same without normalisation, so its "
+                        "output does not depend on the inference window; a candidate) or "
+                        "seg-baseline "
                         "(not told) (default: %(default)s)")
     g.add_argument("--qmri-model", default="auto", metavar="NAME",
                    help="network estimating PD, R1, R2* and MT maps from each T1w, from which "

@@ -164,7 +164,7 @@ CASES = {
                                          r"holds another dataset", 2),
     "unknown-model": (None, lambda r, t: ["--model", "seg-magic"],
                       r"--model seg-magic: unknown; available: seg-baseline, seg-physics, "
-                      r"seg-physics-film", 2),
+                      r"seg-physics-film, seg-physics-film-nonorm", 2),
     "cuda-requested-without-gpu": (None, lambda r, t: ["--device", "cuda"],
                                    r"no CUDA device is available", 2),
     "bad-nprocs": (None, lambda r, t: ["--nprocs", "0"], r"--nprocs must be >= 1", 2),

@@ -205,7 +205,8 @@ def test_corrupted_weights_are_refused(label_dir, tmp_path):
         load_model(tmp_path / "m")
 
 
-SHIPPED = [m for m in ("seg-physics", "seg-physics-film", "seg-baseline", "qmri-physics")
+SHIPPED = [m for m in ("seg-physics", "seg-physics-film", "seg-physics-film-nonorm",
+                       "seg-baseline", "qmri-physics")
            if m in available_models(kind=None)]
 
 
