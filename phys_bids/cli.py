@@ -131,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "acquisition), seg-physics-film (told it by feature-wise modulation "
                         "after the norm; a candidate, docs/segmentation.md), "
                         "seg-physics-film-nonorm (the same without normalisation, so its "
-                        "output does not depend on the inference window; a candidate) or "
+                        "output does not depend on the inference window; experimental: accurate on "
+                        "synthetic phantoms, not through the application) or "
                         "seg-baseline "
                         "(not told) (default: %(default)s)")
     g.add_argument("--qmri-model", default="auto", metavar="NAME",
