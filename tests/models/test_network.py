@@ -1,6 +1,7 @@
 import json
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -421,3 +422,56 @@ def test_window_benchmark_reports_each_model_and_window(label_dir, tmp_path):
     assert all(phys[w]["physics_sensitivity"] > 0.0 for w in phys)
     assert all(0.0 <= phys[w]["dice_anatomy"] <= 1.0 for w in phys)
     assert (tmp_path / "out" / "window.md").read_text().count("| 16 |") == 2
+
+
+def test_input_level_probe_reads_the_run_and_scales_the_input(label_dir, tmp_path):
+    """bench/bench_input_level.py on a tiny model and a participant-style run folder: the
+    acquisition comes from the sidecar, the volumes lie within the brain mask, scale 1 is
+    the plain network pass on the application's input, and only a network without a
+    norm reads the input level."""
+    import importlib.util
+    from pathlib import Path
+
+    import nibabel as nib
+
+    script = Path(__file__).resolve().parents[2] / "bench" / "bench_input_level.py"
+    if not script.is_file():
+        pytest.skip(f"{script} not in this checkout (installed package only)")
+    spec = importlib.util.spec_from_file_location("bench_input_level", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
+    train(_tiny_cfg(max_steps=2, norm="none"), label_dir, tmp_path / "nonorm")
+    anat = tmp_path / "run" / "sub-01" / "ses-a" / "anat"
+    anat.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0.5, 1.5, (24, 24, 24)).astype(np.float32)
+    dseg = np.zeros((24, 24, 24), np.uint8)
+    dseg[4:20, 4:20, 4:20] = rng.integers(1, 4, (16, 16, 16))
+    stem = "sub-01_ses-a_space-MNI152NLin2009aSym"
+    nib.save(nib.Nifti1Image(image, np.eye(4)), anat / f"{stem}_desc-preproc_T1w.nii.gz")
+    nib.save(nib.Nifti1Image(dseg, np.eye(4)), anat / f"{stem}_dseg.nii.gz")
+    (anat / f"{stem}_desc-preproc_T1w.json").write_text(json.dumps(
+        {"PhysBIDS": {"Acquisition": {"Sequence": "MPRAGE", "Parameters": {"ti": 0.9}}}}))
+    bench.main(["--run", str(tmp_path / "run"), "--subject", "sub-01", "--session", "ses-a",
+                "--models", str(tmp_path / "phys"), "--scales", "0.5,1,2", "--threads", "1",
+                "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "input_level.json").read_text())
+    assert result["meta"]["sequence"] == "MPRAGE" and result["meta"]["parameters"] == {"ti": 0.9}
+    rows = result["volumes_ml"][str(tmp_path / "phys")]
+    assert list(rows) == ["0.5", "1", "2"]
+    brain = float((dseg > 0).sum()) / 1000.0
+    assert all(0.0 <= sum(v) <= brain + 1e-9 for v in rows.values())
+    model = load_model(tmp_path / "phys")
+    assert bench.volumes_at_scales(model, image, dseg > 0, "MPRAGE", {"ti": 0.9}, [1.0])["1"] \
+        == rows["1"]
+    # instance norm removes a global scale of the input (up to its epsilon); without a
+    # norm the level reaches the output
+    nonorm = bench.volumes_at_scales(load_model(tmp_path / "nonorm"), image, dseg > 0,
+                                     "MPRAGE", {"ti": 0.9}, [0.5, 2.0])
+    assert np.abs(np.subtract(rows["0.5"], rows["2"])).max() <= 0.002
+    assert np.abs(np.subtract(nonorm["0.5"], nonorm["2"])).max() > 0.01
+    # a run folder without the images is one clear error
+    with pytest.raises(SystemExit):
+        bench.main(["--run", str(tmp_path / "run"), "--subject", "sub-02",
+                    "--models", str(tmp_path / "phys"), "--out", str(tmp_path / "out2")])
