@@ -397,18 +397,24 @@ def test_a_run_stopped_before_the_aligned_phase_does_not_need_the_aligned_maps()
     assert not needs_aligned(TrainConfig(max_steps=2700, aligned_from_step=None))
 
 
-def test_window_benchmark_reports_each_model_and_window(label_dir, tmp_path):
-    """bench/bench_window.py on tiny models: a row per model and window; the baseline is
-    not told the parameters (sensitivity 0), the physics model is."""
+def _bench_script(name: str):
+    """A script of bench/ as a module (skips where the checkout has no bench/)."""
     import importlib.util
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "bench" / "bench_window.py"
+    script = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
     if not script.is_file():
         pytest.skip(f"{script} not in this checkout (installed package only)")
-    spec = importlib.util.spec_from_file_location("bench_window", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    spec = importlib.util.spec_from_file_location(name, script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_window_benchmark_reports_each_model_and_window(label_dir, tmp_path):
+    """bench/bench_window.py on tiny models: a row per model and window; the baseline is
+    not told the parameters (sensitivity 0), the physics model is."""
+    bench = _bench_script("bench_window")
     train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
     train(_tiny_cfg(max_steps=2, physics=False), label_dir, tmp_path / "base")
     bench.main(["--data", str(label_dir), "--models", f"{tmp_path / 'phys'},{tmp_path / 'base'}",
@@ -429,17 +435,9 @@ def test_input_level_probe_reads_the_run_and_scales_the_input(label_dir, tmp_pat
     acquisition comes from the sidecar, the volumes lie within the brain mask, scale 1 is
     the plain network pass on the application's input, and only a network without a
     norm reads the input level."""
-    import importlib.util
-    from pathlib import Path
-
     import nibabel as nib
 
-    script = Path(__file__).resolve().parents[2] / "bench" / "bench_input_level.py"
-    if not script.is_file():
-        pytest.skip(f"{script} not in this checkout (installed package only)")
-    spec = importlib.util.spec_from_file_location("bench_input_level", script)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench_script("bench_input_level")
     train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
     train(_tiny_cfg(max_steps=2, norm="none"), label_dir, tmp_path / "nonorm")
     anat = tmp_path / "run" / "sub-01" / "ses-a" / "anat"
