@@ -108,6 +108,14 @@ class SynthConfig:
     #: centre sits on a label voxel and the 2x grid puts every unrotated 1 mm voxel
     #: across 2x2x2 label voxels, so the network sees the anatomy at one phase only
     subvoxel_shift: bool = False
+    #: input-level augmentation, off in the shipped models: each realisation's normalised
+    #: image is raised to the power exp(U(-gamma_jitter, gamma_jitter)) and multiplied by
+    #: exp(U(-level_jitter, level_jitter)). A network without normalisation otherwise
+    #: learns the tissue borders at absolute levels of the brain-mean-normalised input,
+    #: which the application's images do not share (docs/segmentation.md, input level).
+    #: Segmentation only: the qMRI consistency loss re-simulates the unjittered image.
+    level_jitter: float = 0.0
+    gamma_jitter: float = 0.0
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -278,6 +286,7 @@ class SynthGenerator:
         elif u < cfg.mask_jitter_probability:
             mask = -F.max_pool3d(-mask[None, None].float(), 3, 1, 1)[0, 0] > 0
         image = image * mask / norm.reshape(n, 1, 1, 1)
+        image = self._jitter_level(image, g)
         tmap = torch.as_tensor(TARGET_OF_CLASS, device=self.device)
         target = torch.zeros(4, p, p, p, device=self.device)
         target.index_add_(0, tmap, frac)
@@ -304,6 +313,19 @@ class SynthGenerator:
         kw = {k: v.reshape(n, 1).to(self.device) for k, v in params.items()}
         maps = [values[m][None] for m in model.maps]
         return model.function(*maps, **kw)
+
+    def _jitter_level(self, image: Tensor, g: torch.Generator) -> Tensor:
+        """Per-realisation gamma and gain of the normalised images (no draw when off, so
+        configurations without it replay their random streams exactly)."""
+        cfg, n = self.cfg, image.shape[0]
+        shape = (n,) + (1,) * (image.ndim - 1)
+        if cfg.gamma_jitter > 0:
+            gamma = torch.exp(cfg.gamma_jitter * (2 * torch.rand(n, generator=g) - 1))
+            image = image.clamp_min(0) ** gamma.to(image).reshape(shape)
+        if cfg.level_jitter > 0:
+            gain = torch.exp(cfg.level_jitter * (2 * torch.rand(n, generator=g) - 1))
+            image = image * gain.to(image).reshape(shape)
+        return image
 
     def _maybe_blur(self, image: Tensor, g: torch.Generator) -> Tensor:
         """Through-plane resolution loss (thick slices) along a random axis."""

@@ -91,3 +91,29 @@ def test_subvoxel_shift_shows_the_anatomy_at_every_phase_of_the_label_grid():
 
     assert patches_with_a_mixed_voxel(False) == 40  # always a 50/50 voxel
     assert 5 < patches_with_a_mixed_voxel(True) < 35  # half the phases are sharp
+
+
+def test_level_and_gamma_jitter_change_only_the_input_level(gen):
+    heads = gen.heads
+    plain = SynthGenerator(heads, SynthConfig(patch=24, realisations=3))
+    gain = SynthGenerator(heads, SynthConfig(patch=24, realisations=3, level_jitter=0.3))
+    both = SynthGenerator(heads, SynthConfig(patch=24, realisations=3, level_jitter=0.3,
+                                             gamma_jitter=0.2))
+    a, b, c = (s.sample(torch.Generator().manual_seed(5), sequence="MPRAGE")
+               for s in (plain, gain, both))
+    # the draws come last: anatomy, targets and acquisitions are those of the plain batch
+    assert torch.equal(a["target"], b["target"]) and torch.equal(a["physics"], c["physics"])
+    inside = a["mask"] & (a["image"][0, 0] > 0)
+    ratios = []
+    for i in range(3):
+        x, y, z = (t["image"][i, 0][inside].double() for t in (a, b, c))
+        r = y / x  # one gain per realisation, within exp(+-0.3)
+        assert float(r.max() - r.min()) < 1e-5 * float(r.mean())
+        assert np.exp(-0.3) - 1e-6 <= float(r.mean()) <= np.exp(0.3) + 1e-6
+        ratios.append(float(r.mean()))
+        # gamma then gain: log z = gamma log x + log gain, exactly linear in log x
+        keep = (x - 1).abs() > 0.05
+        slope, icpt = np.polyfit(np.log(x[keep].numpy()), np.log(z[keep].numpy()), 1)
+        resid = np.log(z[keep].numpy()) - (slope * np.log(x[keep].numpy()) + icpt)
+        assert np.abs(resid).max() < 1e-4 and np.exp(-0.2) - 1e-6 <= slope <= np.exp(0.2) + 1e-6
+    assert len({round(r, 6) for r in ratios}) == 3  # each realisation its own gain
