@@ -90,8 +90,7 @@ def load_model(name_or_dir: str | Path, *, device="cpu", root: Path | None = Non
     net.load_state_dict(torch.load(wpath, map_location=device, weights_only=True))
     net.to(device).eval()
     enc_cfg = manifest.get("physics_encoder")
-    encoder = (PhysicsEncoder(tuple(enc_cfg["sequences"]), enc_cfg["spaces"])
-               if enc_cfg else None)
+    encoder = PhysicsEncoder.from_dict(enc_cfg) if enc_cfg else None
     if encoder is not None:
         frozen = enc_cfg["standardisation"]
         now = encoder.to_dict()["standardisation"]

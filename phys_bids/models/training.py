@@ -31,6 +31,7 @@ import torch
 from ..io import atomic_write, sha256
 from ..physics import PhysicsEncoder
 from ..synth import SynthConfig, SynthGenerator, load_head
+from ..synth.tissues import reference_tissues
 from .losses import (
     contrastive_loss,
     soft_dice_loss,
@@ -64,6 +65,10 @@ class TrainConfig:
     #: how the physics enters (PhysicsUNet): "concat" (the models shipped so far) or
     #: "film" (modulation after the norm, which no later norm can cancel)
     injection: str = "concat"
+    #: what the physics branch is told (PhysicsEncoder): "parameters" (the papers'
+    #: standardised TI / TR, TE, FA features; the models shipped so far) or "contrast"
+    #: (the levels of reference GM, WM, CSF under the acquisition)
+    physics_encoding: str = "parameters"
     patch: int = 48
     realisations: int = 4
     max_steps: int = 1500
@@ -139,6 +144,15 @@ def _git_commit() -> str:
         return rev + ("-dirty" if dirty else "")
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
+
+
+def make_encoder(cfg: TrainConfig) -> PhysicsEncoder:
+    """The physics encoder a run trains with (its reference tissues at the generator's
+    field strength)."""
+    if cfg.physics_encoding == "contrast":
+        field = cfg.synth.get("field_strength", SynthConfig.field_strength)
+        return PhysicsEncoder(mode="contrast", tissues=reference_tissues(field))
+    return PhysicsEncoder(mode=cfg.physics_encoding)
 
 
 def build_model(cfg: TrainConfig, encoder: PhysicsEncoder) -> PhysicsUNet:
@@ -270,7 +284,7 @@ def revalidate(manifest: dict, model, data_dir, aligned_dir=None) -> dict:
         data_dir = aligned_dir
     heads = [load_head(p) for p in _label_paths(data_dir, cfg.val_subjects).values()]
     synth = SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
-    gen = SynthGenerator(heads, synth, PhysicsEncoder())
+    gen = SynthGenerator(heads, synth, make_encoder(cfg))
     torch.manual_seed(cfg.seed)
     return evaluate(model, validation_batches(cfg, gen), cfg)
 
@@ -325,7 +339,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
             raise ValueError(f"{cfg.name} trains on MNI-aligned label maps from step "
                              f"{cfg.aligned_from_step}: give their folder (--aligned-data)")
         aligned_paths = _label_paths(aligned_dir, subjects)
-    encoder = PhysicsEncoder()
+    encoder = make_encoder(cfg)
     synth = SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
 
     def generators(label_paths):

@@ -31,6 +31,7 @@ import numpy as np
 
 __all__ = [
     "CLASSES", "TARGETS", "PRIORS", "Prior", "label_to_class", "priors_at", "TARGET_OF_CLASS",
+    "reference_tissues",
 ]
 
 #: Fine tissue classes used by the generator (index = class id).
@@ -125,3 +126,11 @@ def priors_at(field_strength: float = 3.0) -> dict[str, dict[str, Prior]]:
         p["r2s"] = Prior(r2s.mean * k2, r2s.sd * k2, r2s.spatial)
         out[cls] = p
     return out
+
+
+def reference_tissues(field_strength: float = 3.0) -> dict[str, dict[str, float]]:
+    """Prior means of cortical GM, WM and CSF at ``field_strength``: the reference
+    tissues of the contrast physics encoding (:class:`phys_bids.physics.PhysicsEncoder`)."""
+    pri = priors_at(field_strength)
+    return {t: {k: pri[c][k].mean for k in ("pd", "r1", "r2s", "r2", "mt")}
+            for t, c in (("gm", "gm_cortex"), ("wm", "wm"), ("csf", "csf"))}

@@ -473,3 +473,18 @@ def test_input_level_probe_reads_the_run_and_scales_the_input(label_dir, tmp_pat
     with pytest.raises(SystemExit):
         bench.main(["--run", str(tmp_path / "run"), "--subject", "sub-02",
                     "--models", str(tmp_path / "phys"), "--out", str(tmp_path / "out2")])
+
+
+def test_a_contrast_encoded_model_trains_and_loads_with_its_encoder(label_dir, tmp_path):
+    m = train(_tiny_cfg(physics_encoding="contrast", max_steps=2), label_dir, tmp_path / "k")
+    assert m["physics_encoder"]["mode"] == "contrast"
+    loaded = load_model(tmp_path / "k")
+    assert loaded.encoder.mode == "contrast" and loaded.encoder.dim == 3
+    assert loaded.network.config["physics_dim"] == 3
+    # the physics reaches the output: two acquisitions, two answers
+    x = torch.rand(1, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        a = loaded.network(x, loaded.encoder.encode("MPRAGE", {"ti": [0.7]}))[0]
+        b = loaded.network(x, loaded.encoder.encode("SPGR", {"tr": [0.2], "te": [0.02],
+                                                             "fa": [5.0]}))[0]
+    assert float((a - b).abs().max()) > 1e-4

@@ -96,3 +96,50 @@ def test_compiled_backend_matches_eager():
     eager = simulate("SPGR", maps, p)
     compiled = simulate("SPGR", maps, p, backend="compile")
     assert torch.allclose(eager, compiled, rtol=1e-5, atol=1e-7)
+
+
+def _contrast_encoder():
+    from phys_bids.synth.tissues import reference_tissues
+
+    return PhysicsEncoder(mode="contrast", tissues=reference_tissues(3.0))
+
+
+def test_contrast_encoding_gives_the_tissue_levels_an_acquisition_produces():
+    enc = _contrast_encoder()
+    assert enc.dim == 3
+    # static MPRAGE inside the training TI range: T1-weighted, WM > GM > CSF
+    lv = enc.levels("MPRAGE", {"ti": torch.tensor([0.6, 0.9, 1.2])})
+    assert bool((lv[:, 1] > lv[:, 0]).all() and (lv[:, 0] > lv[:, 2]).all())
+    # a long-TR, low-angle, long-TE SPGR is PD/T2*-weighted: CSF > GM > WM
+    pd = enc.levels("SPGR", {"tr": 0.2, "te": 0.02, "fa": 5.0})[0]
+    assert float(pd[2]) > float(pd[0]) > float(pd[1])
+    # the levels are relative to their brain-weighted mean
+    w = torch.tensor([0.45, 0.35, 0.20], dtype=torch.float64)
+    assert torch.allclose((lv * w).sum(1), torch.ones(3, dtype=torch.float64))
+    # the fixed parameters of the training space fill in; parameters the sequence
+    # does not take are ignored
+    full = enc.encode("MPRAGE", {"ti": [0.9], "td": [0.6], "tau": [0.010], "tr": [2.3]})
+    assert torch.equal(full, enc.encode("MPRAGE", {"ti": [0.9]}))
+    assert not torch.equal(full, enc.encode("MPRAGE", {"ti": [0.9], "td": [0.3]}))
+    with pytest.raises(KeyError, match="'te'"):
+        enc.encode("SPGR", {"tr": 0.02, "fa": 20.0})
+
+
+def test_contrast_encoding_is_standardised_over_the_training_spaces_and_frozen():
+    enc = _contrast_encoder()
+    g = torch.Generator().manual_seed(4)
+    feats = [enc.encode(s, SPACES[enc.spaces[s]].sample(20000, generator=g),
+                        dtype=torch.float64) for s in ("MPRAGE", "SPGR")]
+    mean = (feats[0].mean(0) + feats[1].mean(0)) / 2
+    msq = ((feats[0] ** 2).mean(0) + (feats[1] ** 2).mean(0)) / 2
+    assert torch.allclose(mean, torch.zeros(3, dtype=torch.float64), atol=0.03)
+    assert torch.allclose(msq - mean ** 2, torch.ones(3, dtype=torch.float64), atol=0.05)
+    # a manifest's description rebuilds the same encoder; the default one is unchanged
+    again = PhysicsEncoder.from_dict(enc.to_dict())
+    p = {"tr": [0.03], "te": [0.005], "fa": [30.0]}
+    assert torch.equal(again.encode("SPGR", p), enc.encode("SPGR", p))
+    assert PhysicsEncoder.from_dict(PhysicsEncoder().to_dict()).dim == 10
+    with pytest.raises(ValueError, match="tissues"):
+        PhysicsEncoder(mode="contrast")
+    with pytest.raises(ValueError, match="unknown physics encoding"):
+        PhysicsEncoder(mode="sequence")
