@@ -140,8 +140,9 @@ class PhysicsEncoder:
         return s / (s * w).sum(-1, keepdim=True).clamp_min(1e-12)
 
     def _contrast_moments(self, n: int = 24) -> list[tuple[float, float]]:
-        """Mean and sd of each level over the training spaces (midpoint grids of their
-        uniform parameters, the sequences weighted equally, as the generator draws them)."""
+        """Mean of each level over the training spaces (midpoint grids of their uniform
+        parameters, the sequences weighted equally, as the generator draws them) and one
+        shared scale, the root of the levels' mean variance."""
         per_seq = []
         for s in self.sequences:
             space = SPACES[self.spaces[s]]
@@ -153,8 +154,10 @@ class PhysicsEncoder:
             per_seq.append(lv)
         means = torch.stack([lv.mean(0) for lv in per_seq]).mean(0)
         sqs = torch.stack([(lv ** 2).mean(0) for lv in per_seq]).mean(0)
-        sd = (sqs - means ** 2).clamp_min(1e-12).sqrt()
-        return [(float(m), float(d)) for m, d in zip(means, sd, strict=True)]
+        # one scale for the three: they share a unit (the brain mean), and a level that
+        # barely moves in training (GM) must not become the most sensitive input
+        sd = float((sqs - means ** 2).mean().clamp_min(1e-12).sqrt())
+        return [(float(m), sd) for m in means]
 
     def encode(self, sequence: str, params: dict, *, dtype=torch.float32, device=None) -> Tensor:
         """Encode a batch of parameter sets of one sequence; returns ``(B, dim)``."""

@@ -12,6 +12,7 @@ from phys_bids.models.registry import ModelCorruptError, available_models, load_
 from phys_bids.models.training import TrainConfig, train
 
 from ..phantoms import write_phantom
+from ..scripts import bench_script
 
 
 def tiny(physics_dim=10, **kw):
@@ -397,24 +398,10 @@ def test_a_run_stopped_before_the_aligned_phase_does_not_need_the_aligned_maps()
     assert not needs_aligned(TrainConfig(max_steps=2700, aligned_from_step=None))
 
 
-def _bench_script(name: str):
-    """A script of bench/ as a module (skips where the checkout has no bench/)."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "bench" / f"{name}.py"
-    if not script.is_file():
-        pytest.skip(f"{script} not in this checkout (installed package only)")
-    spec = importlib.util.spec_from_file_location(name, script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_window_benchmark_reports_each_model_and_window(label_dir, tmp_path):
     """bench/bench_window.py on tiny models: a row per model and window; the baseline is
     not told the parameters (sensitivity 0), the physics model is."""
-    bench = _bench_script("bench_window")
+    bench = bench_script("bench_window")
     train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
     train(_tiny_cfg(max_steps=2, physics=False), label_dir, tmp_path / "base")
     bench.main(["--data", str(label_dir), "--models", f"{tmp_path / 'phys'},{tmp_path / 'base'}",
@@ -437,7 +424,7 @@ def test_input_level_probe_reads_the_run_and_scales_the_input(label_dir, tmp_pat
     norm reads the input level."""
     import nibabel as nib
 
-    bench = _bench_script("bench_input_level")
+    bench = bench_script("bench_input_level")
     train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
     train(_tiny_cfg(max_steps=2, norm="none"), label_dir, tmp_path / "nonorm")
     anat = tmp_path / "run" / "sub-01" / "ses-a" / "anat"
