@@ -1,4 +1,4 @@
-"""Loading the repository's bench/ scripts in tests."""
+"""Loading the repository's bench/ and workflows/ scripts in tests."""
 
 import importlib.util
 from pathlib import Path
@@ -6,12 +6,18 @@ from pathlib import Path
 import pytest
 
 
-def bench_script(name: str):
-    """A script of bench/ as a module (skips where the checkout has no bench/)."""
-    script = Path(__file__).resolve().parents[1] / "bench" / f"{name}.py"
+def bench_script(name: str, folder: str = "bench"):
+    """A script of bench/ (or ``folder``) as a module (skips where the checkout has no
+    such folder, e.g. an installed package only)."""
+    script = Path(__file__).resolve().parents[1] / folder / f"{name}.py"
     if not script.is_file():
         pytest.skip(f"{script} not in this checkout (installed package only)")
     spec = importlib.util.spec_from_file_location(name, script)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def workflow_script(name: str):
+    """A script of workflows/ as a module."""
+    return bench_script(name, folder="workflows")

@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Fit the conformal margins of a segmentation model's Monte-Carlo volume bounds.
 
-On the model's *validation* subjects (never its test subjects, which the benchmark
-keeps for measuring the coverage), simulate images in and out of the training space,
+On the model's validation subjects, or with ``--subjects`` its training and validation
+subjects (never its test subjects, which the benchmark keeps for measuring the
+coverage), simulate images in and out of the training space,
 draw ``--samples`` Monte-Carlo samples each, and write the per-tissue margins
 (:mod:`phys_bids.models.calibration`), separately for acquisitions inside and outside
 the training space, to ``<model folder>/calibration.json``:
@@ -16,6 +17,13 @@ the images already scored:
 
     python workflows/calibrate_bounds.py --model seg-physics --add --seed 202 \
         --n-images 3 --conditions mprage-id,spgr-id
+
+The shipped margins of seg-physics also use the training heads (docs/uncertainty.md:
+its errors on them follow the heads' CSF fraction as on unseen heads, and two
+validation heads do not span that range):
+
+    python workflows/calibrate_bounds.py --model seg-physics --add --seed 303 \
+        --subjects head_01,...,head_11 --conditions mprage-id,spgr-id --n-images 1
 
 --data defaults to $PHYS_BIDS_DATA/label-maps or ../shared/data/label-maps.
 """
@@ -49,6 +57,9 @@ def main(argv=None) -> int:
     ap.add_argument("--conditions", default="mprage-id,mprage-ood,spgr-id,spgr-ood")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=101)
+    ap.add_argument("--subjects", default="val",
+                    help="calibration heads: 'val' (the split's validation subjects), "
+                         "'train+val', or a comma-separated list; never the test subjects")
     ap.add_argument("--add", action="store_true",
                     help="add images (a new --seed) to the rows of the existing "
                          "calibration.json and refit")
@@ -83,7 +94,11 @@ def main(argv=None) -> int:
             print(f"seed {args.seed} already made calibration images ({sorted(used)}): "
                   "choose another --seed", file=sys.stderr)
             return 2
-    subjects = model.manifest["split"]["val"]
+    try:
+        subjects = _subjects(args.subjects, model.manifest["split"])
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
     heads = {s: load_head(Path(args.data) / f"{s}.nii.gz") for s in subjects}
     t0 = time.time()
     rows, seconds = calibration_rows(model, heads, condition_names=args.conditions.split(","),
@@ -96,6 +111,7 @@ def main(argv=None) -> int:
             r.setdefault("seed", existing["seed"])
             r.setdefault("images_per_condition", existing["images_per_condition"])
         existing["rows"] += rows
+        existing["subjects"] = sorted({r["subject"] for r in existing["rows"]})
         existing["margins"] = fit_margins(existing["rows"])
         existing["n_per_tissue"] = _n_per_tissue(existing["rows"])
         existing.setdefault("added", []).append(
@@ -116,6 +132,26 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     return _write(folder, cal)
+
+
+def _subjects(spec: str, split: dict) -> list[str]:
+    """The calibration heads named by ``--subjects``; the test split is refused, since
+    the calibration benchmark measures coverage on it."""
+    if spec == "val":
+        subjects = list(split["val"])
+    elif spec == "train+val":
+        subjects = list(split["train"]) + list(split["val"])
+    else:
+        subjects = [s.strip() for s in spec.split(",") if s.strip()]
+    test = sorted(set(subjects) & set(split.get("test", [])))
+    if test:
+        raise ValueError(f"--subjects includes test subject(s) {', '.join(test)}: the "
+                         "calibration benchmark measures coverage on them; choose others")
+    unknown = sorted(set(subjects) - set(split["train"]) - set(split["val"]))
+    if unknown or not subjects:
+        raise ValueError(f"--subjects: {', '.join(unknown) or 'none given'} not in the "
+                         "model's train/val split")
+    return subjects
 
 
 def _n_per_tissue(rows: list[dict]) -> dict:

@@ -50,3 +50,17 @@ def test_widen_grows_both_ends_by_the_margin_times_the_median():
     w = widen({"median": 200.0, "q1": 190.0, "q3": 210.0, "p2_5": 180.0, "p97_5": 220.0},
               {"0.5": 0.1, "0.95": 0.25})
     assert w == {"q1": 170.0, "q3": 230.0, "p2_5": 130.0, "p97_5": 270.0}
+
+
+def test_calibration_heads_never_include_the_test_subjects():
+    from ..scripts import workflow_script
+
+    subjects = workflow_script("calibrate_bounds")._subjects
+    split = {"train": ["a", "b"], "val": ["c"], "test": ["d"]}
+    assert subjects("val", split) == ["c"]
+    assert subjects("train+val", split) == ["a", "b", "c"]
+    assert subjects("b, c", split) == ["b", "c"]
+    with pytest.raises(ValueError, match="test subject"):
+        subjects("c,d", split)
+    with pytest.raises(ValueError, match="not in the model's train/val split"):
+        subjects("x", split)
