@@ -76,7 +76,12 @@ def network_input(model: LoadedModel, image: np.ndarray, mask: np.ndarray, seque
     box = bounding_box(mask)
     x = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32))
     m = torch.from_numpy(np.ascontiguousarray(mask[box]))
-    x = normalise_image(x * m, m)[None, None].to(device)
+    x = normalise_image(x * m, m)
+    if getattr(model.network, "log_input", False):
+        # a log-contrast network takes the brain as the positive voxels: make it the mask
+        # (an interpolated or bias-corrected image can hold a zero or negative inside)
+        x = torch.where(m, x.clamp_min(1e-3), torch.zeros_like(x))
+    x = x[None, None].to(device)
     phys = None
     if model.physics:
         phys = model.encoder.encode(sequence, {k: [float(v)] for k, v in params.items()})

@@ -69,6 +69,10 @@ class TrainConfig:
     #: standardised TI / TR, TE, FA features; the models shipped so far) or "contrast"
     #: (the levels of reference GM, WM, CSF under the acquisition)
     physics_encoding: str = "parameters"
+    #: what the first block sees (PhysicsUNet): "intensity" (the image divided by its
+    #: brain mean; the models shipped so far) or "log-contrast" (gain-invariant local
+    #: log contrasts and the brain mask)
+    input_transform: str = "intensity"
     patch: int = 48
     realisations: int = 4
     max_steps: int = 1500
@@ -160,7 +164,8 @@ def build_model(cfg: TrainConfig, encoder: PhysicsEncoder) -> PhysicsUNet:
         raise ValueError(f"unknown task {cfg.task!r}")
     return PhysicsUNet(channels=cfg.channels, physics_dim=encoder.dim if cfg.physics else 0,
                        dropout=cfg.dropout, input_dropout=cfg.input_dropout,
-                       aleatoric=cfg.task == "segmentation", norm=cfg.norm, injection=cfg.injection)
+                       aleatoric=cfg.task == "segmentation", norm=cfg.norm, injection=cfg.injection,
+                       input_transform=cfg.input_transform)
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:

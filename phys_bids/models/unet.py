@@ -31,6 +31,17 @@ block, the same two depths, per channel: ``norm(x) * (1 + gamma) + beta`` before
 activation (feature-wise linear modulation, Perez et al. 2018; conditional instance
 norm). The shift is applied after the normalisation and before a non-linearity, so no
 later normalisation can subtract it again, whatever the norm or the window.
+
+Input (``input_transform``). ``"intensity"`` feeds the image as it comes (divided by
+its whole-brain mean; the models shipped so far). ``"log-contrast"`` feeds
+:func:`log_contrast`: the log-intensity of every brain voxel minus the mean
+log-intensity of the brain voxels around it, in boxes of 3, 9 and 27 voxels, plus the
+brain mask. A gain of the whole image adds the same constant to every log-intensity
+and to every local mean, so these channels are exactly invariant to it, at the mask
+border too, and they are fixed functions of a bounded neighbourhood, so they do not
+depend on the window either. With ``norm="none"`` the network is then blind to the
+input level by construction, as instance norm makes it, without instance norm's
+dependence on what the window holds (docs/segmentation.md).
 """
 
 from __future__ import annotations
@@ -39,7 +50,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-__all__ = ["PhysicsUNet", "enable_mc_dropout"]
+__all__ = ["PhysicsUNet", "enable_mc_dropout", "log_contrast"]
 
 
 NORMS = {"instance": lambda c: nn.InstanceNorm3d(c, affine=True),
@@ -48,6 +59,47 @@ NORMS = {"instance": lambda c: nn.InstanceNorm3d(c, affine=True),
 
 
 INJECTIONS = ("concat", "film")
+
+INPUT_TRANSFORMS = ("intensity", "log-contrast")
+
+#: box sizes (voxels) of the local means that :func:`log_contrast` subtracts
+LOG_CONTRAST_SCALES = (3, 9, 27)
+
+
+def _box_sum(x: Tensor, k: int) -> Tensor:
+    """Separable k^3 box mean with zero padding (the same divisor everywhere)."""
+    p = k // 2
+    for dim in range(3):
+        size, pad = [1, 1, 1], [0] * 6
+        size[dim] = k
+        pad[2 * (2 - dim)] = pad[2 * (2 - dim) + 1] = p  # F.pad orders the last dim first
+        x = F.avg_pool3d(F.pad(x, pad), tuple(size), stride=1)
+    return x
+
+
+def log_contrast(image: Tensor, scales: tuple[int, ...] = LOG_CONTRAST_SCALES) -> Tensor:
+    """Gain-invariant local contrast of a skull-stripped image.
+
+    Brain voxels are those with a positive intensity (the networks' input is zero
+    outside the brain mask). For each box size k: ``log(x) - mean_k(log x)`` on brain
+    voxels, where ``mean_k`` averages over the brain voxels of the k^3 box around each
+    voxel (zero outside the brain), followed by the brain mask itself.
+
+    Parameters
+    ----------
+    image : tensor (B, C, X, Y, Z)
+
+    Returns
+    -------
+    tensor (B, C * (len(scales) + 1), X, Y, Z)
+    """
+    mask = (image > 0).to(image.dtype)
+    logi = torch.log(image.clamp_min(torch.finfo(image.dtype).tiny)) * mask
+    channels = []
+    for k in scales:
+        local = _box_sum(logi, k) / _box_sum(mask, k).clamp_min(1e-6)
+        channels.append((logi - local) * mask)
+    return torch.cat([*channels, mask], dim=1)
 
 
 class _Block(nn.Sequential):
@@ -115,18 +167,24 @@ class PhysicsUNet(nn.Module):
     injection : {"concat", "film"}
         How the physics vector enters at the two depths (module docstring); "concat" is
         the design of the models shipped so far.
+    input_transform : {"intensity", "log-contrast"}
+        What the first block sees (module docstring); "intensity" is the design of the
+        models shipped so far.
     """
 
     def __init__(self, in_channels: int = 1, n_classes: int = 4,
                  channels: tuple[int, ...] = (8, 16, 32, 64), physics_dim: int = 10,
                  physics_hidden: int = 16, physics_channels: int = 8, dropout: float = 0.1,
                  input_dropout: float = 0.05, aleatoric: bool = True, norm: str = "instance",
-                 injection: str = "concat"):
+                 injection: str = "concat", input_transform: str = "intensity"):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {sorted(NORMS)}, not {norm!r}")
         if injection not in INJECTIONS:
             raise ValueError(f"injection must be one of {list(INJECTIONS)}, not {injection!r}")
+        if input_transform not in INPUT_TRANSFORMS:
+            raise ValueError(f"input_transform must be one of {list(INPUT_TRANSFORMS)}, "
+                             f"not {input_transform!r}")
         self.config = {
             "in_channels": in_channels, "n_classes": n_classes, "channels": list(channels),
             "physics_dim": physics_dim, "physics_hidden": physics_hidden,
@@ -134,6 +192,9 @@ class PhysicsUNet(nn.Module):
             "input_dropout": input_dropout, "aleatoric": aleatoric, "norm": norm,
             "injection": injection,
         }
+        if input_transform != "intensity":  # shipped manifests do not name it
+            self.config["input_transform"] = input_transform
+        self.log_input = input_transform == "log-contrast"
         self.film = injection == "film" and physics_dim > 0
         # concat: channels tiled at the two depths; film: (gamma, beta) for the two norms
         # of the two modulated blocks
@@ -152,7 +213,8 @@ class PhysicsUNet(nn.Module):
         self.input_dropout = nn.Dropout3d(input_dropout) if input_dropout > 0 else nn.Identity()
         c = list(channels)
         self.enc = nn.ModuleList()
-        self.enc.append(_Block(in_channels, c[0], norm=norm))
+        first_in = in_channels * (len(LOG_CONTRAST_SCALES) + 1) if self.log_input else in_channels
+        self.enc.append(_Block(first_in, c[0], norm=norm))
         for i in range(1, len(c)):
             cin = c[i - 1] + (pc if i == 1 else 0)
             self.enc.append(_Block(cin, c[i], dropout, norm))
@@ -201,7 +263,9 @@ class PhysicsUNet(nn.Module):
         if self.film:
             films = vec.view(vec.shape[0], 2, 2, 2, -1)  # (B, block, norm, gamma/beta, C)
             film_first, film_last = films[:, 0], films[:, 1]
-        x = self.input_dropout(image)
+        x = self.input_dropout(image)  # before the transform: its 1/(1-p) is a gain
+        if self.log_input:
+            x = log_contrast(x)
         skips = []
         for i, block in enumerate(self.enc):
             if i > 0:

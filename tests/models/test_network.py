@@ -386,6 +386,72 @@ def test_unknown_norm_is_refused():
         PhysicsUNet(channels=(4, 8), norm="group")
     with pytest.raises(ValueError, match="injection"):
         PhysicsUNet(channels=(4, 8), injection="add")
+    with pytest.raises(ValueError, match="input_transform"):
+        PhysicsUNet(channels=(4, 8), input_transform="log")
+
+
+def _skull_stripped(shape=(40, 40, 40), seed=6):
+    """A positive random image inside an off-centre ellipsoid, zero outside."""
+    g = torch.Generator().manual_seed(seed)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in shape],
+                                      indexing="ij"))
+    centre = torch.tensor([18.0, 21.0, 19.0])[:, None, None, None]
+    inside = (((grid - centre) / torch.tensor([14.0, 12.0, 15.0])[:, None, None, None]) ** 2
+              ).sum(0) <= 1
+    return (torch.rand(shape, generator=g) * 1.5 + 0.2) * inside
+
+
+def test_log_contrast_channels_are_gain_invariant_and_zero_outside_the_brain():
+    from phys_bids.models.unet import LOG_CONTRAST_SCALES, log_contrast
+
+    image = _skull_stripped()[None, None]
+    channels = log_contrast(image)
+    assert channels.shape[1] == len(LOG_CONTRAST_SCALES) + 1
+    brain = image[0, 0] > 0
+    assert torch.equal(channels[0, -1] > 0, brain)  # the last channel is the mask
+    assert float(channels[0, :-1, ~brain].abs().max()) == 0.0
+    # a gain of the whole image leaves every channel as it was, at the mask border too
+    assert torch.allclose(log_contrast(image * 3.7), channels, atol=1e-5)
+    # a local change is a contrast: a 4^3 block twice as bright is seen by the box that
+    # holds more than the block (log 2 = 0.69 less its share of the box mean), not by
+    # the 3^3 box at the block's centre, which the block fills
+    brighter = image.clone()
+    brighter[..., 18:22, 18:22, 18:22] *= 2
+    change = (log_contrast(brighter) - channels)[0, :-1, 20, 20, 20]
+    assert abs(float(change[0])) < 1e-5 and float(change[-1]) > 0.65
+    # the input of the first block: channels per scale, plus the mask
+    net = PhysicsUNet(channels=(4, 8), physics_dim=3, norm="none",
+                      input_transform="log-contrast")
+    assert net.enc[0][0].in_channels == len(LOG_CONTRAST_SCALES) + 1
+    assert net.config["input_transform"] == "log-contrast"
+    assert "input_transform" not in PhysicsUNet(channels=(4, 8)).config  # shipped manifests
+
+
+def test_a_log_contrast_network_without_a_norm_is_blind_to_the_input_level():
+    # the failure of seg-physics-film-nonorm through the application: without a norm the
+    # input level reaches the output; with log-contrast input it cannot, and the output
+    # still does not depend on the window
+    image = _skull_stripped((48, 48, 48))[None, None]
+    physics = torch.tensor([[0.3, -0.2, 0.5]])
+    outs = {}
+    for transform in ("intensity", "log-contrast"):
+        torch.manual_seed(7)
+        net = PhysicsUNet(channels=(4, 8), physics_dim=3, injection="film", norm="none",
+                          input_transform=transform).eval()
+        with torch.no_grad():
+            outs[transform] = [net(image * s, physics)[0] for s in (0.8, 1.25)]
+    level = {t: float((a - b).abs().max()) for t, (a, b) in outs.items()}
+    assert level["log-contrast"] < 1e-4 and level["intensity"] > 1e-2, level
+    torch.manual_seed(8)
+    net = PhysicsUNet(channels=(4, 8), physics_dim=3, injection="film", norm="none",
+                      input_transform="log-contrast").eval()
+    large = torch.zeros(1, 1, 96, 96, 96)
+    large[..., :48, :48, :48] = image
+    large[..., 80:, :, :] = 3.0  # other content, beyond the box filters and the convolutions
+    with torch.no_grad():
+        small_out = net(image, physics)[0][..., 16:24, 16:24, 16:24]
+        large_out = net(large, physics)[0][..., 16:24, 16:24, 16:24]
+    assert float((small_out - large_out).abs().max()) < 1e-5
 
 
 def test_a_run_stopped_before_the_aligned_phase_does_not_need_the_aligned_maps():
@@ -460,6 +526,25 @@ def test_input_level_probe_reads_the_run_and_scales_the_input(label_dir, tmp_pat
     with pytest.raises(SystemExit):
         bench.main(["--run", str(tmp_path / "run"), "--subject", "sub-02",
                     "--models", str(tmp_path / "phys"), "--out", str(tmp_path / "out2")])
+
+
+def test_a_log_contrast_model_trains_and_loads_with_its_input_transform(label_dir, tmp_path):
+    m = train(_tiny_cfg(max_steps=2, norm="none", input_transform="log-contrast"), label_dir,
+              tmp_path / "lc")
+    assert m["architecture"]["args"]["input_transform"] == "log-contrast"
+    model = load_model(tmp_path / "lc")
+    assert model.network.log_input
+    # the application's mask is the network's brain even where the image is not positive
+    from phys_bids.models.segment import network_input
+
+    rng = np.random.default_rng(1)
+    image = rng.uniform(0.5, 1.5, (20, 20, 20)).astype(np.float32)
+    mask = np.zeros(image.shape, bool)
+    mask[4:16, 4:16, 4:16] = True
+    image[8, 8, 8], image[9, 9, 9] = 0.0, -0.2
+    box, x, m, _ = network_input(model, image, mask, "MPRAGE", {"ti": 0.9, "tr": 2.3,
+                                                                 "te": 0.003, "fa": 9.0})
+    assert torch.equal(x[0, 0] > 0, m) and int(m.sum()) == 12 ** 3
 
 
 def test_a_contrast_encoded_model_trains_and_loads_with_its_encoder(label_dir, tmp_path):
