@@ -483,6 +483,33 @@ def test_window_benchmark_reports_each_model_and_window(label_dir, tmp_path):
     assert (tmp_path / "out" / "window.md").read_text().count("| 16 |") == 2
 
 
+def test_partial_volume_probe_grows_the_mixed_share_and_reports_each_model(label_dir, tmp_path):
+    """bench/bench_partial_volume.py on tiny models: the unsmoothed phantom has no mixed
+    voxels, smoothing makes them, the true volumes are conserved by the smoothing, and
+    there is a row per model and sigma."""
+    bench = bench_script("bench_partial_volume")
+    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
+    train(_tiny_cfg(max_steps=2, norm="none", input_transform="log-contrast"), label_dir,
+          tmp_path / "logc")
+    bench.main(["--data", str(label_dir), "--models", f"{tmp_path / 'phys'},{tmp_path / 'logc'}",
+                "--subjects", "head_b", "--sigmas", "0,1.5", "--window", "16",
+                "--threads", "1", "--out", str(tmp_path / "out")])
+    result = json.loads((tmp_path / "out" / "partial_volume.json").read_text())
+    assert len(result["per_subject"]) == 4
+    for per in result["summary"].values():
+        assert per["0.0"]["mixed_share"] == 0.0 < per["1.5"]["mixed_share"] < 1.0
+        assert all(np.isfinite(list(v["hard_error_pct"].values())).all() for v in per.values())
+    assert (tmp_path / "out" / "partial_volume.md").read_text().count("| 1.5 |") == 2
+    # smoothing moves tissue between voxels but keeps its total
+    from phys_bids.synth import load_head
+    from phys_bids.synth.evaluation import phantom
+
+    _, _, frac, present, _, _, _ = phantom(load_head(label_dir / "head_b.nii.gz"), 0)
+    sharp = bench.smoothed_phantom(frac, present, 0.0)[2].sum(axis=(1, 2, 3))
+    smooth = bench.smoothed_phantom(frac, present, 1.5)[2].sum(axis=(1, 2, 3))
+    assert np.allclose(sharp, smooth, rtol=0.02)
+
+
 def test_input_level_probe_reads_the_run_and_scales_the_input(label_dir, tmp_path):
     """bench/bench_input_level.py on a tiny model and a participant-style run folder: the
     acquisition comes from the sidecar, the volumes lie within the brain mask, scale 1 is

@@ -117,3 +117,27 @@ def test_level_and_gamma_jitter_change_only_the_input_level(gen):
         resid = np.log(z[keep].numpy()) - (slope * np.log(x[keep].numpy()) + icpt)
         assert np.abs(resid).max() < 1e-4 and np.exp(-0.2) - 1e-6 <= slope <= np.exp(0.2) + 1e-6
     assert len({round(r, 6) for r in ratios}) == 3  # each realisation its own gain
+
+
+def test_partial_volume_augmentation_mixes_voxels_and_keeps_fractions_summing_to_one(gen):
+    heads = gen.heads
+    sharp = SynthGenerator(heads, SynthConfig(patch=24, realisations=2))
+    smooth = SynthGenerator(heads, SynthConfig(patch=24, realisations=2, pv_sigma=2.0))
+    mixed = {"sharp": [], "smooth": []}
+    for seed in range(6):
+        for name, s in (("sharp", sharp), ("smooth", smooth)):
+            b = s.sample(torch.Generator().manual_seed(seed), sequence="MPRAGE")
+            t = b["target"]
+            assert torch.allclose(t.sum(0), torch.ones_like(t[0]), atol=1e-5)
+            assert float(t.min()) >= -1e-6
+            mixed[name].append(float((t.max(0).values < 0.9).float().mean()))
+    # smoothing by up to 2 voxels makes more mixed voxels than the label borders alone
+    assert np.mean(mixed["smooth"]) > 1.5 * np.mean(mixed["sharp"])
+    # the smoothing kernel keeps every class's total inside the patch (replicate edges
+    # aside) and spreads a step edge
+    frac = torch.zeros(2, 16, 16, 16)
+    frac[0, :8], frac[1, 8:] = 1.0, 1.0
+    smooth.cfg.pv_sigma = 3.0
+    out = smooth._smooth_fractions(frac, torch.Generator().manual_seed(0))
+    assert torch.allclose(out.sum(0), torch.ones(16, 16, 16), atol=1e-5)
+    assert 0.05 < float(out[0, 8].mean()) < 0.5 and float(out[0, 0].mean()) > 0.99
