@@ -137,6 +137,10 @@ def test_partial_volume_augmentation_mixes_voxels_and_keeps_fractions_summing_to
     # aside) and spreads a step edge
     frac = torch.zeros(2, 16, 16, 16)
     frac[0, :8], frac[1, 8:] = 1.0, 1.0
+    # off, it returns the fractions and draws nothing (shipped configs replay exactly)
+    g = torch.Generator().manual_seed(3)
+    assert sharp._smooth_fractions(frac, g) is frac
+    assert torch.equal(g.get_state(), torch.Generator().manual_seed(3).get_state())
     smooth.cfg.pv_sigma = 3.0
     out = smooth._smooth_fractions(frac, torch.Generator().manual_seed(0))
     assert torch.allclose(out.sum(0), torch.ones(16, 16, 16), atol=1e-5)
