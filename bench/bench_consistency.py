@@ -42,6 +42,7 @@ from phys_bids.synth.evaluation import (  # noqa: F401 - re-exported
     development_data,
     dice,
     model_benchmark_parser,
+    models_meta,
     phantom,
 )
 
@@ -79,14 +80,11 @@ def main(argv=None):
     ap.add_argument("--conditions", default="mprage-id,mprage-ood,spgr-id,spgr-ood")
     ap.add_argument("--no-atropos", action="store_true")
     ap.add_argument("--window", type=int, default=96)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--out", default="docs/results/consistency")
     ap.add_argument("--resume", action="store_true",
                     help="keep the subjects already in OUT/consistency.json (same settings)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
     models, subjects = benchmark_models(args)
     methods = list(models) + ([] if args.no_atropos else ["atropos"])
     conds = {k: v for k, v in conditions(args.n_images, args.seed).items()
@@ -182,9 +180,7 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
     summary = summarise(results)
     meta = {"n_images": args.n_images, "subjects": subjects, "complete": final,
             "window": args.window,
-            "seed": args.seed, "models": {m: {"steps": models[m].manifest["steps"],
-                                              "weights_sha256": models[m].manifest[
-                                                  "weights_sha256"]} for m in models},
+            "seed": args.seed, "models": models_meta(models),
             "atropos": "k-means 3 classes, 5 iterations, clusters assigned to tissues by best "
                        "overlap with the anatomy (oracle)", "atropos_failures": failures,
             "images": "noise-free, skull-stripped with the anatomical brain mask, divided by the "

@@ -36,7 +36,12 @@ from scipy import ndimage
 
 from phys_bids.models.inference import sliding_window_logits
 from phys_bids.synth import load_head
-from phys_bids.synth.evaluation import benchmark_models, model_benchmark_parser, phantom
+from phys_bids.synth.evaluation import (
+    benchmark_models,
+    model_benchmark_parser,
+    models_meta,
+    phantom,
+)
 from phys_bids.synth.tissues import TARGET_OF_CLASS
 
 log = logging.getLogger("bench.partial_volume")
@@ -62,12 +67,9 @@ def main(argv=None):
     ap = model_benchmark_parser(__doc__)
     ap.add_argument("--sigmas", default="0,0.75,1.5", help="Gaussian sigmas, mm (1 mm grid)")
     ap.add_argument("--window", type=int, default=96)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--out", default="docs/results/partial-volume")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
     models, subjects = benchmark_models(args)
     sigmas = [float(s) for s in args.sigmas.split(",")]
     rows = []
@@ -111,9 +113,7 @@ def main(argv=None):
     meta = {"subjects": subjects, "sigmas_mm": sigmas, "window": args.window, "seed": args.seed,
             "image": "MPRAGE TI 0.9 s, noise-free, skull-stripped at brain fraction 0.5, "
                      "divided by the brain mean",
-            "models": {m: {"steps": models[m].manifest["steps"],
-                           "weights_sha256": models[m].manifest["weights_sha256"]}
-                       for m in models}, "wall_s": time.time() - t0}
+            "models": models_meta(models), "wall_s": time.time() - t0}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "partial_volume.json").write_text(json.dumps(

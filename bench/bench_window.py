@@ -31,7 +31,13 @@ import torch
 
 from phys_bids.models.inference import sliding_window_logits
 from phys_bids.synth import load_head
-from phys_bids.synth.evaluation import benchmark_models, dice, model_benchmark_parser, phantom
+from phys_bids.synth.evaluation import (
+    benchmark_models,
+    dice,
+    model_benchmark_parser,
+    models_meta,
+    phantom,
+)
 
 log = logging.getLogger("bench.window")
 TISSUES = ("GM", "WM", "CSF")
@@ -47,12 +53,9 @@ def probabilities(model, img, mask, ti: float, window: int) -> torch.Tensor:
 def main(argv=None):
     ap = model_benchmark_parser(__doc__)
     ap.add_argument("--windows", default="48,96,160")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=2024)
     ap.add_argument("--out", default="docs/results/window")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(args.threads)
     models, subjects = benchmark_models(args)
     windows = [int(w) for w in args.windows.split(",")]
     rows = []
@@ -100,9 +103,7 @@ def main(argv=None):
             }
     meta = {"subjects": subjects, "windows": windows, "seed": args.seed,
             "image": "MPRAGE TI 0.9 s, noise-free, skull-stripped, divided by the brain mean",
-            "models": {m: {"steps": models[m].manifest["steps"],
-                           "weights_sha256": models[m].manifest["weights_sha256"]}
-                       for m in models}, "wall_s": time.time() - t0}
+            "models": models_meta(models), "wall_s": time.time() - t0}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "window.json").write_text(json.dumps({"meta": meta, "summary": summary,

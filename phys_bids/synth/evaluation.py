@@ -19,7 +19,7 @@ from .gold_standard import physics_gold_standard
 from .tissues import CLASSES, TARGET_OF_CLASS
 
 __all__ = ["BRAIN", "development_data", "conditions", "phantom", "noisy_image", "dice",
-           "model_benchmark_parser", "benchmark_models"]
+           "model_benchmark_parser", "benchmark_models", "models_meta"]
 
 BRAIN = [CLASSES.index(c) for c in ("gm_cortex", "gm_deep", "wm", "csf")]
 
@@ -101,7 +101,8 @@ def dice(a, b, k) -> float:
 
 def model_benchmark_parser(doc: str):
     """The arguments every model benchmark of ``bench/`` shares: ``--data`` (label
-    maps), ``--models`` (names or folders, comma-separated), ``--subjects``."""
+    maps), ``--models`` (names or folders, comma-separated), ``--subjects``,
+    ``--threads`` and ``--seed`` (of the phantoms)."""
     import argparse
 
     ap = argparse.ArgumentParser(description=doc,
@@ -109,15 +110,27 @@ def model_benchmark_parser(doc: str):
     ap.add_argument("--data", default=str(development_data() / "label-maps"))
     ap.add_argument("--models", default="seg-physics,seg-baseline")
     ap.add_argument("--subjects", default=None, help="default: the test split of the manifest")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=2024)
     return ap
 
 
 def benchmark_models(args) -> tuple[dict, list[str]]:
     """``({name: loaded model}, subjects)`` for parsed :func:`model_benchmark_parser`
-    arguments; the subjects default to the first model's test split."""
+    arguments; the subjects default to the first model's test split. Sets torch's
+    threads to ``--threads``."""
     from ..models.registry import load_model
+
+    torch.set_num_threads(args.threads)
 
     models = {m: load_model(m) for m in args.models.split(",") if m}
     first = next(iter(models.values()))
     subjects = args.subjects.split(",") if args.subjects else first.manifest["split"]["test"]
     return models, subjects
+
+
+def models_meta(models: dict) -> dict:
+    """What a benchmark's JSON records of each model: its steps and weights hash."""
+    return {m: {"steps": model.manifest["steps"],
+                "weights_sha256": model.manifest["weights_sha256"]}
+            for m, model in models.items()}
