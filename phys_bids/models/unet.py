@@ -66,7 +66,7 @@ INPUT_TRANSFORMS = ("intensity", "log-contrast")
 LOG_CONTRAST_SCALES = (3, 9, 27)
 
 
-def _box_sum(x: Tensor, k: int) -> Tensor:
+def _box_mean(x: Tensor, k: int) -> Tensor:
     """Separable k^3 box mean with zero padding (the same divisor everywhere)."""
     p = k // 2
     for dim in range(3):
@@ -97,7 +97,7 @@ def log_contrast(image: Tensor, scales: tuple[int, ...] = LOG_CONTRAST_SCALES) -
     logi = torch.log(image.clamp_min(torch.finfo(image.dtype).tiny)) * mask
     channels = []
     for k in scales:
-        local = _box_sum(logi, k) / _box_sum(mask, k).clamp_min(1e-6)
+        local = _box_mean(logi, k) / _box_mean(mask, k).clamp_min(1e-6)
         channels.append((logi - local) * mask)
     return torch.cat([*channels, mask], dim=1)
 
