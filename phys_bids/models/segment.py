@@ -77,7 +77,7 @@ def network_input(model: LoadedModel, image: np.ndarray, mask: np.ndarray, seque
     x = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32))
     m = torch.from_numpy(np.ascontiguousarray(mask[box]))
     x = normalise_image(x * m, m)
-    if getattr(model.network, "log_input", False):
+    if model.network.log_input:
         # a log-contrast network takes the brain as the positive voxels: make it the mask
         # (an interpolated or bias-corrected image can hold a zero or negative inside)
         x = torch.where(m, x.clamp_min(1e-3), torch.zeros_like(x))
