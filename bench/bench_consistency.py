@@ -144,27 +144,13 @@ def main(argv=None):
             truth = np.array([float((anatomy == k).sum()) for k in (1, 2, 3)])
             for m in methods:
                 v = np.array(vols[m], dtype=np.float64)
-                d = np.array(dices[m], dtype=np.float64)
-                err = {"volume_error_pct": 100 * (np.nanmean(v, 0) - truth) / truth}
-                if soft[m]:
-                    err["soft_volume_error_pct"] = (100 * (np.mean(soft[m], 0) - truth)
-                                                    / truth)
-                results[m][cname].append({
-                    **{k: dict(zip(TISSUES.values(), e.tolist(), strict=True))
-                       for k, e in err.items()},
-                    "subject": subj,
-                    "cov_x1e3": dict(zip(TISSUES.values(),
-                                         (1e3 * np.nanstd(v, 0) / np.nanmean(v, 0)).tolist(),
-                                         strict=True)),
-                    "dice_anatomy": dict(zip(TISSUES.values(),
-                                             np.nanmean(d[:, :3], 0).tolist(), strict=True)),
-                    "dice_pgs": dict(zip(TISSUES.values(), np.nanmean(d[:, 3:], 0).tolist(),
-                                         strict=True)),
-                    "images": int(np.isfinite(v[:, 0]).sum()),
-                })
+                results[m][cname].append(subject_row(subj, v, np.array(dices[m]), soft[m],
+                                                     truth))
                 if cname.startswith("mprage"):
+                    # a failed image's volumes are null (JSON has no NaN)
                     curves.setdefault(m, {}).setdefault(cname, []).append(
-                        {"ti": params["ti"].tolist(), "volumes": v.tolist(), "subject": subj})
+                        {"ti": params["ti"].tolist(), "subject": subj,
+                         "volumes": [[None if np.isnan(x) else x for x in r] for r in v.tolist()]})
         # partial results after every subject: a long background run stopped early still
         # leaves the subjects it finished
         done.add(subj)
@@ -172,6 +158,30 @@ def main(argv=None):
                       t0, final=False, failures=failures)
     print(write_results(out, results, curves, models, args, subjects, t0, final=True,
                         failures=failures))
+
+
+def subject_row(subj: str, v: np.ndarray, d: np.ndarray, soft: list, truth: np.ndarray) -> dict:
+    """One subject's metrics for one method and condition from its per-image volumes ``v``
+    (images x 3 voxels, NaN where Atropos failed), Dice values ``d`` (images x 6: anatomy,
+    then gold standard) and soft volumes. Failed images are left out; where every image
+    failed, each metric is null, so that the JSON holds no NaN and the summary over
+    subjects averages the subjects that have one."""
+    ok = np.isfinite(v[:, 0])
+    row: dict = {"subject": subj, "images": int(ok.sum())}
+
+    def per_tissue(x) -> dict:
+        return dict(zip(TISSUES.values(), (x.tolist() if x is not None else [None] * 3),
+                        strict=True))
+
+    v, d = v[ok], d[ok].astype(np.float64)
+    have = bool(ok.any())
+    row["volume_error_pct"] = per_tissue(100 * (v.mean(0) - truth) / truth if have else None)
+    if soft:
+        row["soft_volume_error_pct"] = per_tissue(100 * (np.mean(soft, 0) - truth) / truth)
+    row["cov_x1e3"] = per_tissue(1e3 * v.std(0) / v.mean(0) if have else None)
+    row["dice_anatomy"] = per_tissue(d[:, :3].mean(0) if have else None)
+    row["dice_pgs"] = per_tissue(d[:, 3:].mean(0) if have else None)
+    return row
 
 
 def write_results(out, results, curves, models, args, subjects, t0, *, final: bool,
@@ -206,9 +216,11 @@ def summarise(results):
                 have = [r for r in rows if metric in r]  # older runs lack the errors
                 if len(have) < len(rows):
                     continue
-                entry[metric] = {t: (float(np.mean([r[metric][t] for r in have])),
-                                     float(np.std([r[metric][t] for r in have])))
-                                 for t in TISSUES.values()}
+                entry[metric] = {}
+                for t in TISSUES.values():
+                    x = [r[metric][t] for r in have if r[metric][t] is not None]
+                    entry[metric][t] = ((float(np.mean(x)), float(np.std(x))) if x
+                                        else (None, None))  # every image failed
             summary[m][c] = entry
     return summary
 
@@ -234,7 +246,7 @@ def markdown(summary, meta) -> str:
             for c in conds:
                 for t in TISSUES.values():
                     mu, sd = per[c][metric][t]
-                    cells.append(f"{mu:.3f}" if metric.startswith("dice")
+                    cells.append("n/a" if mu is None else f"{mu:.3f}" if metric.startswith("dice")
                                  else f"{mu:.2f} +- {sd:.2f}")
             lines.append(f"| {m} | " + " | ".join(cells) + " |")
         lines.append("")
@@ -255,7 +267,7 @@ def plot(curves, path):
             for cname, rows in per.items():
                 row = rows[0]
                 ti = np.array(row["ti"])
-                v = np.array(row["volumes"])[:, k - 1]
+                v = np.array(row["volumes"], dtype=np.float64)[:, k - 1]
                 ref = v[np.argmin(np.abs(ti - 0.9))]
                 ax.plot(ti, 100 * (v - ref) / ref, label=f"{m} ({cname})",
                         ls="-" if cname.endswith("id") else ":")

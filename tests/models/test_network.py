@@ -510,6 +510,68 @@ def test_partial_volume_probe_grows_the_mixed_share_and_reports_each_model(label
     assert np.allclose(sharp, smooth, rtol=0.02)
 
 
+def _no_nan(token):
+    raise AssertionError(f"{token} in a JSON file: not valid JSON")
+
+
+def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tmp_path,
+                                                                   caplog):
+    """bench/bench_consistency.py (the issue's benchmark) on tiny models, one small head
+    and 3 images per condition: a row per method and condition; the CoV is 10^3 SD/mean
+    of the volumes its TI plot shows; Dice lies in [0, 1]; Atropos segments the same
+    images (a failure is counted, not averaged); --resume adds a subject without
+    measuring the first one again."""
+    bench = bench_script("bench_consistency")
+    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
+    train(_tiny_cfg(max_steps=2, physics=False), label_dir, tmp_path / "base")
+    phys, base = str(tmp_path / "phys"), str(tmp_path / "base")
+    out = tmp_path / "out"
+    args = ["--data", str(label_dir), "--models", f"{phys},{base}", "--n-images", "3",
+            "--window", "16", "--threads", "1", "--out", str(out)]
+    bench.main(args + ["--subjects", "head_b"])
+    result = json.loads((out / "consistency.json").read_text(), parse_constant=_no_nan)
+    methods = [phys, base, "atropos"]
+    conds = {"mprage-id", "mprage-ood", "spgr-id", "spgr-ood"}
+    assert list(result["summary"]) == methods
+    assert result["meta"]["complete"] and result["meta"]["subjects"] == ["head_b"]
+    failed = result["meta"]["atropos_failures"]
+    for m in methods:
+        assert set(result["summary"][m]) == conds
+        for c in conds:
+            (row,) = result["per_subject"][m][c]
+            n_failed = sum(f["condition"] == c for f in failed) if m == "atropos" else 0
+            assert row["subject"] == "head_b" and row["images"] + n_failed == 3
+            if row["images"]:
+                assert all(0.0 <= d <= 1.0 for d in row["dice_anatomy"].values())
+                assert all(0.0 <= d <= 1.0 for d in row["dice_pgs"].values())
+            else:  # every image failed: null metrics, not NaN
+                assert set(row["cov_x1e3"].values()) == {None}
+        if m != "atropos":
+            (curve,) = result["curves"][m]["mprage-id"]
+            assert np.allclose(curve["ti"], [0.6, 0.9, 1.2])
+            v = np.array(curve["volumes"], dtype=np.float64)
+            row = result["per_subject"][m]["mprage-id"][0]
+            assert np.allclose([row["cov_x1e3"][t] for t in ("GM", "WM", "CSF")],
+                               1e3 * v.std(0) / v.mean(0))
+            assert "soft_volume_error_pct" in row
+    md = (out / "consistency.md").read_text()
+    assert md.count(f"| {phys} |") == md.count(f"| {base} |") == 5  # one row per metric
+    assert md.count("| atropos |") == 4  # no soft volume for a hard segmentation
+    assert (out / "volume_vs_ti.png").stat().st_size > 0
+    before = result["per_subject"]
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        bench.main(args + ["--subjects", "head_b,head_a", "--resume"])
+    result = json.loads((out / "consistency.json").read_text(), parse_constant=_no_nan)
+    assert result["meta"]["subjects"] == ["head_b", "head_a"]
+    assert "head_b already measured" in caplog.text
+    assert "head_b mprage-id" not in caplog.text and "head_a mprage-id 3/3" in caplog.text
+    for m in methods:
+        rows = result["per_subject"][m]["spgr-ood"]
+        assert [r["subject"] for r in rows] == ["head_b", "head_a"]
+        assert rows[0] == before[m]["spgr-ood"][0]
+
+
 def test_input_level_probe_reads_the_run_and_scales_the_input(label_dir, tmp_path):
     """bench/bench_input_level.py on a tiny model and a participant-style run folder: the
     acquisition comes from the sidecar, the volumes lie within the brain mask, scale 1 is
