@@ -15,7 +15,11 @@ application's). Per model and sigma:
 * the share of the brain volume in voxels whose largest tissue fraction is < 0.9;
 * the signed volume error vs the true (soft) tissue volumes inside the mask, % per
   tissue, of the hard labels (what the application reports) and of the summed
-  probabilities.
+  probabilities;
+* where the soft WM error lies: the sum of (WM probability - true WM fraction) over the
+  voxels that are nearly pure GM (GM fraction > 0.9), nearly pure WM (WM > 0.9) and the
+  rest (mixed, CSF), each as % of the true WM volume (the three add up to the soft WM
+  error).
 
     python bench/bench_partial_volume.py --models seg-physics,seg-physics-logc \
         --out docs/results/partial-volume
@@ -46,6 +50,21 @@ from phys_bids.synth.tissues import TARGET_OF_CLASS
 
 log = logging.getLogger("bench.partial_volume")
 TISSUES = ("GM", "WM", "CSF")
+
+
+REGIONS = {"gm_pure": "GM > 0.9 voxels", "wm_pure": "WM > 0.9 voxels",
+           "other": "other voxels (mixed, CSF)"}
+
+
+def wm_error_by_region(p_wm: np.ndarray, tissue: np.ndarray, mask: np.ndarray) -> dict:
+    """The soft WM volume error split by where it lies: {region: % of the true WM volume}
+    for nearly pure GM, nearly pure WM and the other voxels of the mask."""
+    gm, wm = tissue[0], tissue[1]
+    excess = np.where(mask, p_wm - wm, 0.0)
+    true_wm = float(wm[mask].sum())
+    gm_pure, wm_pure = mask & (gm > 0.9), mask & (wm > 0.9)
+    parts = {"gm_pure": gm_pure, "wm_pure": wm_pure, "other": mask & ~gm_pure & ~wm_pure}
+    return {r: 100 * float(excess[sel].sum()) / true_wm for r, sel in parts.items()}
 
 
 def smoothed_phantom(frac: torch.Tensor, present: list[int], sigma: float):
@@ -92,12 +111,14 @@ def main(argv=None):
                 lab = p.argmax(0) * mask
                 hard = [float((lab == k).sum()) for k in (1, 2, 3)]
                 soft = [float(p[k].sum()) for k in (1, 2, 3)]
+                wm_where = wm_error_by_region(p[2].numpy(), tissue, mask.numpy())
                 rows.append({
                     "model": name, "subject": subj, "sigma_mm": sigma, "mixed_share": mixed,
                     "hard_error_pct": {t: 100 * (v - r) / r
                                        for t, v, r in zip(TISSUES, hard, truth, strict=True)},
                     "soft_error_pct": {t: 100 * (v - r) / r
                                        for t, v, r in zip(TISSUES, soft, truth, strict=True)},
+                    "wm_soft_error_pct_by_region": wm_where,
                 })
                 log.info("%s %s sigma %.2f (mixed %.2f): hard %s (%.0f s)", name, subj, sigma,
                          mixed, " ".join(f"{e:+.1f}" for e in rows[-1]["hard_error_pct"].values()),
@@ -109,7 +130,10 @@ def main(argv=None):
             summary.setdefault(name, {})[str(sigma)] = {
                 "mixed_share": float(np.mean([r["mixed_share"] for r in sel])),
                 **{key: {t: float(np.mean([r[key][t] for r in sel])) for t in TISSUES}
-                   for key in ("hard_error_pct", "soft_error_pct")}}
+                   for key in ("hard_error_pct", "soft_error_pct")},
+                "wm_soft_error_pct_by_region": {
+                    r: float(np.mean([x["wm_soft_error_pct_by_region"][r] for x in sel]))
+                    for r in REGIONS}}
     meta = {"subjects": subjects, "sigmas_mm": sigmas, "window": args.window, "seed": args.seed,
             "image": "MPRAGE TI 0.9 s, noise-free, skull-stripped at brain fraction 0.5, "
                      "divided by the brain mean",
@@ -129,6 +153,16 @@ def main(argv=None):
             h, o = v["hard_error_pct"], v["soft_error_pct"]
             lines.append(f"| {name} | {s} | {v['mixed_share']:.2f} | "
                          + " | ".join(f"{h[t]:+.1f} ({o[t]:+.1f})" for t in TISSUES) + " |")
+    lines += ["", "Where the soft WM error lies: sum of (WM probability - true WM fraction) "
+              "over each set of voxels, % of the true WM volume (the three add up to the "
+              "soft WM error).", "",
+              "| model | sigma mm | " + " | ".join(REGIONS.values()) + " |",
+              "|---" * (2 + len(REGIONS)) + "|"]
+    for name, per in summary.items():
+        for s, v in per.items():
+            w = v["wm_soft_error_pct_by_region"]
+            lines.append(f"| {name} | {s} | " + " | ".join(f"{w[r]:+.1f}" for r in REGIONS)
+                         + " |")
     md = "\n".join(lines) + "\n"
     (out / "partial_volume.md").write_text(md)
     print(md)

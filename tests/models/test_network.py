@@ -499,7 +499,10 @@ def test_partial_volume_probe_grows_the_mixed_share_and_reports_each_model(label
     for per in result["summary"].values():
         assert per["0.0"]["mixed_share"] == 0.0 < per["1.5"]["mixed_share"] < 1.0
         assert all(np.isfinite(list(v["hard_error_pct"].values())).all() for v in per.values())
-    assert (tmp_path / "out" / "partial_volume.md").read_text().count("| 1.5 |") == 2
+    for row in result["per_subject"]:  # the regions partition the soft WM error
+        assert sum(row["wm_soft_error_pct_by_region"].values()) == pytest.approx(
+            row["soft_error_pct"]["WM"], abs=1e-3)
+    assert (tmp_path / "out" / "partial_volume.md").read_text().count("| 1.5 |") == 4
     # smoothing moves tissue between voxels but keeps its total
     from phys_bids.synth import load_head
     from phys_bids.synth.evaluation import phantom
@@ -508,6 +511,12 @@ def test_partial_volume_probe_grows_the_mixed_share_and_reports_each_model(label
     sharp = bench.smoothed_phantom(frac, present, 0.0)[2].sum(axis=(1, 2, 3))
     smooth = bench.smoothed_phantom(frac, present, 1.5)[2].sum(axis=(1, 2, 3))
     assert np.allclose(sharp, smooth, rtol=0.02)
+    # a perfect WM probability has no error anywhere; calling pure GM all WM puts it there
+    _, mask, tissue, _ = bench.smoothed_phantom(frac, present, 0.0)
+    mask = mask.numpy()
+    assert set(bench.wm_error_by_region(tissue[1], tissue, mask).values()) == {0.0}
+    where = bench.wm_error_by_region(np.where(tissue[0] > 0.9, 1.0, tissue[1]), tissue, mask)
+    assert where["gm_pure"] > 0 and where["wm_pure"] == where["other"] == 0.0
 
 
 def _no_nan(token):
