@@ -147,10 +147,8 @@ def main(argv=None):
                 results[m][cname].append(subject_row(subj, v, np.array(dices[m]), soft[m],
                                                      truth))
                 if cname.startswith("mprage"):
-                    # a failed image's volumes are null (JSON has no NaN)
                     curves.setdefault(m, {}).setdefault(cname, []).append(
-                        {"ti": params["ti"].tolist(), "subject": subj,
-                         "volumes": [[None if np.isnan(x) else x for x in r] for r in v.tolist()]})
+                        {"ti": params["ti"].tolist(), "volumes": v.tolist(), "subject": subj})
         # partial results after every subject: a long background run stopped early still
         # leaves the subjects it finished
         done.add(subj)
@@ -195,13 +193,25 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
                        "overlap with the anatomy (oracle)", "atropos_failures": failures,
             "images": "noise-free, skull-stripped with the anatomical brain mask, divided by the "
                       "mean in the mask", "wall_s": time.time() - t0}
-    (out / "consistency.json").write_text(json.dumps({"meta": meta, "summary": summary,
-                                                      "per_subject": results,
-                                                      "curves": curves}, indent=1))
+    doc = {"meta": meta, "summary": summary, "per_subject": results, "curves": curves}
+    (out / "consistency.json").write_text(json.dumps(_nan_to_null(doc), indent=1,
+                                                     allow_nan=False))
     md = markdown(summary, meta)
     (out / "consistency.md").write_text(md)
     plot(curves, out / "volume_vs_ti.png")
     return md
+
+
+def _nan_to_null(x):
+    """``x`` with every float NaN (a failed Atropos image's volumes) as None: JSON has no
+    NaN."""
+    if isinstance(x, float) and np.isnan(x):
+        return None
+    if isinstance(x, list):
+        return [_nan_to_null(i) for i in x]
+    if isinstance(x, dict):
+        return {k: _nan_to_null(v) for k, v in x.items()}
+    return x
 
 
 def summarise(results):

@@ -60,7 +60,7 @@ def wm_error_by_region(p_wm: np.ndarray, tissue: np.ndarray, mask: np.ndarray) -
     """The soft WM volume error split by where it lies: {region: % of the true WM volume}
     for nearly pure GM, nearly pure WM and the other voxels of the mask."""
     gm, wm = tissue[0], tissue[1]
-    excess = np.where(mask, p_wm - wm, 0.0)
+    excess = p_wm - wm  # summed over subsets of the mask only
     true_wm = float(wm[mask].sum())
     gm_pure, wm_pure = mask & (gm > 0.9), mask & (wm > 0.9)
     parts = {"gm_pure": gm_pure, "wm_pure": wm_pure, "other": mask & ~gm_pure & ~wm_pure}
