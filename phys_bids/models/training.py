@@ -58,6 +58,14 @@ class TrainConfig:
     channels: tuple[int, ...] = (8, 16, 32, 64)
     dropout: float = 0.1
     input_dropout: float = 0.05
+    #: PhysicsUNet input_dropout_mode: "channel" (Dropout3d, the models shipped so far: it
+    #: blanks a one-channel image with probability input_dropout) or "voxel" (the papers'
+    #: element-wise input-layer dropout)
+    input_dropout_mode: str = "channel"
+    #: train in the channels-last 3D memory layout (about 30 % faster per step on this
+    #: CPU; same function, float rounding differs, so the shipped configs leave it off
+    #: and replay their weights exactly)
+    channels_last: bool = False
     #: normalisation of the network's blocks (PhysicsUNet): "instance" (the models shipped
     #: so far), "batch" (the physics branch survives it; window-independent inference) or
     #: "none" (no statistics: the same function in training and at any window)
@@ -165,7 +173,8 @@ def build_model(cfg: TrainConfig, encoder: PhysicsEncoder) -> PhysicsUNet:
     return PhysicsUNet(channels=cfg.channels, physics_dim=encoder.dim if cfg.physics else 0,
                        dropout=cfg.dropout, input_dropout=cfg.input_dropout,
                        aleatoric=cfg.task == "segmentation", norm=cfg.norm, injection=cfg.injection,
-                       input_transform=cfg.input_transform)
+                       input_transform=cfg.input_transform,
+                       input_dropout_mode=cfg.input_dropout_mode)
 
 
 def _lr_at(cfg: TrainConfig, step: int) -> float:
@@ -364,6 +373,8 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         return gen, batches
 
     model = build_model(cfg, encoder).to(device)
+    layout = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     step, history = 0, {"step": [], "loss": [], "val": []}
@@ -411,8 +422,9 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
 
     def save():
         weights = out / "weights.pt"
-        _atomic_torch_save(model.state_dict(), weights)
-        _atomic_torch_save({"model": model.state_dict(), "optimizer": opt.state_dict(),
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        _atomic_torch_save(state, weights)
+        _atomic_torch_save({"model": state, "optimizer": opt.state_dict(),
                             "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
                             "step": step, "history": history}, ckpt_path)
         manifest = dict(manifest_base)
@@ -438,6 +450,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         for pg in opt.param_groups:
             pg["lr"] = _lr_at(cfg, step)
         batch = gen.sample(g)
+        batch["image"] = batch["image"].contiguous(memory_format=layout)
         loss, parts = _loss(model, batch, cfg, g)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -42,6 +42,16 @@ border too, and they are fixed functions of a bounded neighbourhood, so they do 
 depend on the window either. With ``norm="none"`` the network is then blind to the
 input level by construction, as instance norm makes it, without instance norm's
 dependence on what the window holds (docs/segmentation.md).
+
+Input dropout (``input_dropout_mode``). The papers drop 5 % of the *input layer*
+(acquisition-invariant-segmentation-uncertainty, sec. 2.4): ``"voxel"`` does that,
+element-wise dropout of the input voxels. ``"channel"``, the design of the models
+shipped so far, is ``Dropout3d``: on a one-channel image it zeroes the *whole* image
+with probability p. In training that fed them blank realisations (about one step in
+five held one, and its stratification loss pulled the other realisations' features
+towards those of an empty image); at inference it blanked whole sliding windows of a
+Monte-Carlo sample. :func:`enable_mc_dropout` therefore leaves a channel dropout of a
+one-channel input off: it is not a perturbation of the image but its removal.
 """
 
 from __future__ import annotations
@@ -61,6 +71,8 @@ NORMS = {"instance": lambda c: nn.InstanceNorm3d(c, affine=True),
 INJECTIONS = ("concat", "film")
 
 INPUT_TRANSFORMS = ("intensity", "log-contrast")
+
+INPUT_DROPOUT_MODES = ("channel", "voxel")
 
 #: box sizes (voxels) of the local means that :func:`log_contrast` subtracts
 LOG_CONTRAST_SCALES = (3, 9, 27)
@@ -170,13 +182,18 @@ class PhysicsUNet(nn.Module):
     input_transform : {"intensity", "log-contrast"}
         What the first block sees (module docstring); "intensity" is the design of the
         models shipped so far.
+    input_dropout_mode : {"channel", "voxel"}
+        ``Dropout3d`` of whole input channels (the models shipped so far; on a
+        one-channel image it blanks the image) or element-wise dropout of the input
+        voxels (the papers' input-layer dropout); module docstring.
     """
 
     def __init__(self, in_channels: int = 1, n_classes: int = 4,
                  channels: tuple[int, ...] = (8, 16, 32, 64), physics_dim: int = 10,
                  physics_hidden: int = 16, physics_channels: int = 8, dropout: float = 0.1,
                  input_dropout: float = 0.05, aleatoric: bool = True, norm: str = "instance",
-                 injection: str = "concat", input_transform: str = "intensity"):
+                 injection: str = "concat", input_transform: str = "intensity",
+                 input_dropout_mode: str = "channel"):
         super().__init__()
         if norm not in NORMS:
             raise ValueError(f"norm must be one of {sorted(NORMS)}, not {norm!r}")
@@ -185,6 +202,9 @@ class PhysicsUNet(nn.Module):
         if input_transform not in INPUT_TRANSFORMS:
             raise ValueError(f"input_transform must be one of {list(INPUT_TRANSFORMS)}, "
                              f"not {input_transform!r}")
+        if input_dropout_mode not in INPUT_DROPOUT_MODES:
+            raise ValueError(f"input_dropout_mode must be one of {list(INPUT_DROPOUT_MODES)}, "
+                             f"not {input_dropout_mode!r}")
         self.config = {
             "in_channels": in_channels, "n_classes": n_classes, "channels": list(channels),
             "physics_dim": physics_dim, "physics_hidden": physics_hidden,
@@ -194,6 +214,8 @@ class PhysicsUNet(nn.Module):
         }
         if input_transform != "intensity":  # shipped manifests do not name it
             self.config["input_transform"] = input_transform
+        if input_dropout_mode != "channel":  # shipped manifests do not name it
+            self.config["input_dropout_mode"] = input_dropout_mode
         self.log_input = input_transform == "log-contrast"
         self.film = injection == "film" and physics_dim > 0
         # concat: channels tiled at the two depths; film: (gamma, beta) for the two norms
@@ -210,7 +232,10 @@ class PhysicsUNet(nn.Module):
         if self.film:  # start as the identity modulation
             nn.init.zeros_(self.physics[-1].weight)
             nn.init.zeros_(self.physics[-1].bias)
-        self.input_dropout = nn.Dropout3d(input_dropout) if input_dropout > 0 else nn.Identity()
+        drop = nn.Dropout if input_dropout_mode == "voxel" else nn.Dropout3d
+        self.input_dropout = drop(input_dropout) if input_dropout > 0 else nn.Identity()
+        #: a channel dropout of a one-channel input removes the image (module docstring)
+        self.input_dropout_blanks = drop is nn.Dropout3d and in_channels == 1
         c = list(channels)
         self.enc = nn.ModuleList()
         first_in = in_channels * (len(LOG_CONTRAST_SCALES) + 1) if self.log_input else in_channels
@@ -289,9 +314,15 @@ class PhysicsUNet(nn.Module):
 
 
 def enable_mc_dropout(model: nn.Module, enabled: bool = True) -> nn.Module:
-    """Put only the dropout layers in training mode (Monte-Carlo dropout at inference)."""
+    """Put only the dropout layers in training mode (Monte-Carlo dropout at inference).
+
+    The input dropout of a :class:`PhysicsUNet` whose input dropout would blank the
+    whole image (``Dropout3d`` of a one-channel input, the shipped models) stays off:
+    a blank window is not a sample of the network's answer for that image."""
     model.eval()
+    skip = {id(m.input_dropout) for m in model.modules()
+            if isinstance(m, PhysicsUNet) and m.input_dropout_blanks}
     for m in model.modules():
-        if isinstance(m, nn.Dropout | nn.Dropout3d):
+        if isinstance(m, nn.Dropout | nn.Dropout3d) and id(m) not in skip:
             m.train(enabled)
     return model
