@@ -41,8 +41,8 @@ from .losses import (
 from .qmri_net import MAPS, UNITS, qmri_loss, qmri_metrics, raw_to_maps
 from .unet import PhysicsUNet
 
-__all__ = ["TrainConfig", "train", "needs_aligned", "sha256", "atomic_write_bytes",
-           "evaluate_batches", "validation_batches", "revalidate"]
+__all__ = ["TrainConfig", "resolve_config", "train", "needs_aligned", "sha256",
+           "atomic_write_bytes", "evaluate_batches", "validation_batches", "revalidate"]
 
 log = logging.getLogger("phys_bids.train")
 
@@ -124,13 +124,33 @@ class TrainConfig:
 
     @classmethod
     def from_json(cls, path) -> TrainConfig:
-        return cls.from_dict(json.loads(Path(path).read_text()))
+        """Read a configuration file; ``"extends": "other.json"`` (relative to the file)
+        takes that configuration and overrides the keys given here (``synth`` key by
+        key), so that an arm names only what it changes."""
+        return cls.from_dict(resolve_config(path))
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         for k in ("channels", "train_subjects", "val_subjects", "test_subjects", "cycles"):
             d[k] = list(d[k])
         return d
+
+
+def resolve_config(path, _seen: tuple = ()) -> dict:
+    """A configuration file's keys with its ``"extends"`` chain applied (base first)."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ValueError(f"{path}: configurations extend each other in a cycle")
+    data = json.loads(path.read_text())
+    base = data.pop("extends", None)
+    if base is None:
+        return data
+    merged = resolve_config(path.parent / base, (*_seen, path))
+    synth = {**merged.get("synth", {}), **data.get("synth", {})}
+    merged.update(data)
+    if synth:
+        merged["synth"] = synth
+    return merged
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

@@ -658,3 +658,78 @@ def test_a_contrast_encoded_model_trains_and_loads_with_its_encoder(label_dir, t
         b = loaded.network(x, loaded.encoder.encode("SPGR", {"tr": [0.2], "te": [0.02],
                                                              "fa": [5.0]}))[0]
     assert float((a - b).abs().max()) > 1e-4
+
+
+def test_monte_carlo_sampling_never_blanks_the_image():
+    # Dropout3d on a one-channel input (the shipped models' input dropout) zeroes the
+    # whole image: in Monte-Carlo sampling it stays off, the feature dropouts stay on
+    net = tiny(10, dropout=0.0, input_dropout=0.9)
+    assert net.input_dropout_blanks and isinstance(net.input_dropout, torch.nn.Dropout3d)
+    x, p = torch.rand(1, 1, 16, 16, 16) + 0.5, torch.zeros(1, 10)
+    with torch.no_grad():
+        ref = net.eval()(x, p)[0]
+        enable_mc_dropout(net)
+        assert not net.input_dropout.training
+        torch.manual_seed(0)
+        assert all(torch.equal(net(x, p)[0], ref) for _ in range(5))
+        # voxel mode (the papers' input-layer dropout): drops ~p of the voxels, never all
+        vnet = tiny(10, dropout=0.0, input_dropout=0.3, input_dropout_mode="voxel")
+        assert not vnet.input_dropout_blanks and vnet.config["input_dropout_mode"] == "voxel"
+        enable_mc_dropout(vnet)
+        assert vnet.input_dropout.training
+        kept = [float((vnet.input_dropout(x) > 0).float().mean()) for _ in range(5)]
+        assert all(0.6 < k < 0.8 for k in kept), kept
+        assert not torch.equal(vnet(x, p)[0], vnet(x, p)[0])
+    # the shipped models' manifests do not name the mode: they load as "channel"
+    assert "input_dropout_mode" not in tiny(10).config
+    with pytest.raises(ValueError, match="input_dropout_mode"):
+        tiny(10, input_dropout_mode="pixel")
+
+
+def test_channels_last_training_is_deterministic_and_loads_as_usual(label_dir, tmp_path):
+    cfg = _tiny_cfg(channels_last=True, input_dropout_mode="voxel")
+    m = train(cfg, label_dir, tmp_path / "cl")
+    assert m["architecture"]["args"]["input_dropout_mode"] == "voxel"
+    assert m["train_config"]["channels_last"] is True
+    # the weights on disk are in the ordinary layout and load into an ordinary network
+    state = torch.load(tmp_path / "cl" / "weights.pt", weights_only=True)
+    assert all(v.is_contiguous() for v in state.values())
+    loaded = load_model(tmp_path / "cl")
+    assert isinstance(loaded.network.input_dropout, torch.nn.Dropout)
+    # same seed, same weights; resuming continues the same run
+    assert train(cfg, label_dir, tmp_path / "again")["weights_sha256"] == m["weights_sha256"]
+    train(_tiny_cfg(channels_last=True, input_dropout_mode="voxel", max_steps=2), label_dir,
+          tmp_path / "split")
+    resumed = train(cfg, label_dir, tmp_path / "split")
+    assert resumed["history"]["resumed_at"] == [2]
+    assert resumed["history"]["loss"] == m["history"]["loss"]
+
+
+def test_a_config_extends_another_and_names_only_what_it_changes(tmp_path):
+    (tmp_path / "base.json").write_text(json.dumps(
+        {"name": "base", "max_steps": 10, "aligned_from_step": 5,
+         "synth": {"pv_sigma": 1.5, "snr": [15, 80]}}))
+    (tmp_path / "arm.json").write_text(json.dumps(
+        {"extends": "base.json", "name": "arm", "aligned_from_step": None,
+         "synth": {"pv_sigma": 3.0}}))
+    cfg = TrainConfig.from_json(tmp_path / "arm.json")
+    assert cfg.name == "arm" and cfg.max_steps == 10 and cfg.aligned_from_step is None
+    assert cfg.synth == {"pv_sigma": 3.0, "snr": [15, 80]}  # synth merged key by key
+    (tmp_path / "a.json").write_text(json.dumps({"extends": "b.json"}))
+    (tmp_path / "b.json").write_text(json.dumps({"extends": "a.json"}))
+    with pytest.raises(ValueError, match="cycle"):
+        TrainConfig.from_json(tmp_path / "a.json")
+
+
+def test_every_training_config_resolves():
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parents[2] / "workflows" / "configs"
+    if not folder.is_dir():
+        pytest.skip(f"{folder} not in this checkout (installed package only)")
+    names = set()
+    for path in sorted(folder.glob("*.json")):
+        cfg = TrainConfig.from_json(path)
+        assert cfg.name == path.stem, path  # the documented commands find it by name
+        names.add(cfg.name)
+    assert {"seg-physics", "seg-baseline", "seg-physics-vdrop"} <= names
