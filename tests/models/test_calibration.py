@@ -64,3 +64,30 @@ def test_calibration_heads_never_include_the_test_subjects():
         subjects("c,d", split)
     with pytest.raises(ValueError, match="not in the model's train/val split"):
         subjects("x", split)
+
+
+def test_calibration_rows_of_two_samplers_compare_on_the_images_they_share():
+    from ..scripts import bench_script
+
+    bench = bench_script("compare_calibration_rows")
+
+    def row(subject, tissue, median, half, seed=101):
+        return {"subject": subject, "condition": "mprage-id", "image": 0, "tissue": tissue,
+                "seed": seed, "truth_ml": 100.0, "in_training_space": True,
+                "median": median, "q1": median - half, "q3": median + half,
+                "p2_5": median - 2 * half, "p97_5": median + 2 * half}
+
+    old = [row("a", "GM", 110.0, 2.0), row("b", "GM", 90.0, 2.0), row("c", "GM", 95.0, 1.0)]
+    new = [row("a", "GM", 111.1, 1.0), row("b", "GM", 90.0, 0.5),
+           row("c", "GM", 95.0, 1.0, seed=7)]  # another seed: not the same image
+    res = bench.compare(old, new, seed=101)
+    assert res["rows"] == 2
+    gm = res["tissues"]["GM"]
+    assert gm["max_shift_pct"] == pytest.approx(1.0)
+    assert gm["median_shift_pct"] == pytest.approx(0.5)
+    assert gm["iqr_width_pct"][1] < gm["iqr_width_pct"][0]  # the new intervals are narrower
+    # narrower intervals around the same medians leave the truth further outside
+    assert res["margins"]["new"]["in"]["GM"]["0.5"] > res["margins"]["old"]["in"]["GM"]["0.5"]
+    assert "| GM |" in bench.markdown(res)
+    with pytest.raises(ValueError, match="share no"):
+        bench.compare(old, [row("z", "GM", 100.0, 1.0)])
