@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -89,7 +90,7 @@ def main(argv=None) -> int:
     ap.add_argument("--new", required=True, help="calibration.json of the same images")
     ap.add_argument("--seed", type=int, default=None, help="only the rows of this seed")
     args = ap.parse_args(argv)
-    rows = [json.loads(open(p).read())["rows"] for p in (args.old, args.new)]
+    rows = [json.loads(Path(p).read_text())["rows"] for p in (args.old, args.new)]
     try:
         result = compare(*rows, seed=args.seed)
     except ValueError as err:
