@@ -16,6 +16,11 @@ a T1w, so that a training run sees anatomy in the pose and on the grid it will m
 
     python workflows/labels_to_mni.py --data ../shared/data/label-maps
 
+Each head is registered with one thread: the registration's result depends on its
+thread count (it repeats bit for bit for a given count), and the shipped models'
+manifests record the sha256 of maps made with one thread. ``--threads N`` aligns N
+heads at a time in worker processes instead, so the maps are the same for any N.
+
 --out defaults to $XDG_CACHE_HOME/phys-bids/label-maps-mni (~/.cache/...), where
 workflows/train_segmentation.py looks for them (and runs this workflow when they are
 missing): the shipped segmentation models train 2250 steps on the label maps in
@@ -28,8 +33,10 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import multiprocessing
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import nibabel as nib
@@ -55,13 +62,17 @@ def synthetic_t1w(labels: np.ndarray) -> np.ndarray:
     return (sig.abs().numpy() * brain).astype(np.float32)
 
 
-def align(path: Path, out_dir: Path, template, *, threads: int, seed: int) -> dict:
+#: ITK threads of each registration, whatever --threads says (see the module docstring)
+REGISTRATION_THREADS = 1
+
+
+def align(path: Path, out_dir: Path, template, *, seed: int) -> dict:
     img = nib.load(str(path))
     labels = np.asanyarray(img.dataobj)
     moving = nib.Nifti1Image(synthetic_t1w(labels), img.affine)
     xfm = out_dir / f"{path.name.split('.nii')[0]}_from-native_to-template_xfm.mat"
     reg = register_to_template(moving, nib.load(str(template.t1w_brain)), xfm,
-                               threads=threads, seed=seed)
+                               threads=REGISTRATION_THREADS, seed=seed)
     lab_img = nib.Nifti1Image(labels.astype(np.float32), img.affine)
     warped = to_template(lab_img, nib.load(str(template.t1w_brain)), xfm,
                          interpolation="genericLabel")
@@ -86,7 +97,9 @@ def main(argv=None) -> int:
     ap.add_argument("--data", default=str(development_data() / "label-maps"))
     ap.add_argument("--out", default=str(aligned_label_maps()),
                     help="output folder (default: %(default)s)")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=2,
+                    help="heads aligned at a time (worker processes; each registration "
+                         "uses one thread, so the maps do not depend on this)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", default=None, help="template cache (default: OUT/.templates)")
     args = ap.parse_args(argv)
@@ -96,18 +109,28 @@ def main(argv=None) -> int:
         print(f"no label maps (*.nii.gz) in {data}", file=sys.stderr)
         return 2
     out.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(args.threads)
     template = get_template(Path(args.work) if args.work else out / ".templates")
     manifest = {"template": template.name, "template_source": template.source,
                 "command": "python workflows/labels_to_mni.py " + " ".join(argv or sys.argv[1:]),
-                "heads": {}}
+                "registration_threads": REGISTRATION_THREADS, "heads": {}}
     t0 = time.time()
-    for i, path in enumerate(heads, start=1):
-        manifest["heads"][path.name] = align(path, out, template, threads=args.threads,
-                                             seed=args.seed)
-        d = manifest["heads"][path.name]["brain_dice_with_template"]
-        print(f"{i}/{len(heads)} {path.name}: brain Dice with the template {d:.3f} "
-              f"({time.time() - t0:.0f} s)", flush=True)
+    workers = max(1, min(args.threads, len(heads)))
+
+    def report(i, path, entry):
+        manifest["heads"][path.name] = entry
+        print(f"{i}/{len(heads)} {path.name}: brain Dice with the template "
+              f"{entry['brain_dice_with_template']:.3f} ({time.time() - t0:.0f} s)", flush=True)
+
+    if workers == 1:
+        for i, path in enumerate(heads, start=1):
+            report(i, path, align(path, out, template, seed=args.seed))
+    else:  # spawn (not fork: a parent that has run ITK or torch threads can deadlock a
+        # forked child); the workers import this module as the parent did
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+            futures = [ex.submit(align, path, out, template, seed=args.seed) for path in heads]
+            for i, (path, fut) in enumerate(zip(heads, futures, strict=True), start=1):
+                report(i, path, fut.result())
+    manifest["heads"] = dict(sorted(manifest["heads"].items()))
     manifest["seconds"] = round(time.time() - t0, 1)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return 0

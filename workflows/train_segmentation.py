@@ -32,6 +32,7 @@ docs/segmentation.md started from the step-2250 checkpoint of seg-physics, e.g.:
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -41,14 +42,22 @@ from phys_bids.synth.evaluation import aligned_label_maps, development_data
 
 
 def ensure_aligned(cfg: TrainConfig, data: str, aligned: Path, threads: int) -> None:
-    """Make the MNI-aligned label maps the config needs unless they are there."""
-    subjects = (*cfg.train_subjects, *cfg.val_subjects)
-    if all((aligned / f"{s}.nii.gz").exists() for s in subjects):
-        return
+    """Make the MNI-aligned label maps the config needs unless they are there, made
+    the way the shipped models' were (one registration thread: labels_to_mni.py)."""
     import labels_to_mni  # workflows/, beside this script
 
-    logging.getLogger("phys_bids.train").info(
-        "aligning the label maps to MNI into %s (workflows/labels_to_mni.py)", aligned)
+    log = logging.getLogger("phys_bids.train")
+    subjects = (*cfg.train_subjects, *cfg.val_subjects)
+    made = aligned / "manifest.json"
+    reg_threads = (json.loads(made.read_text()).get("registration_threads")
+                   if made.is_file() else None)
+    if all((aligned / f"{s}.nii.gz").exists() for s in subjects):
+        if reg_threads == labels_to_mni.REGISTRATION_THREADS:
+            return
+        log.warning("%s: the aligned label maps there were not made with %d registration "
+                    "thread(s), so their sha256 may differ from the shipped manifests'; "
+                    "making them again", aligned, labels_to_mni.REGISTRATION_THREADS)
+    log.info("aligning the label maps to MNI into %s (workflows/labels_to_mni.py)", aligned)
     rc = labels_to_mni.main(["--data", data, "--out", str(aligned),
                              "--threads", str(threads)])
     if rc:

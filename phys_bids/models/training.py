@@ -333,6 +333,19 @@ def _label_paths(folder, subjects) -> dict[str, Path]:
     return paths
 
 
+def _warn_changed_data(previous: dict, current: dict) -> None:
+    """Log the label maps whose sha256 differ from those the resumed run recorded: the
+    run continues, but it no longer replays the weights of an uninterrupted run."""
+    for key in ("data", "aligned_data"):
+        old, new = previous.get(key) or {}, current.get(key) or {}
+        changed = sorted(s for s in old.keys() & new.keys()
+                         if old[s]["sha256"] != new[s]["sha256"])
+        if changed:
+            log.warning("%s: %s differ from the label maps this run trained on so far "
+                        "(sha256 in its manifest); it will not replay an uninterrupted run",
+                        key, ", ".join(changed))
+
+
 def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: str = "cpu",
           init_from: str | Path | None = None, aligned_dir=None) -> dict:
     """Train (or continue training) one model; returns the manifest.
@@ -436,6 +449,8 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
             "aligned_from_step": cfg.aligned_from_step} if aligned_paths else {}),
         **({"initialised_from": initialised_from} if initialised_from else {}),
     }
+    if step > 0 and (out / "manifest.json").is_file():
+        _warn_changed_data(json.loads((out / "manifest.json").read_text()), manifest_base)
     model.train()
     t_start = time.time()
     last_val = history["val"][-1] if history["val"] else None

@@ -1,4 +1,5 @@
 import json
+import logging
 import shutil
 
 import numpy as np
@@ -703,6 +704,22 @@ def test_channels_last_training_is_deterministic_and_loads_as_usual(label_dir, t
     resumed = train(cfg, label_dir, tmp_path / "split")
     assert resumed["history"]["resumed_at"] == [2]
     assert resumed["history"]["loss"] == m["history"]["loss"]
+
+
+def test_resuming_on_other_label_maps_warns(label_dir, tmp_path, caplog):
+    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "run")
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(label_dir / "head_a.nii.gz", other / "head_a.nii.gz")
+    write_phantom(other / "head_b.nii.gz", 40, 7)  # not the map the run started on
+    with caplog.at_level(logging.WARNING, logger="phys_bids.train"):
+        train(_tiny_cfg(max_steps=3), other, tmp_path / "run")
+    msgs = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("head_b" in m and "head_a" not in m for m in msgs), msgs
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="phys_bids.train"):
+        train(_tiny_cfg(max_steps=4), other, tmp_path / "run")  # same maps as last time
+    assert not [r for r in caplog.records if r.levelno == logging.WARNING]
 
 
 def test_a_config_extends_another_and_names_only_what_it_changes(tmp_path):

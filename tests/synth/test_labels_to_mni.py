@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import sys
 from pathlib import Path
 
 import nibabel as nib
@@ -42,3 +43,56 @@ def test_labels_land_on_the_template_grid_with_their_values(tmp_path):
     src = set(np.unique(phantom_labels(40, 3)).tolist())
     assert set(np.unique(np.asanyarray(res.dataobj)).tolist()) <= src
     assert (out / entry["transform"]).is_file()
+
+
+def test_the_maps_do_not_depend_on_threads(tmp_path, monkeypatch):
+    # --threads aligns heads in parallel processes; each registration runs with one
+    # thread, so the maps (and their sha256, which training manifests record) are the
+    # same for any --threads
+    # imported the way train_segmentation.py imports it (workflows/ on the path), so
+    # that the worker processes can import align() as the parent names it
+    monkeypatch.syspath_prepend(str(ROOT / "workflows"))
+    monkeypatch.delitem(sys.modules, "labels_to_mni", raising=False)
+    mod = importlib.import_module("labels_to_mni")
+    data = tmp_path / "in"
+    data.mkdir()
+    for i, name in enumerate(("head_x", "head_y")):
+        write_phantom(data / f"{name}.nii.gz", 40, 3 + i)
+    outs = {}
+    for threads in (1, 2):
+        out = tmp_path / f"out{threads}"
+        assert mod.main(["--data", str(data), "--out", str(out), "--threads",
+                         str(threads), "--work", str(tmp_path / "tpl")]) == 0
+        man = json.loads((out / "manifest.json").read_text())
+        assert man["registration_threads"] == 1 and list(man["heads"]) == [
+            "head_x.nii.gz", "head_y.nii.gz"]
+        outs[threads] = {n: (out / n).read_bytes() for n in man["heads"]}
+    assert outs[1] == outs[2]
+    assert outs[1]["head_x.nii.gz"] != outs[1]["head_y.nii.gz"]
+
+
+def test_training_remakes_aligned_maps_made_another_way(tmp_path, monkeypatch):
+    # workflows/train_segmentation.py uses the aligned maps it finds only when they were
+    # made with one registration thread (the shipped manifests' sha256); older maps
+    # are made again
+    from ..scripts import workflow_script
+
+    calls = []
+    monkeypatch.setitem(sys.modules, "labels_to_mni", labels_to_mni)
+    monkeypatch.setattr(labels_to_mni, "main", lambda argv: calls.append(argv) or 0)
+    trainer = workflow_script("train_segmentation")
+    cfg = trainer.TrainConfig(train_subjects=("head_a",), val_subjects=("head_b",))
+    aligned = tmp_path / "aligned"
+    aligned.mkdir()
+    for s in ("head_a", "head_b"):
+        (aligned / f"{s}.nii.gz").write_bytes(b"")
+    (aligned / "manifest.json").write_text(json.dumps({"registration_threads": 1}))
+    trainer.ensure_aligned(cfg, "labels", aligned, 2)
+    assert calls == []
+    (aligned / "manifest.json").write_text(json.dumps({"heads": {}}))  # made before
+    trainer.ensure_aligned(cfg, "labels", aligned, 2)
+    assert calls == [["--data", "labels", "--out", str(aligned), "--threads", "2"]]
+    (aligned / "manifest.json").write_text(json.dumps({"registration_threads": 1}))
+    (aligned / "head_b.nii.gz").unlink()
+    trainer.ensure_aligned(cfg, "labels", aligned, 1)
+    assert len(calls) == 2
