@@ -6,7 +6,9 @@ with the loss ``stochastic CE + soft Dice + lambda * stratification``. It stops 
 when ``time_limit_min`` is reached, and always leaves in ``out_dir``:
 
 * ``checkpoint.pt``: model, optimiser, step, RNG states and history (resume point);
-* ``weights.pt``: the model's state dict (what inference loads);
+* ``weights.pt``: the model's state dict (what inference loads): the last step's
+  weights, or with ``ema_decay`` their exponential moving average (Polyak averaging)
+  once it has started;
 * ``manifest.json``: architecture, input normalisation, patch, parameter spaces,
   subject split, seeds, data hashes, code commit, loss curves, validation metrics
   and the sha256 of ``weights.pt``.
@@ -16,6 +18,7 @@ Every file is written atomically (temporary file, then rename).
 
 from __future__ import annotations
 
+import copy
 import io
 import json
 import logging
@@ -108,6 +111,13 @@ class TrainConfig:
     threads: int = 1
     val_every: int = 50
     checkpoint_every: int = 25
+    #: exponential moving average of the weights (Polyak averaging; 0 = off): from
+    #: ``ema_from_step`` on, ``ema = d * ema + (1 - d) * weights`` after every step, and the
+    #: average is what ``weights.pt`` holds and validation scores (``history["val"]``;
+    #: the last step's weights in ``history["val_raw"]``). Averaging leaves the training
+    #: trajectory itself unchanged.
+    ema_decay: float = 0.0
+    ema_from_step: int = 0
     time_limit_min: float | None = None
     train_subjects: tuple[str, ...] = tuple(f"head_{i:02d}" for i in range(1, 12))
     val_subjects: tuple[str, ...] = ("head_12", "head_13")
@@ -128,6 +138,10 @@ class TrainConfig:
         takes that configuration and overrides the keys given here (``synth`` key by
         key), so that an arm names only what it changes."""
         return cls.from_dict(resolve_config(path))
+
+    def __post_init__(self):
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -346,6 +360,22 @@ def _warn_changed_data(previous: dict, current: dict) -> None:
                         key, ", ".join(changed))
 
 
+def _ema_start(model: torch.nn.Module) -> dict:
+    """The average at its first step: a copy of the model's weights."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@torch.no_grad()
+def _ema_update(ema: dict, model: torch.nn.Module, decay: float) -> None:
+    """``ema <- decay * ema + (1 - decay) * weights`` for floating-point entries of the
+    state dict; integer buffers (counters) take the model's value."""
+    for k, v in model.state_dict().items():
+        if v.is_floating_point():
+            ema[k].lerp_(v, 1.0 - decay)
+        else:
+            ema[k].copy_(v)
+
+
 def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: str = "cpu",
           init_from: str | Path | None = None, aligned_dir=None) -> dict:
     """Train (or continue training) one model; returns the manifest.
@@ -411,6 +441,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)
     step, history = 0, {"step": [], "loss": [], "val": []}
+    ema = None  # the averaged state dict, once cfg.ema_from_step is reached
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
         ck = torch.load(ckpt_path, map_location=device, weights_only=False)
@@ -419,6 +450,8 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         g.set_state(ck["generator"])
         torch.set_rng_state(ck["torch_rng"])
         step, history = ck["step"], ck["history"]
+        if cfg.ema_decay > 0 and ck.get("ema") is not None:
+            ema = ck["ema"]
         history.setdefault("resumed_at", []).append(step)
         log.info("resumed %s at step %d", cfg.name, step)
     aligned = _aligned_at(cfg, step)
@@ -451,17 +484,36 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
     }
     if step > 0 and (out / "manifest.json").is_file():
         _warn_changed_data(json.loads((out / "manifest.json").read_text()), manifest_base)
+    if cfg.ema_decay > 0:
+        manifest_base["weight_averaging"] = {
+            "method": "exponential moving average of the weights after every step",
+            "decay": cfg.ema_decay, "from_step": cfg.ema_from_step,
+            "weights.pt": "the average (the last step's weights are checkpoint.pt 'model')"}
     model.train()
     t_start = time.time()
     last_val = history["val"][-1] if history["val"] else None
+    ema_model = copy.deepcopy(model) if cfg.ema_decay > 0 else None
+    if ema is None and cfg.ema_decay > 0 and step >= cfg.ema_from_step:
+        # a run from scratch with ema_from_step 0, or one resumed at or after
+        # ema_from_step from a checkpoint without an average: it starts here
+        ema = _ema_start(model)
+
+    def shipped_model():
+        """The network whose weights go to weights.pt: the average once it exists."""
+        if ema is None:
+            return model
+        ema_model.load_state_dict(ema)
+        return ema_model
 
     def save():
         weights = out / "weights.pt"
         state = {k: v.contiguous() for k, v in model.state_dict().items()}
-        _atomic_torch_save(state, weights)
+        shipped = state if ema is None else {k: v.contiguous() for k, v in ema.items()}
+        _atomic_torch_save(shipped, weights)
         _atomic_torch_save({"model": state, "optimizer": opt.state_dict(),
                             "generator": g.get_state(), "torch_rng": torch.get_rng_state(),
-                            "step": step, "history": history}, ckpt_path)
+                            "step": step, "history": history,
+                            **({"ema": shipped} if ema is not None else {})}, ckpt_path)
         manifest = dict(manifest_base)
         manifest.update({
             "steps": step, "complete": step >= cfg.max_steps, "code_commit": code_commit,
@@ -492,6 +544,10 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
         opt.step()
         step += 1
+        if ema is not None:
+            _ema_update(ema, model, cfg.ema_decay)
+        elif cfg.ema_decay > 0 and step >= cfg.ema_from_step:
+            ema = _ema_start(model)
         history["step"].append(step)
         history["loss"].append(round(loss.item(), 5))
         for k, v in parts.items():
@@ -501,8 +557,11 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
                      loss.item(), " ".join(f"{k} {v:.4f}" for k, v in parts.items()),
                      (time.time() - t_start) / max(1, step - session_start))
         if step % cfg.val_every == 0 or step == cfg.max_steps:
-            last_val = {"step": step, **evaluate(model, val_batches, cfg)}
+            last_val = {"step": step, **evaluate(shipped_model(), val_batches, cfg)}
             history["val"].append(last_val)
+            if ema is not None:
+                history.setdefault("val_raw", []).append(
+                    {"step": step, **evaluate(model, val_batches, cfg)})
             log.info("%s validation %s", cfg.name, json.dumps(last_val))
         out_of_time = (cfg.time_limit_min is not None
                        and time.time() - t_start > 60 * cfg.time_limit_min)

@@ -706,6 +706,49 @@ def test_channels_last_training_is_deterministic_and_loads_as_usual(label_dir, t
     assert resumed["history"]["loss"] == m["history"]["loss"]
 
 
+def test_weight_averaging_ships_the_average_and_leaves_training_unchanged(label_dir, tmp_path):
+    # the same run with and without the moving average: the trajectory (losses, last
+    # weights) is identical, and weights.pt holds the average of the last weights.
+    # A constant learning rate makes a shorter run the first steps of a longer one.
+    def cfg_(**kw):
+        return _tiny_cfg(lr=1e-3, min_lr=1e-3, warmup=0, **kw)
+
+    plain = train(cfg_(max_steps=5), label_dir, tmp_path / "plain")
+    cfg = cfg_(max_steps=5, ema_decay=0.5, ema_from_step=3)
+    m = train(cfg, label_dir, tmp_path / "ema")
+    assert m["history"]["loss"] == plain["history"]["loss"]
+    ck = torch.load(tmp_path / "ema" / "checkpoint.pt", weights_only=False)
+    last = torch.load(tmp_path / "plain" / "weights.pt", weights_only=True)
+    assert all(torch.equal(ck["model"][k], last[k]) for k in last)
+    # the average by hand from the weights after steps 3, 4, 5 (runs stopped there)
+    w = {}
+    for s in (3, 4):
+        train(cfg_(max_steps=s), label_dir, tmp_path / f"s{s}")
+        w[s] = torch.load(tmp_path / f"s{s}" / "weights.pt", weights_only=True)
+    w[5] = last
+    shipped = torch.load(tmp_path / "ema" / "weights.pt", weights_only=True)
+    k = next(k for k, v in shipped.items() if v.is_floating_point() and v.numel() > 1)
+    expected = 0.25 * w[3][k] + 0.25 * w[4][k] + 0.5 * w[5][k]
+    assert torch.allclose(shipped[k], expected, atol=1e-6)
+    assert not torch.equal(shipped[k], w[5][k])
+    assert m["weights_sha256"] != plain["weights_sha256"]
+    assert m["weight_averaging"]["decay"] == 0.5
+    # validation scores the average; the last weights' scores are kept beside it
+    assert [v["step"] for v in m["history"]["val_raw"]] == [4, 5]
+    assert m["history"]["val_raw"][-1]["dice_mean"] == plain["history"]["val"][-1]["dice_mean"]
+    assert m["validation"] == m["history"]["val"][-1]
+    loaded = load_model(tmp_path / "ema")
+    assert loaded.manifest["weights_sha256"] == m["weights_sha256"]
+    # resuming (at step 2, before the average starts, and at 4, inside it) is bit for bit
+    for stop in (2, 4):
+        train(cfg_(max_steps=stop, ema_decay=0.5, ema_from_step=3), label_dir,
+              tmp_path / f"r{stop}")
+        r = train(cfg, label_dir, tmp_path / f"r{stop}")
+        assert r["weights_sha256"] == m["weights_sha256"] and r["history"]["resumed_at"] == [stop]
+    with pytest.raises(ValueError, match="ema_decay"):
+        _tiny_cfg(ema_decay=1.0)
+
+
 def test_resuming_on_other_label_maps_warns(label_dir, tmp_path, caplog):
     train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "run")
     other = tmp_path / "other"
