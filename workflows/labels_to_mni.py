@@ -18,8 +18,9 @@ a T1w, so that a training run sees anatomy in the pose and on the grid it will m
 
 Each head is registered with one thread: the registration's result depends on its
 thread count (it repeats bit for bit for a given count), and the shipped models'
-manifests record the sha256 of maps made with one thread. ``--threads N`` aligns N
-heads at a time in worker processes instead, so the maps are the same for any N.
+manifests record the sha256 of maps made with one thread. Each head is aligned in a
+fresh worker process (ITK keeps the thread count of its first use in a process);
+``--threads N`` runs N of them at a time, so the maps are the same for any N.
 
 --out defaults to $XDG_CACHE_HOME/phys-bids/label-maps-mni (~/.cache/...), where
 workflows/train_segmentation.py looks for them (and runs this workflow when they are
@@ -121,15 +122,13 @@ def main(argv=None) -> int:
         print(f"{i}/{len(heads)} {path.name}: brain Dice with the template "
               f"{entry['brain_dice_with_template']:.3f} ({time.time() - t0:.0f} s)", flush=True)
 
-    if workers == 1:
-        for i, path in enumerate(heads, start=1):
-            report(i, path, align(path, out, template, seed=args.seed))
-    else:  # spawn (not fork: a parent that has run ITK or torch threads can deadlock a
-        # forked child); the workers import this module as the parent did
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
-            futures = [ex.submit(align, path, out, template, seed=args.seed) for path in heads]
-            for i, (path, fut) in enumerate(zip(heads, futures, strict=True), start=1):
-                report(i, path, fut.result())
+    # always in spawned worker processes, even one: ITK fixes its thread count when a
+    # process first uses it, so a parent that has registered with more threads (the
+    # test suite, a pipeline) would not honour the one thread; a fresh process does
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
+        futures = [ex.submit(align, path, out, template, seed=args.seed) for path in heads]
+        for i, (path, fut) in enumerate(zip(heads, futures, strict=True), start=1):
+            report(i, path, fut.result())
     manifest["heads"] = dict(sorted(manifest["heads"].items()))
     manifest["seconds"] = round(time.time() - t0, 1)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")

@@ -132,6 +132,7 @@ def test_a_session_without_qmri_images_has_no_sets(tmp_path):
     assert find_sets(tmp_path, "02", None) == []
 
 
+@pytest.mark.realdata
 def test_the_placeholder_images_of_the_bids_examples_are_skipped_with_a_reason(shared_data):
     root = shared_data / "bids-examples-qmri" / "qmri_vfa"
     sets = find_sets(root, "01", None)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from phys_bids.synth.tissues import CLASSES, label_to_class
 
@@ -28,12 +29,21 @@ def test_synthetic_t1w_has_t1_contrast_and_no_skull():
     assert img[cls == CLASSES.index("skull")].max() == 0 and img[cls == 0].max() == 0
 
 
-def test_labels_land_on_the_template_grid_with_their_values(tmp_path):
+@pytest.fixture
+def importable(monkeypatch):
+    """The workflow imported the way train_segmentation.py imports it (workflows/ on
+    the path), so that its worker processes can import align() as the parent names it."""
+    monkeypatch.syspath_prepend(str(ROOT / "workflows"))
+    monkeypatch.delitem(sys.modules, "labels_to_mni", raising=False)
+    return importlib.import_module("labels_to_mni")
+
+
+def test_labels_land_on_the_template_grid_with_their_values(tmp_path, importable):
     data = tmp_path / "in"
     data.mkdir()
     write_phantom(data / "head_x.nii.gz", 40, 3)
     out = tmp_path / "out"
-    assert labels_to_mni.main(["--data", str(data), "--out", str(out), "--threads", "1"]) == 0
+    assert importable.main(["--data", str(data), "--out", str(out), "--threads", "1"]) == 0
     man = json.loads((out / "manifest.json").read_text())
     entry = man["heads"]["head_x.nii.gz"]
     assert entry["labels_kept"] and 0.0 <= entry["brain_dice_with_template"] <= 1.0
@@ -45,15 +55,16 @@ def test_labels_land_on_the_template_grid_with_their_values(tmp_path):
     assert (out / entry["transform"]).is_file()
 
 
-def test_the_maps_do_not_depend_on_threads(tmp_path, monkeypatch):
-    # --threads aligns heads in parallel processes; each registration runs with one
-    # thread, so the maps (and their sha256, which training manifests record) are the
-    # same for any --threads
-    # imported the way train_segmentation.py imports it (workflows/ on the path), so
-    # that the worker processes can import align() as the parent names it
-    monkeypatch.syspath_prepend(str(ROOT / "workflows"))
-    monkeypatch.delitem(sys.modules, "labels_to_mni", raising=False)
-    mod = importlib.import_module("labels_to_mni")
+def test_the_maps_do_not_depend_on_threads(tmp_path, importable):
+    # --threads aligns heads in parallel worker processes; each registration runs with
+    # one thread, so the maps (and their sha256, which training manifests record) are
+    # the same for any --threads, also when this process has registered with more
+    # threads before (ITK keeps the count of its first use in a process)
+    from phys_bids.preproc.register import register_to_template
+
+    fixed = nib.Nifti1Image(np.pad(np.ones((8, 8, 8), np.float32), 8), np.eye(4))
+    register_to_template(fixed, fixed, tmp_path / "warm.mat", threads=2)
+    mod = importable
     data = tmp_path / "in"
     data.mkdir()
     for i, name in enumerate(("head_x", "head_y")):
