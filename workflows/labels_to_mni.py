@@ -116,20 +116,17 @@ def main(argv=None) -> int:
                 "registration_threads": REGISTRATION_THREADS, "heads": {}}
     t0 = time.time()
     workers = max(1, min(args.threads, len(heads)))
-
-    def report(i, path, entry):
-        manifest["heads"][path.name] = entry
-        print(f"{i}/{len(heads)} {path.name}: brain Dice with the template "
-              f"{entry['brain_dice_with_template']:.3f} ({time.time() - t0:.0f} s)", flush=True)
-
     # always in spawned worker processes, even one: ITK fixes its thread count when a
     # process first uses it, so a parent that has registered with more threads (the
-    # test suite, a pipeline) would not honour the one thread; a fresh process does
+    # test suite, a pipeline) would not honour the one thread; a fresh process does.
+    # Results are taken in the (sorted) order of the heads, as the manifest lists them.
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as ex:
         futures = [ex.submit(align, path, out, template, seed=args.seed) for path in heads]
         for i, (path, fut) in enumerate(zip(heads, futures, strict=True), start=1):
-            report(i, path, fut.result())
-    manifest["heads"] = dict(sorted(manifest["heads"].items()))
+            entry = manifest["heads"][path.name] = fut.result()
+            print(f"{i}/{len(heads)} {path.name}: brain Dice with the template "
+                  f"{entry['brain_dice_with_template']:.3f} ({time.time() - t0:.0f} s)",
+                  flush=True)
     manifest["seconds"] = round(time.time() - t0, 1)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     return 0

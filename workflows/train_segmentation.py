@@ -48,11 +48,10 @@ def ensure_aligned(cfg: TrainConfig, data: str, aligned: Path, threads: int) -> 
 
     log = logging.getLogger("phys_bids.train")
     subjects = (*cfg.train_subjects, *cfg.val_subjects)
-    made = aligned / "manifest.json"
-    reg_threads = (json.loads(made.read_text()).get("registration_threads")
-                   if made.is_file() else None)
     if all((aligned / f"{s}.nii.gz").exists() for s in subjects):
-        if reg_threads == labels_to_mni.REGISTRATION_THREADS:
+        made = aligned / "manifest.json"
+        if made.is_file() and json.loads(made.read_text()).get(
+                "registration_threads") == labels_to_mni.REGISTRATION_THREADS:
             return
         log.warning("%s: the aligned label maps there were not made with %d registration "
                     "thread(s), so their sha256 may differ from the shipped manifests'; "
