@@ -19,7 +19,11 @@ application's). Per model and sigma:
 * where the soft WM error lies: the sum of (WM probability - true WM fraction) over the
   voxels that are nearly pure GM (GM fraction > 0.9), nearly pure WM (WM > 0.9) and the
   rest (mixed, CSF), each as % of the true WM volume (the three add up to the soft WM
-  error).
+  error);
+* where the hard labels are wrong inside each tissue: the share of its voxels (of the
+  argmax of the true fractions) labelled otherwise at depth 1, 2, 3 and >= 4 voxels
+  from the tissue's border (``error_by_depth``), pooled over the subjects. Thin cortex
+  lies at depths 1-2; depths >= 3 are the interiors of WM, deep GM and ventricles.
 
     python bench/bench_partial_volume.py --models seg-physics,seg-physics-logc \
         --out docs/results/partial-volume
@@ -42,6 +46,7 @@ from phys_bids.models.inference import sliding_window_logits
 from phys_bids.synth import load_head
 from phys_bids.synth.evaluation import (
     benchmark_models,
+    error_by_depth,
     model_benchmark_parser,
     models_meta,
     phantom,
@@ -50,6 +55,7 @@ from phys_bids.synth.tissues import TARGET_OF_CLASS
 
 log = logging.getLogger("bench.partial_volume")
 TISSUES = ("GM", "WM", "CSF")
+DEPTHS = (1, 2, 3, 4)  # voxels from the tissue's border; 4: that deep or deeper
 
 
 REGIONS = {"gm_pure": "GM > 0.9 voxels", "wm_pure": "WM > 0.9 voxels",
@@ -65,6 +71,14 @@ def wm_error_by_region(p_wm: np.ndarray, tissue: np.ndarray, mask: np.ndarray) -
     gm_pure, wm_pure = mask & (gm > 0.9), mask & (wm > 0.9)
     parts = {"gm_pure": gm_pure, "wm_pure": wm_pure, "other": mask & ~gm_pure & ~wm_pure}
     return {r: 100 * float(excess[sel].sum()) / true_wm for r, sel in parts.items()}
+
+
+def pooled_error(rows: list[dict], tissue: str, depth: str) -> float | None:
+    """% of a tissue's voxels at one depth labelled otherwise, pooled over ``rows``
+    (None where no subject has voxels that deep)."""
+    cells = [r["hard_error_by_depth"][tissue][depth] for r in rows]
+    n = sum(c["n"] for c in cells)
+    return 100 * sum(c["wrong"] for c in cells) / n if n else None
 
 
 def smoothed_phantom(frac: torch.Tensor, present: list[int], sigma: float):
@@ -112,6 +126,8 @@ def main(argv=None):
                 hard = [float((lab == k).sum()) for k in (1, 2, 3)]
                 soft = [float(p[k].sum()) for k in (1, 2, 3)]
                 wm_where = wm_error_by_region(p[2].numpy(), tissue, mask.numpy())
+                truth_lab = (tissue.argmax(0) + 1) * mask.numpy()
+                depth = error_by_depth(lab.numpy(), truth_lab, max_depth=DEPTHS[-1])
                 rows.append({
                     "model": name, "subject": subj, "sigma_mm": sigma, "mixed_share": mixed,
                     "hard_error_pct": {t: 100 * (v - r) / r
@@ -119,6 +135,8 @@ def main(argv=None):
                     "soft_error_pct": {t: 100 * (v - r) / r
                                        for t, v, r in zip(TISSUES, soft, truth, strict=True)},
                     "wm_soft_error_pct_by_region": wm_where,
+                    "hard_error_by_depth": {t: {str(d): v for d, v in depth[k].items()}
+                                            for k, t in enumerate(TISSUES, start=1)},
                 })
                 log.info("%s %s sigma %.2f (mixed %.2f): hard %s (%.0f s)", name, subj, sigma,
                          mixed, " ".join(f"{e:+.1f}" for e in rows[-1]["hard_error_pct"].values()),
@@ -133,7 +151,9 @@ def main(argv=None):
                    for key in ("hard_error_pct", "soft_error_pct")},
                 "wm_soft_error_pct_by_region": {
                     r: float(np.mean([x["wm_soft_error_pct_by_region"][r] for x in sel]))
-                    for r in REGIONS}}
+                    for r in REGIONS},
+                "hard_error_pct_by_depth": {t: {str(d): pooled_error(sel, t, str(d))
+                                                for d in DEPTHS} for t in TISSUES}}
     meta = {"subjects": subjects, "sigmas_mm": sigmas, "window": args.window, "seed": args.seed,
             "image": "MPRAGE TI 0.9 s, noise-free, skull-stripped at brain fraction 0.5, "
                      "divided by the brain mean",
@@ -163,6 +183,19 @@ def main(argv=None):
             w = v["wm_soft_error_pct_by_region"]
             lines.append(f"| {name} | {s} | " + " | ".join(f"{w[r]:+.1f}" for r in REGIONS)
                          + " |")
+    lines += ["", "Where the hard labels are wrong: % of each tissue's voxels (argmax of the true "
+              "fractions) labelled otherwise, by depth in voxels from the tissue's border "
+              "(pooled over the subjects; cortex lies at depths 1-2, the interiors of WM, "
+              "deep GM and ventricles deeper).", "",
+              "| model | sigma mm | " + " | ".join(
+                  f"{t} {d if d < DEPTHS[-1] else f'>={d}'}" for t in TISSUES for d in DEPTHS)
+              + " |", "|---" * (2 + len(TISSUES) * len(DEPTHS)) + "|"]
+    for name, per in summary.items():
+        for s, v in per.items():
+            e = v["hard_error_pct_by_depth"]
+            lines.append(f"| {name} | {s} | " + " | ".join(
+                "-" if e[t][str(d)] is None else f"{e[t][str(d)]:.1f}"
+                for t in TISSUES for d in DEPTHS) + " |")
     md = "\n".join(lines) + "\n"
     (out / "partial_volume.md").write_text(md)
     print(md)

@@ -19,7 +19,7 @@ from .gold_standard import physics_gold_standard
 from .tissues import CLASSES, TARGET_OF_CLASS
 
 __all__ = ["BRAIN", "development_data", "conditions", "phantom", "noisy_image", "dice",
-           "model_benchmark_parser", "benchmark_models", "models_meta"]
+           "error_by_depth", "model_benchmark_parser", "benchmark_models", "models_meta"]
 
 BRAIN = [CLASSES.index(c) for c in ("gm_cortex", "gm_deep", "wm", "csf")]
 
@@ -97,6 +97,34 @@ def dice(a, b, k) -> float:
     """Dice overlap of label ``k`` between two label volumes (0 when neither has it)."""
     a, b = a == k, b == k
     return float(2 * (a & b).sum() / max(1, int(a.sum() + b.sum())))
+
+
+def error_by_depth(pred, truth, tissues=(1, 2, 3), max_depth: int = 4) -> dict:
+    """Where a segmentation's errors lie inside each true tissue: ``{tissue: {depth:
+    {"n": voxels, "wrong": voxels labelled otherwise}}}``. A voxel's depth is its
+    Euclidean distance, in voxels and floored, to the nearest voxel of another true
+    label (1: on the tissue's border); ``max_depth`` collects that deep and deeper.
+    Thin cortex has only depths 1-2; depths >= 3 are the interiors of WM, deep GM
+    nuclei and ventricles.
+
+    >>> truth = np.zeros((1, 1, 9), int); truth[0, 0, 1:8] = 1
+    >>> pred = truth.copy(); pred[0, 0, 4] = 2   # the centre, 4 voxels from the border
+    >>> e = error_by_depth(pred, truth, tissues=(1,))[1]
+    >>> [(d, e[d]["n"], e[d]["wrong"]) for d in sorted(e)]
+    [(1, 2, 0), (2, 2, 0), (3, 2, 0), (4, 1, 1)]
+    """
+    from scipy import ndimage
+
+    pred, truth = np.asarray(pred), np.asarray(truth)
+    out = {}
+    for k in tissues:
+        inside = truth == k
+        depth = np.minimum(np.floor(ndimage.distance_transform_edt(inside)), max_depth)
+        wrong = inside & (pred != k)
+        out[k] = {d: {"n": int((inside & (depth == d)).sum()),
+                      "wrong": int((wrong & (depth == d)).sum())}
+                  for d in range(1, max_depth + 1)}
+    return out
 
 
 def model_benchmark_parser(doc: str):

@@ -523,7 +523,13 @@ def test_partial_volume_probe_grows_the_mixed_share_and_reports_each_model(label
     for row in result["per_subject"]:  # the regions partition the soft WM error
         assert sum(row["wm_soft_error_pct_by_region"].values()) == pytest.approx(
             row["soft_error_pct"]["WM"], abs=1e-3)
-    assert (tmp_path / "out" / "partial_volume.md").read_text().count("| 1.5 |") == 4
+    md = (tmp_path / "out" / "partial_volume.md").read_text()
+    assert md.count("| 1.5 |") == 6 and "WM >=4" in md
+    # the depth cells partition each true tissue, and their errors are the hard labels'
+    for row in result["per_subject"]:
+        cells = row["hard_error_by_depth"]
+        assert all(c["wrong"] <= c["n"] for t in cells.values() for c in t.values())
+        assert sum(c["n"] for c in cells["GM"].values()) > 0
     # smoothing moves tissue between voxels but keeps its total
     from phys_bids.synth import load_head
     from phys_bids.synth.evaluation import phantom
