@@ -116,6 +116,7 @@ def main(argv=None):
             img = sig * mask
             img = img / img[mask].mean()
             truth = [float(tissue[k][mask.numpy()].sum()) for k in range(3)]
+            truth_lab = (tissue.argmax(0) + 1) * mask.numpy()
             for name, model in models.items():
                 phys = model.encoder.encode("MPRAGE", {"ti": [0.9]}) if model.physics else None
                 with torch.no_grad():
@@ -126,7 +127,6 @@ def main(argv=None):
                 hard = [float((lab == k).sum()) for k in (1, 2, 3)]
                 soft = [float(p[k].sum()) for k in (1, 2, 3)]
                 wm_where = wm_error_by_region(p[2].numpy(), tissue, mask.numpy())
-                truth_lab = (tissue.argmax(0) + 1) * mask.numpy()
                 depth = error_by_depth(lab.numpy(), truth_lab, max_depth=DEPTHS[-1])
                 rows.append({
                     "model": name, "subject": subj, "sigma_mm": sigma, "mixed_share": mixed,

@@ -201,6 +201,12 @@ def make_encoder(cfg: TrainConfig) -> PhysicsEncoder:
     return PhysicsEncoder(mode=cfg.physics_encoding)
 
 
+def make_synth(cfg: TrainConfig) -> SynthConfig:
+    """The generator settings a run trains and validates with: its patch, realisations
+    and ``synth`` overrides."""
+    return SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
+
+
 def build_model(cfg: TrainConfig, encoder: PhysicsEncoder) -> PhysicsUNet:
     if cfg.task not in ("segmentation", "qmri"):
         raise ValueError(f"unknown task {cfg.task!r}")
@@ -331,7 +337,7 @@ def revalidate(manifest: dict, model, data_dir, aligned_dir=None) -> dict:
                              "give their folder (workflows/labels_to_mni.py)")
         data_dir = aligned_dir
     heads = [load_head(p) for p in _label_paths(data_dir, cfg.val_subjects).values()]
-    synth = SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
+    synth = make_synth(cfg)
     gen = SynthGenerator(heads, synth, make_encoder(cfg))
     torch.manual_seed(cfg.seed)
     return evaluate(model, validation_batches(cfg, gen), cfg)
@@ -417,7 +423,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
                              f"{cfg.aligned_from_step}: give their folder (--aligned-data)")
         aligned_paths = _label_paths(aligned_dir, subjects)
     encoder = make_encoder(cfg)
-    synth = SynthConfig(patch=cfg.patch, realisations=cfg.realisations, **cfg.synth)
+    synth = make_synth(cfg)
 
     def generators(label_paths):
         """Training generator and fixed validation batches on these label maps.

@@ -120,10 +120,11 @@ def error_by_depth(pred, truth, tissues=(1, 2, 3), max_depth: int = 4) -> dict:
     for k in tissues:
         inside = truth == k
         depth = np.minimum(np.floor(ndimage.distance_transform_edt(inside)), max_depth)
-        wrong = inside & (pred != k)
-        out[k] = {d: {"n": int((inside & (depth == d)).sum()),
-                      "wrong": int((wrong & (depth == d)).sum())}
-                  for d in range(1, max_depth + 1)}
+        wrong = pred != k
+        out[k] = {}
+        for d in range(1, max_depth + 1):
+            at = inside & (depth == d)
+            out[k][d] = {"n": int(at.sum()), "wrong": int((at & wrong).sum())}
     return out
 
 
