@@ -818,3 +818,54 @@ def test_every_training_config_resolves():
         assert cfg.name == path.stem, path  # the documented commands find it by name
         names.add(cfg.name)
     assert {"seg-physics", "seg-baseline", "seg-physics-vdrop"} <= names
+
+
+def test_arm_comparison_counts_only_differences_beyond_the_seed_spread(tmp_path):
+    """bench/compare_arms.py: an arm is better/worse than the reference only where it
+    differs by more than the replicate does; runs on other images are refused."""
+    bench = bench_script("compare_arms")
+    meta = {"n_images": 7, "subjects": ["a", "b"], "seed": 2024, "window": 96}
+
+    def summary(cov, dice, vol):
+        return {c: {"cov_x1e3": {t: [cov, 1.0] for t in ("GM", "WM", "CSF")},
+                    "dice_anatomy": {t: [dice, 0.01] for t in ("GM", "WM", "CSF")},
+                    "volume_error_pct": {t: [vol, 1.0] for t in ("GM", "WM", "CSF")}}
+                for c in bench.CONDITIONS}
+
+    def write(name, model, s, **extra):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "consistency.json").write_text(json.dumps(
+            {"meta": {**meta, **extra}, "summary": {model: s}}))
+        return f"{folder}:{model}" if name == "two" else str(folder)
+
+    ref = write("ref", "ref", summary(10.0, 0.85, 5.0))
+    rep = write("rep", "rep", summary(12.0, 0.84, -6.0))   # spread: 2 / 0.01 / 1
+    good = write("good", "good", summary(7.0, 0.90, -5.5))  # CoV, Dice beyond; |vol| within
+    bad = write("bad", "bad", summary(11.0, 0.80, 9.0))     # CoV within; Dice, vol worse
+    base = write("base", "base", summary(11.5, 0.80, 1.0))
+    res = bench.compare(bench.load(ref), bench.load(rep), [bench.load(good), bench.load(bad)],
+                        bench.load(base))
+    counts = {m: res["metrics"][m]["counts"] for m in bench.METRICS}
+    assert counts["cov_x1e3"]["good"] == {"better": 12, "worse": 0, "within": 0}
+    assert counts["cov_x1e3"]["bad"] == {"better": 0, "worse": 0, "within": 12}
+    assert counts["dice_anatomy"]["good"]["better"] == 12
+    assert counts["dice_anatomy"]["bad"]["worse"] == 12
+    assert counts["volume_error_pct"]["good"]["within"] == 12  # |-5.5| vs 5, spread 1
+    assert counts["volume_error_pct"]["bad"]["worse"] == 12
+    assert res["metrics"]["cov_x1e3"]["cells"][0]["spread"] == pytest.approx(2.0)
+    # lower CoV than the baseline's 11.5: ref, good and bad yes; the replicate (12) no
+    assert res["cov_below_baseline"] == {"ref": 12, "rep": 0, "good": 12, "bad": 12}
+    text = bench.markdown(res)
+    assert "| mprage-id GM | 10 | 12 | 2 | **7** | 11 = |" in text
+    # the command line writes both files; a run on other images is refused in one line
+    out = tmp_path / "out"
+    assert bench.main(["--reference", ref, "--replicate", rep, "--arms", f"{good},{bad}",
+                       "--out", str(out)]) == 0
+    assert json.loads((out / "arm_spread.json").read_text())["arms"] == ["good", "bad"]
+    other = write("two", "other", summary(9.0, 0.9, 1.0), seed=7)
+    assert bench.main(["--reference", ref, "--replicate", other]) == 2
+    with pytest.raises(ValueError, match="seed=7"):
+        bench.compare(bench.load(ref), bench.load(other), [])
+    with pytest.raises(ValueError, match="no model 'x'"):
+        bench.load(f"{tmp_path / 'ref'}:x")
