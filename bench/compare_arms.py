@@ -30,6 +30,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 CONDITIONS = ("mprage-id", "mprage-ood", "spgr-id", "spgr-ood")
 TISSUES = ("GM", "WM", "CSF")
 #: metric -> (label, how a value is scored: larger score is better)
@@ -106,7 +108,11 @@ def compare(reference: tuple, replicate: tuple, arms: list[tuple],
                     counts[name][verdict] += 1
                     cell["arms"][name] = {"value": v, "verdict": verdict}
                 cells.append(cell)
-        out["metrics"][metric] = {"label": label, "cells": cells, "counts": counts}
+        spreads = [c["spread"] for c in cells]
+        relative = [c["spread"] / abs(c["reference"]) for c in cells if c["reference"]]
+        out["metrics"][metric] = {"label": label, "cells": cells, "counts": counts,
+                                  "median_spread": float(np.median(spreads)),
+                                  "median_relative_spread": float(np.median(relative))}
     if baseline:
         base = baseline[1]
         out["cov_below_baseline"] = {
@@ -138,7 +144,8 @@ def markdown(res: dict) -> str:
                          + " | ".join(marks) + " |")
         lines.append("| better / worse / within | | | | " + " | ".join(
             "{better} / {worse} / {within}".format(**m["counts"][a]) for a in arms) + " |")
-        lines.append("")
+        lines += ["", f"Median spread over the 12 cells: {m['median_spread']:.3g} "
+                  f"({100 * m['median_relative_spread']:.0f} % of the reference's value).", ""]
     if res.get("cov_below_baseline"):
         lines += [f"CoV columns (of 12) below the baseline `{res['baseline']}`: "
                   + ", ".join(f"`{k}` {v}" for k, v in res["cov_below_baseline"].items()), ""]

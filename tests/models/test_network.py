@@ -854,6 +854,7 @@ def test_arm_comparison_counts_only_differences_beyond_the_seed_spread(tmp_path)
     assert counts["volume_error_pct"]["good"]["within"] == 12  # |-5.5| vs 5, spread 1
     assert counts["volume_error_pct"]["bad"]["worse"] == 12
     assert res["metrics"]["cov_x1e3"]["cells"][0]["spread"] == pytest.approx(2.0)
+    assert res["metrics"]["cov_x1e3"]["median_relative_spread"] == pytest.approx(0.2)
     # lower CoV than the baseline's 11.5: ref, good and bad yes; the replicate (12) no
     assert res["cov_below_baseline"] == {"ref": 12, "rep": 0, "good": 12, "bad": 12}
     text = bench.markdown(res)
