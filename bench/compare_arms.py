@@ -73,7 +73,11 @@ def _check_same(metas: dict[str, dict]) -> None:
 
 
 def _mean(summary: dict, metric: str, condition: str, tissue: str) -> float:
-    return float(summary[condition][metric][tissue][0])  # [mean, SD over subjects]
+    try:
+        return float(summary[condition][metric][tissue][0])  # [mean, SD over subjects]
+    except KeyError as err:
+        raise ValueError(f"a result has no {condition} {metric} {tissue} (a partial run? "
+                         f"rerun bench_consistency.py with --resume): missing {err}") from None
 
 
 def compare(reference: tuple, replicate: tuple, arms: list[tuple],

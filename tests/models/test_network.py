@@ -868,5 +868,9 @@ def test_arm_comparison_counts_only_differences_beyond_the_seed_spread(tmp_path)
     assert bench.main(["--reference", ref, "--replicate", other]) == 2
     with pytest.raises(ValueError, match="seed=7"):
         bench.compare(bench.load(ref), bench.load(other), [])
+    partial = summary(9.0, 0.9, 1.0)
+    del partial["spgr-ood"]
+    with pytest.raises(ValueError, match="no spgr-ood"):
+        bench.compare(bench.load(ref), ("partial", partial, meta), [])
     with pytest.raises(ValueError, match="no model 'x'"):
         bench.load(f"{tmp_path / 'ref'}:x")
