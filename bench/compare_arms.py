@@ -32,7 +32,6 @@ from pathlib import Path
 
 import numpy as np
 
-CONDITIONS = ("mprage-id", "mprage-ood", "spgr-id", "spgr-ood")
 TISSUES = ("GM", "WM", "CSF")
 #: metric -> (label, how a value is scored: larger score is better)
 METRICS = {
@@ -92,13 +91,17 @@ def compare(reference: tuple, replicate: tuple, arms: list[tuple],
         raise ValueError(f"a model appears twice: {names}")
     _check_same({r[0]: r[2] for r in runs})
     ref, rep = reference[1], replicate[1]
+    # the conditions the reference was benchmarked on (bench_consistency --conditions);
+    # every other run must have them all
+    conditions = list(ref)
     out = {"reference": reference[0], "replicate": replicate[0],
            "baseline": baseline[0] if baseline else None,
            "arms": [a[0] for a in arms],
-           "settings": {k: reference[2].get(k) for k in SAME}, "metrics": {}}
+           "settings": {k: reference[2].get(k) for k in SAME}, "conditions": conditions,
+           "metrics": {}}
     for metric, (label, score) in METRICS.items():
         cells, counts = [], {a[0]: {"better": 0, "worse": 0, "within": 0} for a in arms}
-        for c in CONDITIONS:
+        for c in conditions:
             for t in TISSUES:
                 r0, r1 = _mean(ref, metric, c, t), _mean(rep, metric, c, t)
                 spread = abs(score(r1) - score(r0))
@@ -121,13 +124,14 @@ def compare(reference: tuple, replicate: tuple, arms: list[tuple],
         base = baseline[1]
         out["cov_below_baseline"] = {
             name: sum(_mean(s, "cov_x1e3", c, t) < _mean(base, "cov_x1e3", c, t)
-                      for c in CONDITIONS for t in TISSUES)
+                      for c in conditions for t in TISSUES)
             for name, s, _ in [reference, replicate, *arms]}
     return out
 
 
 def markdown(res: dict) -> str:
     arms = res["arms"]
+    n_cells = len(res["conditions"]) * len(TISSUES)
     lines = [f"Reference `{res['reference']}`, replicate `{res['replicate']}` (same recipe, "
              "another seed). Spread = |replicate - reference| in the cell; an arm is "
              "**better** or *worse* where it differs from the reference by more than "
@@ -148,10 +152,10 @@ def markdown(res: dict) -> str:
                          + " | ".join(marks) + " |")
         lines.append("| better / worse / within | | | | " + " | ".join(
             "{better} / {worse} / {within}".format(**m["counts"][a]) for a in arms) + " |")
-        lines += ["", f"Median spread over the 12 cells: {m['median_spread']:.3g} "
+        lines += ["", f"Median spread over the {n_cells} cells: {m['median_spread']:.3g} "
                   f"({100 * m['median_relative_spread']:.0f} % of the reference's value).", ""]
     if res.get("cov_below_baseline"):
-        lines += [f"CoV columns (of 12) below the baseline `{res['baseline']}`: "
+        lines += [f"CoV columns (of {n_cells}) below the baseline `{res['baseline']}`: "
                   + ", ".join(f"`{k}` {v}" for k, v in res["cov_below_baseline"].items()), ""]
     return "\n".join(lines)
 

@@ -825,19 +825,20 @@ def test_arm_comparison_counts_only_differences_beyond_the_seed_spread(tmp_path)
     differs by more than the replicate does; runs on other images are refused."""
     bench = bench_script("compare_arms")
     meta = {"n_images": 7, "subjects": ["a", "b"], "seed": 2024, "window": 96}
+    conditions = ("mprage-id", "mprage-ood", "spgr-id", "spgr-ood")
 
     def summary(cov, dice, vol):
         return {c: {"cov_x1e3": {t: [cov, 1.0] for t in ("GM", "WM", "CSF")},
                     "dice_anatomy": {t: [dice, 0.01] for t in ("GM", "WM", "CSF")},
                     "volume_error_pct": {t: [vol, 1.0] for t in ("GM", "WM", "CSF")}}
-                for c in bench.CONDITIONS}
+                for c in conditions}
 
-    def write(name, model, s, **extra):
+    def write(name, model, s, name_the_model=False, **extra):
         folder = tmp_path / name
         folder.mkdir()
         (folder / "consistency.json").write_text(json.dumps(
             {"meta": {**meta, **extra}, "summary": {model: s}}))
-        return f"{folder}:{model}" if name == "two" else str(folder)
+        return f"{folder}:{model}" if name_the_model else str(folder)
 
     ref = write("ref", "ref", summary(10.0, 0.85, 5.0))
     rep = write("rep", "rep", summary(12.0, 0.84, -6.0))   # spread: 2 / 0.01 / 1
@@ -859,12 +860,13 @@ def test_arm_comparison_counts_only_differences_beyond_the_seed_spread(tmp_path)
     assert res["cov_below_baseline"] == {"ref": 12, "rep": 0, "good": 12, "bad": 12}
     text = bench.markdown(res)
     assert "| mprage-id GM | 10 | 12 | 2 | **7** | 11 = |" in text
+    assert "Median spread over the 12 cells" in text
     # the command line writes both files; a run on other images is refused in one line
     out = tmp_path / "out"
     assert bench.main(["--reference", ref, "--replicate", rep, "--arms", f"{good},{bad}",
                        "--out", str(out)]) == 0
     assert json.loads((out / "arm_spread.json").read_text())["arms"] == ["good", "bad"]
-    other = write("two", "other", summary(9.0, 0.9, 1.0), seed=7)
+    other = write("two", "other", summary(9.0, 0.9, 1.0), name_the_model=True, seed=7)
     assert bench.main(["--reference", ref, "--replicate", other]) == 2
     with pytest.raises(ValueError, match="seed=7"):
         bench.compare(bench.load(ref), bench.load(other), [])
