@@ -122,10 +122,25 @@ def compare(reference: tuple, replicate: tuple, arms: list[tuple],
                                   "median_relative_spread": float(np.median(relative))}
     if baseline:
         base = baseline[1]
+        physics_runs = [reference, replicate, *arms]
         out["cov_below_baseline"] = {
             name: sum(_mean(s, "cov_x1e3", c, t) < _mean(base, "cov_x1e3", c, t)
                       for c in conditions for t in TISSUES)
-            for name, s, _ in [reference, replicate, *arms]}
+            for name, s, _ in physics_runs}
+        # the same question asked against the seed spread: lower (or higher) than the
+        # baseline by more than two runs of one recipe differ in that cell
+        spread = {(cell["condition"], cell["tissue"]): cell["spread"]
+                  for cell in out["metrics"]["cov_x1e3"]["cells"]}
+        vs = {}
+        for name, s, _ in physics_runs:
+            n = {"lower": 0, "higher": 0, "within": 0}
+            for c in conditions:
+                for t in TISSUES:
+                    gap = _mean(base, "cov_x1e3", c, t) - _mean(s, "cov_x1e3", c, t)
+                    n["lower" if gap > spread[c, t] else
+                      "higher" if -gap > spread[c, t] else "within"] += 1
+            vs[name] = n
+        out["cov_vs_baseline_beyond_spread"] = vs
     return out
 
 
@@ -157,6 +172,10 @@ def markdown(res: dict) -> str:
     if res.get("cov_below_baseline"):
         lines += [f"CoV columns (of {n_cells}) below the baseline `{res['baseline']}`: "
                   + ", ".join(f"`{k}` {v}" for k, v in res["cov_below_baseline"].items()), ""]
+        lines += ["Lower / higher than the baseline's CoV by more than the seed spread "
+                  "(else within): " + ", ".join(
+                      "`{}` {lower} / {higher} / {within}".format(k, **v)
+                      for k, v in res["cov_vs_baseline_beyond_spread"].items()), ""]
     return "\n".join(lines)
 
 

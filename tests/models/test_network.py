@@ -858,6 +858,15 @@ def test_arm_comparison_counts_only_differences_beyond_the_seed_spread(tmp_path)
     assert res["metrics"]["cov_x1e3"]["median_relative_spread"] == pytest.approx(0.2)
     # lower CoV than the baseline's 11.5: ref, good and bad yes; the replicate (12) no
     assert res["cov_below_baseline"] == {"ref": 12, "rep": 0, "good": 12, "bad": 12}
+    # ... but only `good` (7 against 11.5) is lower by more than the spread of 2
+    vs = res["cov_vs_baseline_beyond_spread"]
+    assert vs["good"] == {"lower": 12, "higher": 0, "within": 0}
+    assert vs["ref"] == vs["rep"] == vs["bad"] == {"lower": 0, "higher": 0, "within": 12}
+    # against a baseline of 7 the reference (10) and replicate (12) are higher beyond it
+    vs = bench.compare(bench.load(ref), bench.load(rep), [],
+                       bench.load(good))["cov_vs_baseline_beyond_spread"]
+    assert vs == {"ref": {"lower": 0, "higher": 12, "within": 0},
+                  "rep": {"lower": 0, "higher": 12, "within": 0}}
     text = bench.markdown(res)
     assert "| mprage-id GM | 10 | 12 | 2 | **7** | 11 = |" in text
     assert "Median spread over the 12 cells" in text
