@@ -84,7 +84,8 @@ def compare(reference: tuple, replicate: tuple, arms: list[tuple],
     """Each argument is a ``load()`` result. Per metric and cell: the reference, the
     replicate and their spread; per arm, its value and verdict (``better``/``worse``
     by more than the spread, or ``within``) and the counts; with a baseline, in how
-    many CoV columns each physics run is lower than the baseline."""
+    many CoV columns each physics run is lower than the baseline, and in how many it is
+    lower or higher by more than the spread (``cov_vs_baseline_beyond_spread``)."""
     runs = [reference, replicate, *arms] + ([baseline] if baseline else [])
     names = [r[0] for r in runs]
     if len(set(names)) != len(names):
