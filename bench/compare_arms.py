@@ -79,6 +79,12 @@ def _mean(summary: dict, metric: str, condition: str, tissue: str) -> float:
                          f"rerun bench_consistency.py with --resume): missing {err}") from None
 
 
+def _verdict(gain: float, spread: float, labels=("better", "worse")) -> str:
+    """``labels[0]`` where ``gain`` exceeds the spread, ``labels[1]`` where the loss
+    does, else ``within``."""
+    return labels[0] if gain > spread else labels[1] if -gain > spread else "within"
+
+
 def compare(reference: tuple, replicate: tuple, arms: list[tuple],
             baseline: tuple | None = None) -> dict:
     """Each argument is a ``load()`` result. Per metric and cell: the reference, the
@@ -111,8 +117,7 @@ def compare(reference: tuple, replicate: tuple, arms: list[tuple],
                 for name, summary, _ in arms:
                     v = _mean(summary, metric, c, t)
                     gain = score(v) - score(r0)
-                    verdict = ("better" if gain > spread else
-                               "worse" if -gain > spread else "within")
+                    verdict = _verdict(gain, spread)
                     counts[name][verdict] += 1
                     cell["arms"][name] = {"value": v, "verdict": verdict}
                 cells.append(cell)
@@ -138,8 +143,7 @@ def compare(reference: tuple, replicate: tuple, arms: list[tuple],
             for c in conditions:
                 for t in TISSUES:
                     gap = _mean(base, "cov_x1e3", c, t) - _mean(s, "cov_x1e3", c, t)
-                    n["lower" if gap > spread[c, t] else
-                      "higher" if -gap > spread[c, t] else "within"] += 1
+                    n[_verdict(gap, spread[c, t], ("lower", "higher"))] += 1
             vs[name] = n
         out["cov_vs_baseline_beyond_spread"] = vs
     return out
