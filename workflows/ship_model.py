@@ -7,7 +7,10 @@
   current evaluation code and stores them in the manifest (``validation``), keeping
   the training-time values in ``history``;
 * writes tests/models/data/<name>-prediction.json (weights hash + a small
-  prediction) that tests/models/test_network.py reproduces.
+  prediction) that tests/models/test_network.py reproduces;
+* slims checkpoint.pt: the state equal to weights.pt is named, not repeated
+  (phys_bids.models.training.slim_checkpoint), so a shipped model carries its weights
+  once; --init-from and resuming read it back after checking the hash.
 
 --data defaults to $PHYS_BIDS_DATA/label-maps or ../shared/data/label-maps; a model
 that ended its schedule on the MNI-aligned label maps is revalidated on those
@@ -22,7 +25,7 @@ from pathlib import Path
 
 from phys_bids.models.registry import MODELS_DIR, load_model
 from phys_bids.models.shipping import reference_prediction
-from phys_bids.models.training import atomic_write_bytes, revalidate
+from phys_bids.models.training import atomic_write_bytes, revalidate, slim_checkpoint
 from phys_bids.synth.evaluation import aligned_label_maps, development_data
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,6 +57,10 @@ def main(argv=None):
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(ref, indent=1) + "\n")
         print(f"{name}: steps {model.manifest['steps']}, fixture {out.relative_to(ROOT)}")
+        if (MODELS_DIR / name / "checkpoint.pt").is_file():
+            saved = slim_checkpoint(MODELS_DIR / name)
+            print(f"{name}: checkpoint {saved / 1e6:.1f} MB smaller (weights named, not "
+                  "repeated)")
 
 
 if __name__ == "__main__":

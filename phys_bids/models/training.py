@@ -6,6 +6,8 @@ with the loss ``stochastic CE + soft Dice + lambda * stratification``. It stops 
 when ``time_limit_min`` is reached, and always leaves in ``out_dir``:
 
 * ``checkpoint.pt``: model, optimiser, step, RNG states and history (resume point);
+  a shipped one (:func:`slim_checkpoint`) names ``weights.pt`` for the state it would
+  repeat, and :func:`load_checkpoint` reads it back from there;
 * ``weights.pt``: the model's state dict (what inference loads): the last step's
   weights, or with ``ema_decay`` their exponential moving average (Polyak averaging)
   once it has started;
@@ -23,7 +25,6 @@ import io
 import json
 import logging
 import math
-import shutil
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -45,7 +46,8 @@ from .qmri_net import MAPS, UNITS, qmri_loss, qmri_metrics, raw_to_maps
 from .unet import PhysicsUNet
 
 __all__ = ["TrainConfig", "resolve_config", "train", "needs_aligned", "sha256",
-           "atomic_write_bytes", "evaluate_batches", "validation_batches", "revalidate"]
+           "atomic_write_bytes", "evaluate_batches", "validation_batches", "revalidate",
+           "load_checkpoint", "slim_checkpoint"]
 
 log = logging.getLogger("phys_bids.train")
 
@@ -178,6 +180,61 @@ def _atomic_torch_save(obj, path: Path) -> None:
     buf = io.BytesIO()
     torch.save(obj, buf)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def _same_state(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def load_checkpoint(folder, map_location="cpu") -> dict:
+    """The whole ``checkpoint.pt`` of a model folder.
+
+    A shipped checkpoint (:func:`slim_checkpoint`) does not repeat the state that
+    ``weights.pt`` holds: it names the file and its sha256, and the state is read
+    from there after the hash is checked, so resuming from it is resuming from the
+    checkpoint training wrote."""
+    folder = Path(folder)
+    ck = torch.load(folder / "checkpoint.pt", map_location=map_location, weights_only=False)
+    ref = ck.pop("in_weights", None)
+    if ref is not None:
+        wpath = folder / ref["file"]
+        digest = sha256(wpath) if wpath.is_file() else "missing"
+        if digest != ref["sha256"]:
+            from .registry import ModelCorruptError
+
+            raise ModelCorruptError(f"{wpath}: sha256 {digest[:12]}... is not the one its "
+                                    f"checkpoint names ({ref['sha256'][:12]}...); cannot "
+                                    "resume from this checkpoint")
+        state = torch.load(wpath, map_location=map_location, weights_only=True)
+        for key in ref["keys"]:
+            ck[key] = state
+    return ck
+
+
+def slim_checkpoint(folder) -> int:
+    """Drop from ``folder/checkpoint.pt`` the states equal to ``weights.pt`` (the last
+    weights, or with weight averaging the average) and name the file instead.
+
+    What a shipped model carries to be resumable is then the optimiser state, step,
+    RNG states and history beside its weights, not the weights twice.
+    :func:`load_checkpoint` restores the same dict. Returns the bytes saved (0 when
+    nothing repeats the weights or the checkpoint is slim already)."""
+    folder = Path(folder)
+    path = folder / "checkpoint.pt"
+    ck = torch.load(path, map_location="cpu", weights_only=False)
+    if "in_weights" in ck:
+        return 0
+    wpath = folder / "weights.pt"
+    state = torch.load(wpath, map_location="cpu", weights_only=True)
+    keys = [k for k in ("model", "ema") if k in ck and _same_state(ck[k], state)]
+    if not keys:
+        return 0
+    before = path.stat().st_size
+    for k in keys:
+        del ck[k]
+    ck["in_weights"] = {"file": wpath.name, "sha256": sha256(wpath), "keys": keys}
+    _atomic_torch_save(ck, path)
+    return before - path.stat().st_size
 
 
 def _git_commit() -> str:
@@ -410,7 +467,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
         initialised_from = {"model": parent["name"], "steps": parent["steps"],
                             "weights_sha256": parent["weights_sha256"]}
         if not (out / "checkpoint.pt").exists():
-            shutil.copyfile(src / "checkpoint.pt", out / "checkpoint.pt")
+            _atomic_torch_save(load_checkpoint(src), out / "checkpoint.pt")
             log.info("starting from %s (%d steps)", src, parent["steps"])
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
@@ -450,7 +507,7 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
     ema = None  # the averaged state dict, once cfg.ema_from_step is reached
     ckpt_path = out / "checkpoint.pt"
     if resume and ckpt_path.exists():
-        ck = torch.load(ckpt_path, map_location=device, weights_only=False)
+        ck = load_checkpoint(out, map_location=device)
         model.load_state_dict(ck["model"])
         opt.load_state_dict(ck["optimizer"])
         g.set_state(ck["generator"])

@@ -151,6 +151,42 @@ def test_a_fine_tuning_arm_starts_from_a_committed_model_and_says_so(label_dir, 
         train(cfg, label_dir, tmp_path / "x", init_from=tmp_path / "nowhere")
 
 
+@pytest.mark.parametrize("ema", [False, True], ids=["last-weights", "weight-average"])
+def test_a_slimmed_checkpoint_resumes_exactly_and_checks_the_weights(label_dir, tmp_path, ema):
+    """A shipped checkpoint names weights.pt for the state it would repeat; resuming
+    from it (in place, or as --init-from) gives the weights of resuming from the
+    checkpoint training wrote, and a swapped weights.pt is refused."""
+    from phys_bids.models.training import load_checkpoint, slim_checkpoint
+
+    extra = dict(ema_decay=0.5, ema_from_step=2) if ema else {}
+    train(_tiny_cfg(**extra), label_dir, tmp_path / "full")
+    shutil.copytree(tmp_path / "full", tmp_path / "slim")
+    full = load_checkpoint(tmp_path / "full")
+    saved = slim_checkpoint(tmp_path / "slim")
+    assert saved > 0 and slim_checkpoint(tmp_path / "slim") == 0  # once only
+    raw = torch.load(tmp_path / "slim" / "checkpoint.pt", weights_only=False)
+    assert raw["in_weights"]["keys"] == (["ema"] if ema else ["model"])
+    assert not set(raw) & set(raw["in_weights"]["keys"])
+    back = load_checkpoint(tmp_path / "slim")
+    assert back.keys() == full.keys()
+    for key in ("model", "ema") if ema else ("model",):
+        assert all(torch.equal(back[key][k], full[key][k]) for k in full[key])
+    longer = _tiny_cfg(max_steps=6, **extra)
+    arm = train(longer, label_dir, tmp_path / "arm", init_from=tmp_path / "slim")
+    ref = train(longer, label_dir, tmp_path / "full")
+    assert arm["weights_sha256"] == ref["weights_sha256"]
+    assert train(longer, label_dir, tmp_path / "slim")["weights_sha256"] == \
+        ref["weights_sha256"]
+    shutil.copytree(tmp_path / "full", tmp_path / "slim2")
+    slim_checkpoint(tmp_path / "slim2")
+    w = tmp_path / "slim2" / "weights.pt"
+    data = bytearray(w.read_bytes())
+    data[-10] ^= 0xFF
+    w.write_bytes(bytes(data))
+    with pytest.raises(ModelCorruptError, match="cannot resume"):
+        load_checkpoint(tmp_path / "slim2")
+
+
 def test_a_switch_to_aligned_label_maps_equals_resuming_there(label_dir, tmp_path):
     """The shipped schedule: native label maps, then MNI-aligned ones from a step."""
     aligned = tmp_path / "aligned"
