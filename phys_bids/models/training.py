@@ -102,6 +102,10 @@ class TrainConfig:
     warmup: int = 20
     weight_decay: float = 1e-4
     stratification_weight: float = 1.0
+    #: the same-subject L2 on the realisations' class probabilities instead of their
+    #: final feature maps (losses.stratification_loss on the softmax): agreement where
+    #: the volumes are read; 0 = off
+    output_consistency_weight: float = 0.0
     #: Siamese acquisition-invariance loss (losses.contrastive_loss); 0 = off
     contrastive_weight: float = 0.0
     contrastive_margin: float = 1.0
@@ -309,6 +313,10 @@ def _loss(model, batch, cfg: TrainConfig, g: torch.Generator):
     strat = stratification_loss(feats)
     total = ce + cfg.dice_weight * dice + cfg.stratification_weight * strat
     parts = {"ce": ce.item(), "dice": dice.item(), "strat": strat.item()}
+    if cfg.output_consistency_weight > 0:
+        oc = stratification_loss(torch.softmax(logits, 1))
+        total = total + cfg.output_consistency_weight * oc
+        parts["output_consistency"] = oc.item()
     if cfg.contrastive_weight > 0:
         con = contrastive_loss(feats, batch["target"], margin=cfg.contrastive_margin,
                                generator=g)

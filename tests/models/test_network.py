@@ -368,6 +368,28 @@ def test_contrastive_weight_enters_the_training_loss(label_dir, tmp_path):
     assert on["history"]["loss"][0] > off["history"]["loss"][0]
 
 
+def test_output_consistency_weight_adds_the_l2_between_realisation_probabilities(label_dir):
+    """The loss gains weight x the mean squared difference between the realisations'
+    class probabilities, and is unchanged at weight 0."""
+    from phys_bids.models.training import _loss, build_model, make_encoder, make_synth
+    from phys_bids.synth import SynthGenerator, load_head
+
+    cfg0, cfg2 = _tiny_cfg(), _tiny_cfg(output_consistency_weight=2.0)
+    torch.manual_seed(0)
+    model = build_model(cfg0, make_encoder(cfg0)).eval()  # no dropout: one function
+    gen = SynthGenerator([load_head(label_dir / "head_a.nii.gz")], make_synth(cfg0),
+                         make_encoder(cfg0), "cpu")
+    batch = gen.sample(torch.Generator().manual_seed(3))
+    l0, p0 = _loss(model, batch, cfg0, torch.Generator().manual_seed(0))
+    l2, p2 = _loss(model, batch, cfg2, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        probs = torch.softmax(model(batch["image"], batch["physics"])[0], 1)
+    expected = float(stratification_loss(probs))
+    assert expected > 0 and "output_consistency" not in p0
+    assert p2["output_consistency"] == pytest.approx(expected, rel=1e-5)
+    assert float(l2 - l0) == pytest.approx(2.0 * expected, rel=1e-4)
+
+
 def _centre_physics_effect(net, size: int) -> float:
     """Mean |logit change| in the central 8^3 voxels between two physics vectors."""
     torch.manual_seed(0)
