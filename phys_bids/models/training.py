@@ -2,8 +2,9 @@
 
 :func:`train` runs a schedule of ``max_steps`` steps, each one same-subject batch
 of ``realisations`` simulated patches (:class:`phys_bids.synth.SynthGenerator`),
-with the loss ``stochastic CE + soft Dice + lambda * stratification``. It stops early
-when ``time_limit_min`` is reached, and always leaves in ``out_dir``:
+with the loss ``stochastic CE + soft Dice + lambda * stratification`` (optionally plus
+the contrastive and output-consistency terms). It stops early when
+``time_limit_min`` is reached, and always leaves in ``out_dir``:
 
 * ``checkpoint.pt``: model, optimiser, step, RNG states and history (resume point);
   a shipped one (:func:`slim_checkpoint`) names ``weights.pt`` for the state it would
