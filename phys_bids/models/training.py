@@ -48,7 +48,7 @@ from .unet import PhysicsUNet
 
 __all__ = ["TrainConfig", "resolve_config", "train", "needs_aligned", "sha256",
            "atomic_write_bytes", "evaluate_batches", "validation_batches", "revalidate",
-           "load_checkpoint", "slim_checkpoint"]
+           "run_validation_batches", "load_checkpoint", "slim_checkpoint"]
 
 log = logging.getLogger("phys_bids.train")
 
@@ -397,16 +397,22 @@ def revalidate(manifest: dict, model, data_dir, aligned_dir=None) -> dict:
     ``aligned_dir``: the MNI-aligned label maps, needed when the run ended on them.
     """
     cfg = TrainConfig.from_dict(manifest["train_config"])
+    return evaluate(model, run_validation_batches(manifest, data_dir, aligned_dir), cfg)
+
+
+def run_validation_batches(manifest: dict, data_dir, aligned_dir=None) -> list[dict]:
+    """The fixed validation batches a trained model was scored on (from its manifest):
+    on the MNI-aligned label maps (``aligned_dir``) when the run ended on them."""
+    cfg = TrainConfig.from_dict(manifest["train_config"])
     if _aligned_at(cfg, manifest["steps"]):
         if aligned_dir is None:
             raise ValueError(f"{manifest['name']} ended on the MNI-aligned label maps: "
                              "give their folder (workflows/labels_to_mni.py)")
         data_dir = aligned_dir
     heads = [load_head(p) for p in _label_paths(data_dir, cfg.val_subjects).values()]
-    synth = make_synth(cfg)
-    gen = SynthGenerator(heads, synth, make_encoder(cfg))
+    gen = SynthGenerator(heads, make_synth(cfg), make_encoder(cfg))
     torch.manual_seed(cfg.seed)
-    return evaluate(model, validation_batches(cfg, gen), cfg)
+    return validation_batches(cfg, gen)
 
 
 def _label_paths(folder, subjects) -> dict[str, Path]:

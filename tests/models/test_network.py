@@ -943,3 +943,37 @@ def test_arm_comparison_counts_only_differences_beyond_the_seed_spread(tmp_path)
         bench.compare(bench.load(ref), ("partial", partial, meta), [])
     with pytest.raises(ValueError, match="no model 'x'"):
         bench.load(f"{tmp_path / 'ref'}:x")
+
+
+def test_validation_consistency_splits_the_cov_from_the_volume_error(label_dir, tmp_path):
+    """bench/validation_consistency.py: per validation batch the volume error and the CoV
+    across acquisitions, from the batches the run was scored on; a network that
+    outputs the truth has neither, and the table is written for a trained model."""
+    from types import SimpleNamespace
+
+    from phys_bids.models.training import run_validation_batches
+
+    bench = bench_script("validation_consistency")
+    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "m")
+    manifest = load_model(tmp_path / "m").manifest
+    batches = run_validation_batches(manifest, label_dir)
+
+    class Oracle(torch.nn.Module):
+        def forward(self, image, physics):
+            target = next(b["target"] for b in batches if b["image"] is image)
+            logits = target.clamp_min(1e-12).log()  # softmax gives the fractions back
+            return (logits[None].expand(image.shape[0], -1, -1, -1, -1), None, None)
+
+    exact = bench.score(SimpleNamespace(network=Oracle(), physics=True), batches)
+    assert exact["median_abs_error_pct"] == pytest.approx(0.0, abs=1e-6)
+    assert exact["median_cov_x1e3"] == pytest.approx(0.0, abs=1e-6)
+    assert exact["disagreement_mean"] == pytest.approx(0.0, abs=1e-9)
+    assert bench.main(["--models", str(tmp_path / "m"), "--data", str(label_dir),
+                       "--threads", "1", "--out", str(tmp_path / "out")]) == 0
+    res = json.loads((tmp_path / "out" / "validation_consistency.json").read_text())["tiny"]
+    assert len(res["batches"]) == len(batches) and res["steps"] == 2
+    b = res["batches"][0]
+    v, t = np.array(b["volumes_voxels"]), np.array(b["truth_voxels"])
+    assert b["mean_error_pct"] == pytest.approx((100 * (v - t) / t).mean(0))
+    assert b["cov_x1e3"] == pytest.approx(1e3 * v.std(0) / v.mean(0))
+    assert "| tiny | 2 |" in (tmp_path / "out" / "validation_consistency.md").read_text()
