@@ -179,10 +179,7 @@ def test_a_slimmed_checkpoint_resumes_exactly_and_checks_the_weights(label_dir, 
         ref["weights_sha256"]
     shutil.copytree(tmp_path / "full", tmp_path / "slim2")
     slim_checkpoint(tmp_path / "slim2")
-    w = tmp_path / "slim2" / "weights.pt"
-    data = bytearray(w.read_bytes())
-    data[-10] ^= 0xFF
-    w.write_bytes(bytes(data))
+    _flip_a_byte(tmp_path / "slim2" / "weights.pt")
     with pytest.raises(ModelCorruptError, match="cannot resume"):
         load_checkpoint(tmp_path / "slim2")
 
@@ -253,12 +250,16 @@ def test_every_training_config_builds_its_run(config):
     assert (net.physics_dim > 0) == cfg.physics
 
 
+def _flip_a_byte(path: Path) -> None:
+    """Corrupt a weights file in place (the archive still opens)."""
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
 def test_corrupted_weights_are_refused(label_dir, tmp_path):
     train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "m")
-    w = tmp_path / "m" / "weights.pt"
-    data = bytearray(w.read_bytes())
-    data[-10] ^= 0xFF
-    w.write_bytes(bytes(data))
+    _flip_a_byte(tmp_path / "m" / "weights.pt")
     with pytest.raises(ModelCorruptError, match="does not match"):
         load_model(tmp_path / "m")
 
