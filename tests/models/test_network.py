@@ -978,3 +978,27 @@ def test_validation_consistency_splits_the_cov_from_the_volume_error(label_dir, 
     assert b["mean_error_pct"] == pytest.approx((100 * (v - t) / t).mean(0))
     assert b["cov_x1e3"] == pytest.approx(1e3 * v.std(0) / v.mean(0))
     assert "| tiny | 2 |" in (tmp_path / "out" / "validation_consistency.md").read_text()
+
+
+def test_demo_anatomy_bench_scores_the_demo_fractions_without_preprocessing(label_dir,
+                                                                            tmp_path):
+    """bench/bench_demo_anatomy.py: the demo's own tissue fractions, segmented as
+    simulated; the truth is the fractions inside the mask and the errors follow from the
+    volumes; a non-MPRAGE site is refused."""
+    bench = bench_script("bench_demo_anatomy")
+    train(_tiny_cfg(max_steps=1), label_dir, tmp_path / "m")
+    assert bench.main(["--models", str(tmp_path / "m"), "--sites", "siteA", "--threads", "1",
+                       "--window", "64", "--out", str(tmp_path / "out")]) == 0
+    res = json.loads((tmp_path / "out" / "demo_anatomy.json").read_text())
+    assert 500 < res["truth_ml"]["GM"] < 1000 and 300 < res["truth_ml"]["WM"] < 800
+    assert 0.3 < res["mixed_share"] < 0.9  # the population average is mostly mixed
+    row = res["models"]["tiny"]["siteA"]
+    assert all(-100 <= row[t]["soft_error_pct"] < 1e4 for t in ("GM", "WM", "CSF"))
+    # the soft volumes of GM, WM, CSF and background add up to the mask: errors are
+    # tied to each other through the truth
+    truth = res["truth_ml"]
+    total = sum(truth[t] * (1 + row[t]["soft_error_pct"] / 100) for t in truth)
+    assert total <= sum(truth.values()) / 0.5 + 1  # at most the mask's voxels
+    with pytest.raises(SystemExit, match="not MPRAGE"):
+        bench.main(["--models", str(tmp_path / "m"), "--sites", "siteC",
+                    "--out", str(tmp_path / "x")])
