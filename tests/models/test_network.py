@@ -999,6 +999,10 @@ def test_demo_anatomy_bench_scores_the_demo_fractions_without_preprocessing(labe
     truth = res["truth_ml"]
     total = sum(truth[t] * (1 + row[t]["soft_error_pct"] / 100) for t in truth)
     assert total <= sum(truth.values()) / 0.5 + 1  # at most the mask's voxels
+    # the demo's mixing of parameters against training's mixing of signals: a half-GM,
+    # half-CSF voxel lies between the pure signals either way
+    gap = res["mixing_gap"]["siteA"]["gm_csf_half"]
+    assert 0 < gap["signals_mixed"] < 1 and 0 < gap["parameters_mixed"] < 1
     with pytest.raises(SystemExit, match="not MPRAGE"):
         bench.main(["--models", str(tmp_path / "m"), "--sites", "siteC",
                     "--out", str(tmp_path / "x")])
