@@ -31,7 +31,7 @@ import torch
 from phys_bids.demo import SITES, _mixed_maps, _mni_anatomy
 from phys_bids.models.inference import sliding_window_logits
 from phys_bids.models.registry import load_model
-from phys_bids.physics.simulate import SEQUENCES
+from phys_bids.physics.simulate import simulate
 from phys_bids.synth.tissues import CLASSES
 
 TISSUES = ("GM", "WM", "CSF")
@@ -44,15 +44,12 @@ def mixing_gap(site: str) -> dict:
     site's protocol: the signal of a voxel half GM, half CSF (and half GM, half WM) both
     ways, as fractions of the pure-GM signal."""
     spec = SITES[site]
-    seq = SEQUENCES[spec["sequence"]]
-    params = {k: torch.tensor(v) for k, v in spec["params"].items()}
 
     def signal(frac: dict) -> float:
         f = np.zeros((len(CLASSES), 1), np.float32)
         for c, v in frac.items():
             f[CLASSES.index(c), 0] = v
-        maps = _mixed_maps(f, {})
-        return float(seq.function(*[maps[k] for k in seq.maps if k in maps], **params).abs())
+        return float(simulate(spec["sequence"], _mixed_maps(f, {}), spec["params"]))
 
     gm = signal({"gm_cortex": 1.0})
     out = {}
@@ -72,6 +69,10 @@ def main(argv=None) -> int:
     ap.add_argument("--window", type=int, default=96)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
+    sites = args.sites.split(",")
+    for site in sites:
+        if SITES[site]["sequence"] != "MPRAGE":
+            raise SystemExit(f"--sites: {site} is {SITES[site]['sequence']}, not MPRAGE")
     torch.set_num_threads(args.threads)
     t0 = time.time()
     frac, _ = _mni_anatomy()
@@ -82,26 +83,23 @@ def main(argv=None) -> int:
                   / tissue.sum(0)[mask].sum())
     maps = _mixed_maps(frac, {})
     m = torch.from_numpy(mask)
+    images = {}  # per site: the same image for every model
+    for site in sites:
+        img = simulate("MPRAGE", maps, SITES[site]["params"])[0] * m
+        images[site] = img / img[m].mean()
     results = {"truth_ml": {t: v / 1000 for t, v in truth.items()}, "mixed_share": mixed,
-               "models": {}}
+               "mixing_gap": {site: mixing_gap(site) for site in sites}, "models": {}}
     for name in args.models.split(","):
         model = load_model(name)
         label = model.manifest["name"]
         results["models"][label] = {}
-        for site in args.sites.split(","):
-            spec = SITES[site]
-            if spec["sequence"] != "MPRAGE":
-                raise SystemExit(f"--sites: {site} is {spec['sequence']}, not MPRAGE")
-            seq = SEQUENCES["MPRAGE"]
-            params = {k: torch.tensor(v) for k, v in spec["params"].items()}
-            img = seq.function(*[maps[k] for k in seq.maps if k in maps], **params).abs()
-            img = img * m
-            img = img / img[m].mean()
-            phys = (model.encoder.encode("MPRAGE", {k: [v] for k, v in spec["params"].items()})
+        for site in sites:
+            params = SITES[site]["params"]
+            phys = (model.encoder.encode("MPRAGE", {k: [v] for k, v in params.items()})
                     if model.physics else None)
             with torch.no_grad():
-                logits = sliding_window_logits(model.network, img[None, None].float(), phys,
-                                               window=args.window, overlap=0.25)
+                logits = sliding_window_logits(model.network, images[site][None, None].float(),
+                                               phys, window=args.window, overlap=0.25)
             p = torch.softmax(logits[0], 0) * m
             lab = p.argmax(0) * m
             row = {}
@@ -110,7 +108,6 @@ def main(argv=None) -> int:
                 row[t] = {"soft_error_pct": 100 * (soft - truth[t]) / truth[t],
                           "hard_error_pct": 100 * (hard - truth[t]) / truth[t]}
             results["models"][label][site] = row
-            results.setdefault("mixing_gap", {})[site] = mixing_gap(site)
             print(label, site, " ".join(f"{t} {row[t]['soft_error_pct']:+.1f}" for t in TISSUES),
                   f"({time.time() - t0:.0f} s)")
     results["wall_s"] = time.time() - t0
@@ -131,7 +128,7 @@ def main(argv=None) -> int:
               "class signals. Signal of a half-GM voxel both ways, fraction of the pure-GM "
               "signal:", "", "| site | GM/CSF: parameters mixed | signals mixed | "
               "GM/WM: parameters mixed | signals mixed |", "| --- | --- | --- | --- | --- |"]
-    for site, gap in results.get("mixing_gap", {}).items():
+    for site, gap in results["mixing_gap"].items():
         lines.append(f"| {site} | " + " | ".join(
             f"{gap[k]['parameters_mixed']:.3f} | {gap[k]['signals_mixed']:.3f}"
             for k in ("gm_csf_half", "gm_wm_half")) + " |")
