@@ -91,8 +91,9 @@ def _mixed_maps(fractions: np.ndarray, scale: dict[str, float]) -> dict[str, tor
 def _mni_anatomy():
     """Class fractions on the 1 mm MNI grid from nilearn's ICBM152 2009a tissue maps.
 
-    GM and WM are the template's probabilities; CSF fills the rest of the brain mask
-    (grown by 2 mm); skull and scalp are shells around it (by distance, 2-8 mm and
+    GM and WM are the template's probabilities (rescaled where they sum to more than 1);
+    CSF fills the rest of each voxel of the brain mask (grown by 2 mm), so that no voxel
+    inside it is partly empty; skull and scalp are shells around it (by distance, 2-8 mm and
     8-14 mm), so that the image is a whole head the skull stripper must work on.
     """
     from nilearn.datasets import (
@@ -107,11 +108,17 @@ def _mni_anatomy():
     wm = load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
     brain = load_mni152_brain_mask(resolution=1).get_fdata() > 0
     dist = ndimage.distance_transform_edt(~brain)
-    frac = np.zeros((len(CLASSES), *gm.shape), np.float32)
-    total = np.clip(gm + wm, 0, 1)
-    frac[CLASSES.index("gm_cortex")] = gm / np.maximum(gm + wm, 1) * total
-    frac[CLASSES.index("wm")] = wm / np.maximum(gm + wm, 1) * total
     inside = brain | (dist <= 2)
+    gm, wm = gm * inside, wm * inside  # the template's traces beyond it would overlap the skull
+    frac = np.zeros((len(CLASSES), *gm.shape), np.float32)
+    # GM and WM as the template gives them, rescaled only where they sum to more than
+    # 1; CSF is the rest of the voxel. (Until session 23 both were also multiplied by
+    # min(gm + wm, 1), which left 119 mL of the brain mask empty, PD 0: dark voxels
+    # that every model read as CSF.)
+    norm = np.maximum(gm + wm, 1)
+    frac[CLASSES.index("gm_cortex")] = gm / norm
+    frac[CLASSES.index("wm")] = wm / norm
+    total = (gm + wm) / norm
     frac[CLASSES.index("csf")] = np.where(inside, 1 - total, 0)
     frac[CLASSES.index("skull")] = ((dist > 2) & (dist <= 8)) & ~inside
     frac[CLASSES.index("scalp_fat")] = (dist > 8) & (dist <= 14)

@@ -65,3 +65,29 @@ def test_demo_truth_matches_the_written_anatomy(tmp_path):
         assert 500 < vols["GM"] < 1100 and vols["GM"] > vols["WM"] > vols["CSF"] > 100
     assert truth["sub-01"]["GM"] != truth["sub-02"]["GM"]
     assert demo_truth(subjects=2, voxel=2.0, seed=0) == truth
+
+
+def test_mni_demo_anatomy_leaves_no_empty_space_inside_the_brain():
+    """The fractions sum to 1, every voxel of the (grown) brain mask is all tissue, and
+    GM/WM are the template's own probabilities where those sum to at most 1. (The first
+    version multiplied them by min(gm + wm, 1) as well, which left 119 mL of the brain
+    empty - PD 0, dark - and every model read those voxels as CSF.)"""
+    from nilearn.datasets import load_mni152_gm_template, load_mni152_wm_template
+
+    from phys_bids.demo import _mni_anatomy
+    from phys_bids.synth.tissues import CLASSES
+
+    frac, _ = _mni_anatomy()
+    assert frac.min() >= 0 and np.allclose(frac.sum(0), 1, atol=1e-5)
+    gm, wm, csf = (frac[CLASSES.index(c)] for c in ("gm_cortex", "wm", "csf"))
+    inside = csf > 0
+    assert (gm + wm + csf)[inside].min() > 1 - 1e-5  # no background in the brain
+    assert frac[0][inside].max() < 1e-5
+    tgm = load_mni152_gm_template(resolution=1).get_fdata(dtype=np.float32)
+    twm = load_mni152_wm_template(resolution=1).get_fdata(dtype=np.float32)
+    keep = inside & (tgm + twm <= 1)
+    assert keep.sum() > 1_000_000  # most of the brain
+    np.testing.assert_allclose(gm[keep], tgm[keep], atol=1e-6)
+    np.testing.assert_allclose(wm[keep], twm[keep], atol=1e-6)
+    # the template's GM volume, not less: about a litre at 1 mm
+    assert 950 < gm[inside].sum() / 1000 < 1100
