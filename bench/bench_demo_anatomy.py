@@ -32,6 +32,7 @@ from phys_bids.demo import SITES, _mixed_maps, _mni_anatomy
 from phys_bids.models.inference import sliding_window_logits
 from phys_bids.models.registry import load_model
 from phys_bids.physics.simulate import simulate
+from phys_bids.synth.evaluation import mixed_share
 from phys_bids.synth.tissues import CLASSES
 
 TISSUES = ("GM", "WM", "CSF")
@@ -79,8 +80,7 @@ def main(argv=None) -> int:
     tissue = np.stack([frac[CLASSES.index(DEMO_CLASS[t])] for t in TISSUES])
     mask = tissue.sum(0) > 0.5
     truth = {t: float(tissue[k][mask].sum()) for k, t in enumerate(TISSUES)}
-    mixed = float(tissue.sum(0)[mask & (tissue.max(0) < 0.9 * tissue.sum(0))].sum()
-                  / tissue.sum(0)[mask].sum())
+    mixed = mixed_share(tissue, mask)
     maps = _mixed_maps(frac, {})
     m = torch.from_numpy(mask)
     images = {}  # per site: the same image for every model

@@ -47,6 +47,7 @@ from phys_bids.synth import load_head
 from phys_bids.synth.evaluation import (
     benchmark_models,
     error_by_depth,
+    mixed_share,
     model_benchmark_parser,
     models_meta,
     phantom,
@@ -90,10 +91,9 @@ def smoothed_phantom(frac: torch.Tensor, present: list[int], sigma: float):
     f = f / f.sum(0, keepdims=True)
     target = np.asarray(TARGET_OF_CLASS)[present]
     tissue = np.stack([f[target == k].sum(0) for k in (1, 2, 3)])
-    brain = tissue.sum(0)
-    mask = brain > 0.5
-    mixed = float(brain[mask & (tissue.max(0) < 0.9 * brain)].sum() / brain[mask].sum())
-    return torch.from_numpy(f.astype(np.float32)), torch.from_numpy(mask), tissue, mixed
+    mask = tissue.sum(0) > 0.5
+    return (torch.from_numpy(f.astype(np.float32)), torch.from_numpy(mask), tissue,
+            mixed_share(tissue, mask))
 
 
 def main(argv=None):

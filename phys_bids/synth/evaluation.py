@@ -19,7 +19,8 @@ from .gold_standard import physics_gold_standard
 from .tissues import CLASSES, TARGET_OF_CLASS
 
 __all__ = ["BRAIN", "development_data", "conditions", "phantom", "noisy_image", "dice",
-           "error_by_depth", "model_benchmark_parser", "benchmark_models", "models_meta"]
+           "error_by_depth", "mixed_share", "model_benchmark_parser", "benchmark_models",
+           "models_meta"]
 
 BRAIN = [CLASSES.index(c) for c in ("gm_cortex", "gm_deep", "wm", "csf")]
 
@@ -97,6 +98,19 @@ def dice(a, b, k) -> float:
     """Dice overlap of label ``k`` between two label volumes (0 when neither has it)."""
     a, b = a == k, b == k
     return float(2 * (a & b).sum() / max(1, int(a.sum() + b.sum())))
+
+
+def mixed_share(tissue: np.ndarray, mask: np.ndarray) -> float:
+    """Share of the brain volume inside ``mask`` held in mixed voxels: those whose
+    largest tissue fraction is below 90 % of the voxel's brain fraction (``tissue``:
+    (T, ...) fractions of GM, WM, CSF).
+
+    >>> tissue = np.array([[[1.0, 0.5, 0.95]], [[0.0, 0.5, 0.05]]])  # GM, WM; 3 voxels
+    >>> mixed_share(tissue, np.ones((1, 3), bool))
+    0.3333333333333333
+    """
+    brain = tissue.sum(0)
+    return float(brain[mask & (tissue.max(0) < 0.9 * brain)].sum() / brain[mask].sum())
 
 
 def error_by_depth(pred, truth, tissues=(1, 2, 3), max_depth: int = 4) -> dict:
