@@ -62,7 +62,7 @@ def test_physics_wm_site_effect_is_smaller_than_the_classical_one(travelling):
     e = _site_effects(travelling)["tissues"]["WM"]
     phys = e["within_subject"]["mean_cov_x1e3"]
     clas = e["classical"]["within_subject"]["mean_cov_x1e3"]
-    assert phys < clas, (phys, clas)  # measured 10-15 against 170
+    assert phys < clas, (phys, clas)  # measured 19 against 177
     assert (travelling["out"] / "group" / "site_effects.png").is_file()
 
 
