@@ -1,14 +1,16 @@
 #!/usr/bin/env python
 """Is the demo's volume error in its anatomy or in the application's steps?
 
-Through the application (bench/bench_demo_sites.py) every instance-norm model reads
-the demo's GM low and CSF high. This segments the demo's anatomy itself - the ICBM152
+Through the application (bench/bench_demo_sites.py) a model's volume error on the demo
+mixes its reading of the anatomy with the skull strip, N4, registration and the 1.5 mm
+grid. This segments the demo's anatomy itself - the ICBM152
 population-average tissue fractions on their 1 mm MNI grid (``phys_bids.demo``), mixed
 into PD/R1/R2* maps as the demo does - simulated at each MPRAGE site's protocol,
 noise-free, without a receive field, masked where the brain fractions sum to more
 than 0.5 and divided by the brain mean: no 1.5 mm grid, skull strip, N4 or
 registration. Per model and site: the signed error of the hard and soft volumes
-against the true (fraction-summed) volumes inside the mask. Per site also: how far
+against the true (fraction-summed) volumes inside the mask, and the GM/CSF voxels
+binned by their true CSF fraction (intensity, true and read CSF). Per site also: how far
 the demo's mixing of the parameters is from the training generator's mixing of the
 signals, for a voxel half GM.
 
@@ -61,6 +63,31 @@ def mixing_gap(site: str) -> dict:
     return out
 
 
+#: bins of the true CSF fraction for the GM/CSF voxels (WM < 5 %)
+CSF_BINS = ((0.0, 0.05), (0.05, 0.15), (0.15, 0.3), (0.3, 0.5), (0.5, 0.7), (0.7, 0.9),
+            (0.9, 1.01))
+
+
+def by_csf_fraction(image: np.ndarray, tissue: np.ndarray, mask: np.ndarray,
+                    csf_prob: np.ndarray) -> list[dict]:
+    """GM/CSF voxels (WM < 5 %) binned by their true CSF fraction: per bin the mean
+    intensity as a fraction of the pure-GM intensity (GM > 95 %), the mean true CSF
+    fraction and the model's mean CSF probability. A GM/CSF mixture's intensity lies
+    between the pure ones; a bin darker than its CSF fraction allows is not GM + CSF
+    (this table found the demo's empty space, session 23)."""
+    gm, wm, csf = tissue
+    pure = float(image[mask & (gm > 0.95)].mean())
+    rows = []
+    for lo, hi in CSF_BINS:
+        sel = mask & (wm < 0.05) & (csf >= lo) & (csf < hi)
+        if sel.any():
+            rows.append({"csf_range": [lo, min(hi, 1.0)], "voxels": int(sel.sum()),
+                         "intensity_vs_pure_gm": float(image[sel].mean()) / pure,
+                         "true_csf": float(csf[sel].mean()),
+                         "model_csf": float(csf_prob[sel].mean())})
+    return rows
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -107,6 +134,8 @@ def main(argv=None) -> int:
                 soft, hard = float(p[k].sum()), float((lab == k).sum())
                 row[t] = {"soft_error_pct": 100 * (soft - truth[t]) / truth[t],
                           "hard_error_pct": 100 * (hard - truth[t]) / truth[t]}
+            row["by_csf_fraction"] = by_csf_fraction(images[site].numpy(), tissue, mask,
+                                                     p[3].numpy())
             results["models"][label][site] = row
             print(label, site, " ".join(f"{t} {row[t]['soft_error_pct']:+.1f}" for t in TISSUES),
                   f"({time.time() - t0:.0f} s)")
@@ -132,6 +161,19 @@ def main(argv=None) -> int:
         lines.append(f"| {site} | " + " | ".join(
             f"{gap[k]['parameters_mixed']:.3f} | {gap[k]['signals_mixed']:.3f}"
             for k in ("gm_csf_half", "gm_wm_half")) + " |")
+    lines += ["", "GM/CSF voxels (WM < 5 %) by true CSF fraction: mean intensity as a "
+              "fraction of pure GM / mean true CSF fraction / the model's mean CSF "
+              "probability, per model and site:", "",
+              "| model | site | " + " | ".join(f"CSF {lo:.2f}-{min(hi, 1):.2f}"
+                                             for lo, hi in CSF_BINS) + " |",
+              "| --- | --- |" + " --- |" * len(CSF_BINS)]
+    for label, sites in results["models"].items():
+        for site, row in sites.items():
+            cells = {tuple(b["csf_range"]): b for b in row["by_csf_fraction"]}
+            lines.append(f"| {label} | {site} | " + " | ".join(
+                "{intensity_vs_pure_gm:.2f} / {true_csf:.2f} / {model_csf:.2f}".format(
+                    **cells[(lo, min(hi, 1.0))]) if (lo, min(hi, 1.0)) in cells else "-"
+                for lo, hi in CSF_BINS) + " |")
     (out / "demo_anatomy.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0
