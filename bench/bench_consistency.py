@@ -52,7 +52,9 @@ METRICS = {"cov_x1e3": "CoV of volume (x10^3, lower is better)",
            "dice_anatomy": "Dice vs anatomy",
            "dice_pgs": "Dice vs physics gold standard",
            "volume_error_pct": "Volume error vs anatomy, % (hard labels)",
-           "soft_volume_error_pct": "Volume error vs anatomy, % (soft: sum of probabilities)"}
+           "soft_volume_error_pct": "Volume error vs anatomy, % (soft: sum of probabilities)",
+           "cov7_x1e3": "CoV of volume (x10^3) over the 7 of these images that a 7-image run "
+                        "measures (MPRAGE, N = 6k + 1)"}
 
 
 def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor):
@@ -86,6 +88,9 @@ def main(argv=None):
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     models, subjects = benchmark_models(args)
+    # a subject's phantom is seeded by its place in the test split, so that --subjects
+    # head_15 measures the images of head_15 in a full run (others: their place in the list)
+    test_split = next(iter(models.values())).manifest["split"].get("test", [])
     methods = list(models) + ([] if args.no_atropos else ["atropos"])
     conds = {k: v for k, v in conditions(args.n_images, args.seed).items()
              if k in args.conditions.split(",")}
@@ -106,7 +111,8 @@ def main(argv=None):
         if subj in done:
             continue
         head = load_head(Path(args.data) / f"{subj}.nii.gz")
-        gen, cmaps, frac, present, mask, anatomy, pgs = phantom(head, args.seed + si)
+        gen, cmaps, frac, present, mask, anatomy, pgs = phantom(
+            head, args.seed + (test_split.index(subj) if subj in test_split else si))
         for cname, (seq, params) in conds.items():
             n = next(iter(params.values())).shape[0]
             vols = {m: [] for m in methods}
@@ -145,7 +151,7 @@ def main(argv=None):
             for m in methods:
                 v = np.array(vols[m], dtype=np.float64)
                 results[m][cname].append(subject_row(subj, v, np.array(dices[m]), soft[m],
-                                                     truth))
+                                                     truth, seven_of(cname, n)))
                 if cname.startswith("mprage"):
                     curves.setdefault(m, {}).setdefault(cname, []).append(
                         {"ti": params["ti"].tolist(), "volumes": v.tolist(), "subject": subj})
@@ -158,12 +164,25 @@ def main(argv=None):
                         failures=failures))
 
 
-def subject_row(subj: str, v: np.ndarray, d: np.ndarray, soft: list, truth: np.ndarray) -> dict:
+def seven_of(cname: str, n: int) -> np.ndarray | None:
+    """Indices of the images that a 7-image run (same seed) measures among the N of this
+    run: MPRAGE TIs are evenly spaced, so with N = 6k + 1 > 7 every k-th TI is one of
+    the 7. None otherwise, SPGR included (its draws of TR, TE and flip angle come in
+    blocks of N from one seeded stream, so a 7-image run's draws are not among them)."""
+    if n <= 7 or not cname.startswith("mprage") or (n - 1) % 6:
+        return None
+    return np.arange(0, n, (n - 1) // 6)
+
+
+def subject_row(subj: str, v: np.ndarray, d: np.ndarray, soft: list, truth: np.ndarray,
+                seven: np.ndarray | None = None) -> dict:
     """One subject's metrics for one method and condition from its per-image volumes ``v``
     (images x 3 voxels, NaN where Atropos failed), Dice values ``d`` (images x 6: anatomy,
     then gold standard) and soft volumes. Failed images are left out; where every image
     failed, each metric is null, so that the JSON holds no NaN and the summary over
-    subjects averages the subjects that have one."""
+    subjects averages the subjects that have one. ``seven`` (:func:`seven_of`) adds the
+    CoV over the images a 7-image run measures, so that one run says how far the
+    documented 7-image tables are from the N-image CoV."""
     ok = np.isfinite(v[:, 0])
     row: dict = {"subject": subj, "images": int(ok.sum())}
 
@@ -171,12 +190,17 @@ def subject_row(subj: str, v: np.ndarray, d: np.ndarray, soft: list, truth: np.n
         return dict(zip(TISSUES.values(), (x.tolist() if x is not None else [None] * 3),
                         strict=True))
 
+    v_all = v
     v, d = v[ok], d[ok].astype(np.float64)
     have = bool(ok.any())
     row["volume_error_pct"] = per_tissue(100 * (v.mean(0) - truth) / truth if have else None)
     if soft:
         row["soft_volume_error_pct"] = per_tissue(100 * (np.mean(soft, 0) - truth) / truth)
     row["cov_x1e3"] = per_tissue(1e3 * v.std(0) / v.mean(0) if have else None)
+    if seven is not None:
+        sub = ok[seven]
+        v7 = v_all[seven][sub]
+        row["cov7_x1e3"] = per_tissue(1e3 * v7.std(0) / v7.mean(0) if sub.any() else None)
     row["dice_anatomy"] = per_tissue(d[:, :3].mean(0) if have else None)
     row["dice_pgs"] = per_tissue(d[:, 3:].mean(0) if have else None)
     return row

@@ -666,6 +666,44 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
         assert rows[0] == before[m]["spgr-ood"][0]
 
 
+def test_consistency_benchmark_n_image_run_holds_the_7_image_run(label_dir, tmp_path):
+    """A 13-image run reports, as cov7_x1e3, exactly the CoV that a 7-image run with the
+    same seed measures (MPRAGE: every 2nd TI; SPGR has no such subset), and --subjects
+    with one test subject measures the images of that subject in a run of the whole
+    test split (its phantom is seeded by its place in the split)."""
+    bench = bench_script("bench_consistency")
+    train(_tiny_cfg(max_steps=2, test_subjects=("head_a", "head_b")), label_dir,
+          tmp_path / "phys")
+    common = ["--data", str(label_dir), "--models", str(tmp_path / "phys"), "--no-atropos",
+              "--conditions", "mprage-id,spgr-id", "--window", "16", "--threads", "1"]
+    runs = {}
+    for name, extra in (("n13", ["--n-images", "13", "--subjects", "head_b"]),
+                        ("n7", ["--n-images", "7"])):
+        bench.main(common + extra + ["--out", str(tmp_path / name)])
+        runs[name] = json.loads((tmp_path / name / "consistency.json").read_text())
+    phys = str(tmp_path / "phys")
+    assert runs["n7"]["meta"]["subjects"] == ["head_a", "head_b"]
+    for c in ("mprage-id", "spgr-id"):
+        (row13,) = runs["n13"]["per_subject"][phys][c]
+        row7 = runs["n7"]["per_subject"][phys][c][1]
+        assert row13["subject"] == row7["subject"] == "head_b"
+        assert "cov7_x1e3" not in row7  # a 7-image run has nothing to subsample
+    row13 = runs["n13"]["per_subject"][phys]["mprage-id"][0]
+    row7 = runs["n7"]["per_subject"][phys]["mprage-id"][1]
+    for t in ("GM", "WM", "CSF"):
+        assert row13["cov7_x1e3"][t] == pytest.approx(row7["cov_x1e3"][t], rel=1e-9)
+        assert row13["cov7_x1e3"][t] != pytest.approx(row13["cov_x1e3"][t], rel=1e-6)
+    assert "cov7_x1e3" not in runs["n13"]["per_subject"][phys]["spgr-id"][0]
+    (c13,) = runs["n13"]["curves"][phys]["mprage-id"]
+    c7 = runs["n7"]["curves"][phys]["mprage-id"][1]
+    assert np.allclose(np.array(c13["ti"])[::2], c7["ti"])
+    assert np.array_equal(np.array(c13["volumes"])[::2], c7["volumes"])
+    assert bench.seven_of("mprage-id", 121).tolist() == list(range(0, 121, 20))
+    assert bench.seven_of("mprage-id", 7) is None and bench.seven_of("mprage-ood", 10) is None
+    assert bench.seven_of("spgr-ood", 121) is None
+    assert "CoV of volume (x10^3) over the 7" in (tmp_path / "n13" / "consistency.md").read_text()
+
+
 def test_input_level_probe_reads_the_run_and_scales_the_input(label_dir, tmp_path):
     """bench/bench_input_level.py on a tiny model and a participant-style run folder: the
     acquisition comes from the sidecar, the volumes lie within the brain mask, scale 1 is
