@@ -123,6 +123,9 @@ class SynthConfig:
     #: tissue maps) hold 65 % of their brain volume in voxels whose largest fraction is
     #: below 0.9 (docs/segmentation.md, partial volume). No draw when off.
     pv_sigma: float = 0.0
+    #: share of the patches that get the partial-volume smoothing (the others stay
+    #: sharp). 1.0 (default) draws nothing, so configs without it replay their streams.
+    pv_probability: float = 1.0
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
@@ -336,9 +339,13 @@ class SynthGenerator:
         return image
 
     def _smooth_fractions(self, frac: Tensor, g: torch.Generator) -> Tensor:
-        """Gaussian smoothing of the class fractions, sigma U(0, pv_sigma) voxels
-        (separable, replicate padding: the fractions still sum to 1)."""
+        """Gaussian smoothing of the class fractions, sigma U(0, pv_sigma) voxels, in a
+        share ``pv_probability`` of the patches (separable, replicate padding: the
+        fractions still sum to 1)."""
         if self.cfg.pv_sigma <= 0:
+            return frac
+        if (self.cfg.pv_probability < 1.0
+                and float(torch.rand(1, generator=g)) >= self.cfg.pv_probability):
             return frac
         sigma = self.cfg.pv_sigma * float(torch.rand(1, generator=g))
         if sigma < 0.2:  # narrower than a voxel: the kernel is a delta

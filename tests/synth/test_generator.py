@@ -119,6 +119,12 @@ def test_level_and_gamma_jitter_change_only_the_input_level(gen):
     assert len({round(r, 6) for r in ratios}) == 3  # each realisation its own gain
 
 
+def _after_draws(seed: int, n: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    torch.rand(n, generator=g)
+    return g.get_state()
+
+
 def test_partial_volume_augmentation_mixes_voxels_and_keeps_fractions_summing_to_one(gen):
     heads = gen.heads
     sharp = SynthGenerator(heads, SynthConfig(patch=24, realisations=2))
@@ -141,6 +147,17 @@ def test_partial_volume_augmentation_mixes_voxels_and_keeps_fractions_summing_to
     g = torch.Generator().manual_seed(3)
     assert sharp._smooth_fractions(frac, g) is frac
     assert torch.equal(g.get_state(), torch.Generator().manual_seed(3).get_state())
+    # pv_probability: that share of the patches is smoothed, the rest stays sharp; at
+    # its default of 1 it draws nothing more (pv_sigma configs replay their streams)
+    g = torch.Generator().manual_seed(5)
+    once = smooth._smooth_fractions(frac, g)
+    assert torch.equal(g.get_state(), _after_draws(5, 1))
+    assert not torch.equal(once, frac)
+    smooth.cfg.pv_probability = 0.5
+    kept = [smooth._smooth_fractions(frac, torch.Generator().manual_seed(s)) is frac
+            for s in range(200)]
+    assert 0.35 < np.mean(kept) < 0.65
+    smooth.cfg.pv_probability = 1.0
     smooth.cfg.pv_sigma = 3.0
     out = smooth._smooth_fractions(frac, torch.Generator().manual_seed(0))
     assert torch.allclose(out.sum(0), torch.ones(16, 16, 16), atol=1e-5)
