@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from phys_bids.classical import ClassicalSegmentationError
-from phys_bids.models.inference import sliding_window_logits
+from phys_bids.models.inference import FLIP_TTA, sliding_window_logits
 from phys_bids.synth import load_head
 from phys_bids.synth.evaluation import (  # noqa: F401 - re-exported
     BRAIN,
@@ -82,6 +82,8 @@ def main(argv=None):
     ap.add_argument("--conditions", default="mprage-id,mprage-ood,spgr-id,spgr-ood")
     ap.add_argument("--no-atropos", action="store_true")
     ap.add_argument("--window", type=int, default=96)
+    ap.add_argument("--flip-tta", choices=sorted(FLIP_TTA), default="none",
+                    help="flip test-time augmentation of the networks: lr (2 passes), all (8)")
     ap.add_argument("--out", default="docs/results/consistency")
     ap.add_argument("--resume", action="store_true",
                     help="keep the subjects already in OUT/consistency.json (same settings)")
@@ -139,7 +141,8 @@ def main(argv=None):
                         mod = models[m]
                         phys = mod.encoder.encode(seq, p) if mod.physics else None
                         logits = sliding_window_logits(mod.network, img[None, None], phys,
-                                                       window=args.window, overlap=0.25)
+                                                       window=args.window, overlap=0.25,
+                                                       flip_axes=FLIP_TTA[args.flip_tta])
                         lab = logits[0].argmax(0) * mask
                         prob = torch.softmax(logits[0], 0) * mask
                         soft[m].append([float(prob[k].sum()) for k in (1, 2, 3)])
@@ -211,7 +214,7 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
     """Write consistency.json/.md (and the TI plot); returns the markdown."""
     summary = summarise(results)
     meta = {"n_images": args.n_images, "subjects": subjects, "complete": final,
-            "window": args.window,
+            "window": args.window, "flip_tta": args.flip_tta,
             "seed": args.seed, "models": models_meta(models),
             "atropos": "k-means 3 classes, 5 iterations, clusters assigned to tissues by best "
                        "overlap with the anatomy (oracle)", "atropos_failures": failures,
@@ -261,7 +264,9 @@ def summarise(results):
 
 def markdown(summary, meta) -> str:
     lines = [f"Subjects: {', '.join(meta['subjects'])}; {meta['n_images']} images per "
-             f"condition; mean +- SD over subjects.", ""]
+             f"condition; mean +- SD over subjects"
+             + ("" if meta.get("flip_tta", "none") == "none"
+                else f"; networks with flip TTA ({meta['flip_tta']})") + ".", ""]
     if meta.get("atropos_failures"):
         lines += [f"Atropos failed on {len(meta['atropos_failures'])} image(s) (left out of "
                   "its statistics): " + ", ".join(f"{f['subject']} {f['condition']} #{f['image']}"

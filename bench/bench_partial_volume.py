@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from phys_bids.models.inference import sliding_window_logits
+from phys_bids.models.inference import FLIP_TTA, sliding_window_logits
 from phys_bids.synth import load_head
 from phys_bids.synth.evaluation import (
     benchmark_models,
@@ -100,6 +100,8 @@ def main(argv=None):
     ap = model_benchmark_parser(__doc__)
     ap.add_argument("--sigmas", default="0,0.75,1.5", help="Gaussian sigmas, mm (1 mm grid)")
     ap.add_argument("--window", type=int, default=96)
+    ap.add_argument("--flip-tta", choices=sorted(FLIP_TTA), default="none",
+                    help="flip test-time augmentation: lr (2 passes), all (8)")
     ap.add_argument("--out", default="docs/results/partial-volume")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -121,7 +123,8 @@ def main(argv=None):
                 phys = model.encoder.encode("MPRAGE", {"ti": [0.9]}) if model.physics else None
                 with torch.no_grad():
                     logits = sliding_window_logits(model.network, img[None, None], phys,
-                                                   window=args.window, overlap=0.25)
+                                                   window=args.window, overlap=0.25,
+                                                   flip_axes=FLIP_TTA[args.flip_tta])
                 p = torch.softmax(logits[0], 0) * mask
                 lab = p.argmax(0) * mask
                 hard = [float((lab == k).sum()) for k in (1, 2, 3)]
@@ -154,7 +157,8 @@ def main(argv=None):
                     for r in REGIONS},
                 "hard_error_pct_by_depth": {t: {str(d): pooled_error(sel, t, str(d))
                                                 for d in DEPTHS} for t in TISSUES}}
-    meta = {"subjects": subjects, "sigmas_mm": sigmas, "window": args.window, "seed": args.seed,
+    meta = {"subjects": subjects, "sigmas_mm": sigmas, "window": args.window,
+            "flip_tta": args.flip_tta, "seed": args.seed,
             "image": "MPRAGE TI 0.9 s, noise-free, skull-stripped at brain fraction 0.5, "
                      "divided by the brain mean",
             "models": models_meta(models), "wall_s": time.time() - t0}
@@ -163,7 +167,8 @@ def main(argv=None):
     (out / "partial_volume.json").write_text(json.dumps(
         {"meta": meta, "summary": summary, "per_subject": rows}, indent=1))
     lines = [f"Partial-volume probe ({', '.join(subjects)}; {meta['image']}; window "
-             f"{args.window}; `bench/bench_partial_volume.py`). Signed volume error vs the "
+             f"{args.window}" + ("" if args.flip_tta == "none" else f", flip TTA {args.flip_tta}")
+             + "; `bench/bench_partial_volume.py`). Signed volume error vs the "
              "true tissue volumes inside the mask, %, mean over subjects: hard labels "
              "(soft: summed probabilities).", "",
              "| model | sigma mm | mixed share | GM err % | WM err % | CSF err % |",

@@ -14,7 +14,11 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
-__all__ = ["gaussian_weight", "sliding_window_logits", "pad_to_multiple"]
+__all__ = ["FLIP_TTA", "gaussian_weight", "sliding_window_logits", "pad_to_multiple"]
+
+#: named flip test-time augmentations: the spatial axes of the model grid (MNI, RAS)
+#: whose flips are averaged (``flip_axes`` of :func:`sliding_window_logits`)
+FLIP_TTA: dict[str, tuple[int, ...]] = {"none": (), "lr": (0,), "all": (0, 1, 2)}
 
 
 def gaussian_weight(size: tuple[int, ...], sigma_scale: float = 0.125, *, dtype=torch.float32
@@ -47,7 +51,7 @@ def _starts(length: int, window: int, step: int) -> list[int]:
 
 @torch.no_grad()
 def sliding_window_logits(network, image: Tensor, physics: Tensor | None, *, window: int = 96,
-                          overlap: float = 0.5, flip_tta: bool = False) -> Tensor:
+                          overlap: float = 0.5, flip_axes: tuple[int, ...] = ()) -> Tensor:
     """Logits over a whole image.
 
     Parameters
@@ -57,8 +61,11 @@ def sliding_window_logits(network, image: Tensor, physics: Tensor | None, *, win
     physics : tensor (1, D) or None
     window : int
         Window edge (a multiple of 2**(levels-1)); the image is padded to a multiple.
-    flip_tta : bool
-        Average logits over the 8 combinations of axis flips.
+    flip_axes : tuple of spatial axes (0, 1, 2)
+        Test-time augmentation: average the logits over every combination of flips of
+        these axes (2**len passes per window). ``()`` one pass; ``(0,)`` the left-right
+        flip on the model grid (MNI, RAS), which gives a plausible brain; ``(0, 1, 2)``
+        the 8 flips of Chalcroft et al.
 
     Returns
     -------
@@ -80,8 +87,10 @@ def sliding_window_logits(network, image: Tensor, physics: Tensor | None, *, win
     n_cls = network.config["n_classes"]
     out = torch.zeros((1, n_cls, *x.shape[-3:]), dtype=x.dtype, device=x.device)
     norm = torch.zeros(x.shape[-3:], dtype=x.dtype, device=x.device)
-    flips = ([()] if not flip_tta else
-             [f for r in range(4) for f in itertools.combinations((2, 3, 4), r)])
+    dims = sorted({int(a) + 2 for a in flip_axes})
+    if any(d not in (2, 3, 4) for d in dims):
+        raise ValueError(f"flip_axes must be spatial axes 0, 1, 2, got {flip_axes}")
+    flips = [f for r in range(len(dims) + 1) for f in itertools.combinations(dims, r)]
     for sx in _starts(x.shape[2], win[0], step[0]):
         for sy in _starts(x.shape[3], win[1], step[1]):
             for sz in _starts(x.shape[4], win[2], step[2]):

@@ -99,8 +99,9 @@ def _place(probs: np.ndarray, box, shape, background: float) -> np.ndarray:
 @torch.no_grad()
 def segment_brain(model: LoadedModel, image: np.ndarray, mask: np.ndarray, sequence: str,
                   params: dict, *, threads: int | None = None, device: str = "cpu",
-                  window: int = WINDOW, overlap: float = OVERLAP, flip_tta: bool = False,
-                  mc_samples: int = 0, seed: int = 0) -> SegmentationResult:
+                  window: int = WINDOW, overlap: float = OVERLAP,
+                  flip_axes: tuple[int, ...] = (), mc_samples: int = 0,
+                  seed: int = 0) -> SegmentationResult:
     """Tissue probabilities of a brain image on the model grid.
 
     Parameters
@@ -109,6 +110,9 @@ def segment_brain(model: LoadedModel, image: np.ndarray, mask: np.ndarray, seque
     image, mask : 3D arrays on the model grid (mask: brain voxels)
     sequence, params : the acquisition the physics branch is told (SI units);
         ignored by a model without physics branch
+    flip_axes : tuple of int
+        Flip test-time augmentation (:func:`~phys_bids.models.inference.sliding_window_logits`):
+        ``(0,)`` averages each window with its left-right mirror, at twice the time.
     mc_samples : int
         0: one deterministic pass. N > 0: N Monte-Carlo samples, each with dropout on
         and one draw of the aleatoric logit noise; the probabilities are their mean,
@@ -125,7 +129,7 @@ def segment_brain(model: LoadedModel, image: np.ndarray, mask: np.ndarray, seque
     def probabilities(network) -> np.ndarray:
         """One sliding-window pass; no tissue outside the brain."""
         logits = sliding_window_logits(network, x, phys, window=window, overlap=overlap,
-                                       flip_tta=flip_tta)
+                                       flip_axes=flip_axes)
         p = torch.softmax(logits[0].double(), 0).cpu().numpy()
         p[1:, ~inside] = 0.0
         p[0, ~inside] = 1.0

@@ -85,8 +85,24 @@ def test_sliding_window_equals_one_pass_when_the_window_covers_the_image():
     assert out.shape == (1, 4, 13, 16, 10)
     assert torch.allclose(out, ref, atol=1e-5)
     assert torch.equal(out, sliding_window_logits(net, x, p, window=64))  # repeatable
-    tiled = sliding_window_logits(net, x, p, window=8, overlap=0.5, flip_tta=True)
+    tiled = sliding_window_logits(net, x, p, window=8, overlap=0.5, flip_axes=(0, 1, 2))
     assert tiled.shape == out.shape and torch.isfinite(tiled).all()
+
+
+def test_flip_tta_averages_each_window_with_its_mirror():
+    net = tiny(10).eval()
+    x, p = torch.randn(1, 1, 14, 16, 10), torch.randn(1, 10)
+    plain = sliding_window_logits(net, x, p, window=64)
+    lr = sliding_window_logits(net, x, p, window=64, flip_axes=(0,))
+    mirrored = sliding_window_logits(net, x.flip(2), p, window=64).flip(2)
+    assert torch.allclose(lr, (plain + mirrored) / 2, atol=1e-5)
+    assert not torch.allclose(lr, plain, atol=1e-3)  # the mirror pass changed something
+    # a left-right symmetric input gives a left-right symmetric answer
+    sym = torch.cat([x[:, :, :7], x[:, :, :7].flip(2)], 2)
+    s = sliding_window_logits(net, sym, p, window=64, flip_axes=(0,))
+    assert torch.allclose(s, s.flip(2), atol=1e-5)
+    with pytest.raises(ValueError, match="spatial axes"):
+        sliding_window_logits(net, x, p, window=64, flip_axes=(3,))
 
 
 def _tiny_cfg(**kw):
@@ -1053,6 +1069,14 @@ def test_demo_anatomy_bench_scores_the_demo_fractions_without_preprocessing(labe
         line = i0 + (i1 - i0) * (b["true_csf"] - f0) / (f1 - f0)
         assert abs(b["intensity_vs_pure_gm"] - line) < 0.05, b
         assert 0 <= b["model_csf"] <= 1
+    # with the left-right flip TTA: the same images, recorded as such, other readings
+    assert bench.main(["--models", str(tmp_path / "m"), "--sites", "siteA", "--threads", "1",
+                       "--window", "64", "--flip-tta", "lr", "--out", str(tmp_path / "lr")]) == 0
+    lr = json.loads((tmp_path / "lr" / "demo_anatomy.json").read_text())
+    assert res["flip_tta"] == "none" and lr["flip_tta"] == "lr"
+    assert lr["truth_ml"] == res["truth_ml"]
+    assert lr["models"]["tiny"]["siteA"]["GM"] != row["GM"]
+    assert "flip TTA lr" in (tmp_path / "lr" / "demo_anatomy.md").read_text()
     with pytest.raises(SystemExit, match="not MPRAGE"):
         bench.main(["--models", str(tmp_path / "m"), "--sites", "siteC",
                     "--out", str(tmp_path / "x")])
