@@ -104,6 +104,15 @@ def main(argv=None):
     done: set = set()
     if args.resume and (out / "consistency.json").exists():
         prev = json.loads((out / "consistency.json").read_text())
+        # a subject measured under other settings would be averaged with these: refuse
+        now = {"n_images": args.n_images, "window": args.window, "seed": args.seed,
+               "flip_tta": args.flip_tta}
+        other = {k: prev["meta"].get(k, "none" if k == "flip_tta" else v)
+                 for k, v in now.items()}
+        if other != now:
+            raise SystemExit(f"--resume: {out / 'consistency.json'} was measured with "
+                             + ", ".join(f"{k} {other[k]}" for k in now if other[k] != now[k])
+                             + "; run with those settings or give another --out")
         results, curves = prev["per_subject"], prev["curves"]
         failures = prev["meta"].get("atropos_failures", [])
         done = set(prev["meta"]["subjects"])

@@ -680,6 +680,14 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
         rows = result["per_subject"][m]["spgr-ood"]
         assert [r["subject"] for r in rows] == ["head_b", "head_a"]
         assert rows[0] == before[m]["spgr-ood"][0]
+    # resuming under other settings would average unlike images: refused, file untouched
+    kept = (out / "consistency.json").read_bytes()
+    with pytest.raises(SystemExit, match="flip_tta none"):
+        bench.main(args + ["--subjects", "head_b,head_a,head_c", "--resume",
+                           "--flip-tta", "lr"])
+    with pytest.raises(SystemExit, match="n_images 3"):
+        bench.main(args[:4] + ["--n-images", "5"] + args[6:] + ["--resume"])
+    assert (out / "consistency.json").read_bytes() == kept
 
 
 def test_consistency_benchmark_n_image_run_holds_the_7_image_run(label_dir, tmp_path):
