@@ -404,7 +404,7 @@ def test_output_consistency_weight_adds_the_l2_between_realisation_probabilities
     expected = float(stratification_loss(probs))
     assert expected > 0 and "output_consistency" not in p0
     assert p2["output_consistency"] == pytest.approx(expected, rel=1e-5)
-    assert float(l2 - l0) == pytest.approx(2.0 * expected, rel=1e-4)
+    assert float((l2 - l0).detach()) == pytest.approx(2.0 * expected, rel=1e-4)
 
 
 def _centre_physics_effect(net, size: int) -> float:
