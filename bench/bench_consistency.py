@@ -106,9 +106,12 @@ def main(argv=None):
         prev = json.loads((out / "consistency.json").read_text())
         # a subject measured under other settings would be averaged with these: refuse
         now = {"n_images": args.n_images, "window": args.window, "seed": args.seed,
-               "flip_tta": args.flip_tta}
-        other = {k: prev["meta"].get(k, "none" if k == "flip_tta" else v)
-                 for k, v in now.items()}
+               "flip_tta": args.flip_tta, "conditions": ",".join(conds)}
+        # files from before a setting was recorded: flip TTA was off, and the conditions
+        # are those the per-subject results hold
+        missing = {"flip_tta": "none",
+                   "conditions": ",".join(next(iter(prev["per_subject"].values())))}
+        other = {k: prev["meta"].get(k, missing.get(k, v)) for k, v in now.items()}
         if other != now:
             raise SystemExit(f"--resume: {out / 'consistency.json'} was measured with "
                              + ", ".join(f"{k} {other[k]}" for k in now if other[k] != now[k])
@@ -224,6 +227,7 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
     summary = summarise(results)
     meta = {"n_images": args.n_images, "subjects": subjects, "complete": final,
             "window": args.window, "flip_tta": args.flip_tta,
+            "conditions": ",".join(next(iter(results.values()))),
             "seed": args.seed, "models": models_meta(models),
             "atropos": "k-means 3 classes, 5 iterations, clusters assigned to tissues by best "
                        "overlap with the anatomy (oracle)", "atropos_failures": failures,

@@ -687,6 +687,10 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
                            "--flip-tta", "lr"])
     with pytest.raises(SystemExit, match="n_images 3"):
         bench.main(args[:4] + ["--n-images", "5"] + args[6:] + ["--resume"])
+    # other conditions would find no list to add the new subject's rows to
+    with pytest.raises(SystemExit, match="conditions mprage-id,mprage-ood,spgr-id,spgr-ood"):
+        bench.main(args + ["--subjects", "head_b,head_a,head_c", "--resume",
+                           "--conditions", "spgr-id"])
     assert (out / "consistency.json").read_bytes() == kept
 
 
