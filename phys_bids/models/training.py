@@ -310,12 +310,13 @@ def _loss(model, batch, cfg: TrainConfig, g: torch.Generator):
     logits, log_sigma, feats = model(batch["image"], batch["physics"] if cfg.physics else None)
     ce = stochastic_cross_entropy(logits, log_sigma, target, samples=cfg.aleatoric_samples,
                                   generator=g)
-    dice = soft_dice_loss(torch.softmax(logits, 1), target)
+    prob = torch.softmax(logits, 1)
+    dice = soft_dice_loss(prob, target)
     strat = stratification_loss(feats)
     total = ce + cfg.dice_weight * dice + cfg.stratification_weight * strat
     parts = {"ce": ce.item(), "dice": dice.item(), "strat": strat.item()}
     if cfg.output_consistency_weight > 0:
-        oc = stratification_loss(torch.softmax(logits, 1))
+        oc = stratification_loss(prob)
         total = total + cfg.output_consistency_weight * oc
         parts["output_consistency"] = oc.item()
     if cfg.contrastive_weight > 0:
