@@ -84,7 +84,11 @@ def main(argv=None) -> int:
                          "$XDG_CACHE_HOME/phys-bids/label-maps-mni)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    cfg = TrainConfig.from_json(args.config)
+    try:
+        cfg = TrainConfig.from_json(args.config)
+    except (OSError, ValueError, TypeError) as err:
+        # one line naming the file; nothing has been written yet
+        raise SystemExit(f"{args.config}: {err}") from None
     if args.max_steps is not None:
         cfg.max_steps = args.max_steps
     if args.time_limit_min is not None:

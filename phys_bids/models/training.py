@@ -149,6 +149,7 @@ class TrainConfig:
     def __post_init__(self):
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        make_synth(self)  # the generator settings fail here, not hours into a run
 
     def to_dict(self) -> dict:
         d = dict(self.__dict__)

@@ -127,6 +127,48 @@ class SynthConfig:
     #: sharp). 1.0 (default) draws nothing, so configs without it replay their streams.
     pv_probability: float = 1.0
 
+    def __post_init__(self):
+        """Refuse settings outside their meaning, naming the field: a training config
+        with the rotation in radians, the SNR bounds swapped or a probability in percent
+        would otherwise train a model for hours on images nobody asked for."""
+        self.sequences = tuple(self.sequences)
+        self.snr = tuple(float(v) for v in self.snr)
+        bad = []
+        if self.patch < 8:
+            bad.append(f"patch must be at least 8 voxels, got {self.patch}")
+        if self.realisations < 1:
+            bad.append(f"realisations must be at least 1, got {self.realisations}")
+        for seq in self.sequences:
+            if seq not in SEQUENCES:
+                bad.append(f"sequence {seq!r} is not one of {sorted(SEQUENCES)}")
+            elif seq not in self.spaces:
+                bad.append(f"sequence {seq!r} has no parameter space in spaces")
+            elif self.spaces[seq] not in SPACES or SPACES[self.spaces[seq]].sequence != seq:
+                known = sorted(k for k, v in SPACES.items() if v.sequence == seq)
+                bad.append(f"spaces[{seq!r}] = {self.spaces[seq]!r} is not a parameter "
+                           f"space of {seq} ({known})")
+        if not self.sequences:
+            bad.append("sequences is empty")
+        if not 0.0 <= self.rotation_deg <= 180.0:
+            bad.append(f"rotation_deg must be in [0, 180] degrees, got {self.rotation_deg}")
+        if not 0.0 <= self.scale < 1.0:
+            bad.append(f"scale must be in [0, 1) (a fraction), got {self.scale}")
+        if len(self.snr) != 2 or not 0.0 < self.snr[0] <= self.snr[1]:
+            bad.append(f"snr must be (low, high) with 0 < low <= high, got {list(self.snr)}")
+        for name in ("bias_strength", "b1t_strength"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                bad.append(f"{name} must be in [0, 1) (a fraction), got {getattr(self, name)}")
+        for name in ("blur_probability", "mask_jitter_probability", "pv_probability"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                bad.append(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        for name in ("elastic_mm", "level_jitter", "gamma_jitter", "pv_sigma"):
+            if getattr(self, name) < 0.0:
+                bad.append(f"{name} must not be negative, got {getattr(self, name)}")
+        if not 0.0 < self.field_strength <= 11.7:
+            bad.append(f"field_strength must be in (0, 11.7] T, got {self.field_strength}")
+        if bad:
+            raise ValueError("generator settings: " + "; ".join(bad))
+
     def to_dict(self) -> dict:
         d = dict(self.__dict__)
         d["sequences"] = list(self.sequences)

@@ -162,3 +162,41 @@ def test_partial_volume_augmentation_mixes_voxels_and_keeps_fractions_summing_to
     out = smooth._smooth_fractions(frac, torch.Generator().manual_seed(0))
     assert torch.allclose(out.sum(0), torch.ones(16, 16, 16), atol=1e-5)
     assert 0.05 < float(out[0, 8].mean()) < 0.5 and float(out[0, 0].mean()) > 0.99
+
+
+@pytest.mark.parametrize("setting, named", [
+    ({"rotation_deg": 200.0}, "rotation_deg must be in \\[0, 180\\] degrees"),
+    ({"snr": (80.0, 15.0)}, "snr must be \\(low, high\\)"),
+    ({"blur_probability": 25.0}, "blur_probability must be in \\[0, 1\\]"),
+    ({"scale": 10.0}, "scale must be in \\[0, 1\\)"),
+    ({"pv_sigma": -1.0}, "pv_sigma must not be negative"),
+    ({"field_strength": 3000.0}, "field_strength must be in"),
+    ({"sequences": ("MPRAGE", "T2")}, "sequence 'T2' is not one of"),
+    ({"spaces": {"MPRAGE": "spgr-id", "SPGR": "spgr-id"}}, "is not a parameter space of MPRAGE"),
+])
+def test_generator_settings_out_of_range_are_refused_by_name(setting, named):
+    """Settings in the wrong unit or order (a rotation in tenths of a degree, swapped SNR
+    bounds, a probability in percent, a field strength in mT) are refused, naming the
+    field, instead of training on images nobody asked for; the defaults pass."""
+    SynthConfig()
+    with pytest.raises(ValueError, match=named):
+        SynthConfig(**setting)
+
+
+def test_training_command_refuses_a_bad_config_in_one_line(tmp_path, capsys):
+    """workflows/train_segmentation.py with an out-of-range generator setting (or an
+    unknown key) exits with one line naming the config and writes nothing."""
+    import json
+
+    from ..scripts import workflow_script
+
+    trainer = workflow_script("train_segmentation")
+    for bad, said in (({"synth": {"snr": [80, 15]}}, "snr must be"),
+                      ({"synth": {"snr_db": 20}}, "snr_db"), ({"epochs": 3}, "epochs")):
+        cfg = tmp_path / "bad.json"
+        cfg.write_text(json.dumps({"name": "bad", **bad}))
+        with pytest.raises(SystemExit) as exc:
+            trainer.main(["--config", str(cfg), "--out", str(tmp_path / "out")])
+        msg = str(exc.value.code)
+        assert msg.startswith(f"{cfg}: ") and said in msg and "\n" not in msg
+        assert not (tmp_path / "out").exists()
