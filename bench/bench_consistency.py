@@ -18,8 +18,9 @@ also of the *soft* volume, the sum of the probabilities, which the application r
 
     python bench/bench_consistency.py --n-images 121 --out docs/results/consistency
 
-writes ``consistency.json``, ``consistency.md`` and ``volume_vs_ti.png`` (volume
-deviation from TI=0.9 s against TI, as the paper's figure 3).
+writes ``consistency.json`` (with every image's volumes and acquisition parameters
+under ``curves``), ``consistency.md`` and, when MPRAGE is measured, ``volume_vs_ti.png``
+(volume deviation from TI=0.9 s against TI, as the paper's figure 3).
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ def main(argv=None):
         failures = prev["meta"].get("atropos_failures", [])
         done = set(prev["meta"]["subjects"])
         log.info("resuming: %s already measured", ", ".join(sorted(done)))
-    t0 = time.time()
+    # wall_s sums the runs that measured the file's subjects
+    t0 = time.time() - (prev["meta"].get("wall_s", 0.0) if done else 0.0)
     for si, subj in enumerate(subjects):
         if subj in done:
             continue
@@ -167,9 +169,11 @@ def main(argv=None):
                 v = np.array(vols[m], dtype=np.float64)
                 results[m][cname].append(subject_row(subj, v, np.array(dices[m]), soft[m],
                                                      truth, seven_of(cname, n)))
-                if cname.startswith("mprage"):
-                    curves.setdefault(m, {}).setdefault(cname, []).append(
-                        {"ti": params["ti"].tolist(), "volumes": v.tolist(), "subject": subj})
+                # every image's volumes with its acquisition parameters (MPRAGE: the TI
+                # curve of the plot; SPGR: which draws of TR, TE and flip angle move them)
+                curves.setdefault(m, {}).setdefault(cname, []).append(
+                    {**{k: t.tolist() for k, t in params.items()}, "volumes": v.tolist(),
+                     "subject": subj})
         # partial results after every subject: a long background run stopped early still
         # leaves the subjects it finished
         done.add(subj)
@@ -313,9 +317,13 @@ def plot(curves, path):
         import matplotlib.pyplot as plt
     except ImportError:
         return
+    mprage = {m: {c: rows for c, rows in per.items() if c.startswith("mprage")}
+              for m, per in curves.items()}
+    if not any(mprage.values()):
+        return  # an SPGR-only run has no TI axis
     fig, axes = plt.subplots(1, 2, figsize=(10, 4))
     for ax, (k, name) in zip(axes, ((2, "WM"), (1, "GM")), strict=True):
-        for m, per in curves.items():
+        for m, per in mprage.items():
             for cname, rows in per.items():
                 row = rows[0]
                 ti = np.array(row["ti"])

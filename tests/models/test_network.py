@@ -668,12 +668,13 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
     assert md.count(f"| {phys} |") == md.count(f"| {base} |") == 5  # one row per metric
     assert md.count("| atropos |") == 4  # no soft volume for a hard segmentation
     assert (out / "volume_vs_ti.png").stat().st_size > 0
-    before = result["per_subject"]
+    before, wall = result["per_subject"], result["meta"]["wall_s"]
     caplog.clear()
     with caplog.at_level("INFO"):
         bench.main(args + ["--subjects", "head_b,head_a", "--resume"])
     result = json.loads((out / "consistency.json").read_text(), parse_constant=_no_nan)
     assert result["meta"]["subjects"] == ["head_b", "head_a"]
+    assert result["meta"]["wall_s"] > wall  # the time of both runs
     assert "head_b already measured" in caplog.text
     assert "head_b mprage-id" not in caplog.text and "head_a mprage-id 3/3" in caplog.text
     for m in methods:
@@ -730,6 +731,17 @@ def test_consistency_benchmark_n_image_run_holds_the_7_image_run(label_dir, tmp_
     assert bench.seven_of("mprage-id", 7) is None and bench.seven_of("mprage-ood", 10) is None
     assert bench.seven_of("spgr-ood", 121) is None
     assert "CoV of volume (x10^3) over the 7" in (tmp_path / "n13" / "consistency.md").read_text()
+    # SPGR keeps every draw's parameters beside its volumes, the same draws a run of
+    # every condition makes; an SPGR-only run writes no TI plot and does not fail on it
+    (s13,) = runs["n13"]["curves"][phys]["spgr-id"]
+    draws = bench.conditions(13, 2024)["spgr-id"][1]
+    assert {"tr", "te", "fa"} <= set(s13) and len(s13["volumes"]) == 13
+    assert np.allclose(s13["fa"], draws["fa"].tolist())
+    bench.main(common[:5] + ["--conditions", "spgr-id", "--window", "16", "--threads", "1",
+                              "--n-images", "3", "--subjects", "head_b",
+                              "--out", str(tmp_path / "spgr")])
+    assert (tmp_path / "spgr" / "consistency.json").exists()
+    assert not (tmp_path / "spgr" / "volume_vs_ti.png").exists()
 
 
 def test_input_level_probe_reads_the_run_and_scales_the_input(label_dir, tmp_path):
