@@ -20,7 +20,11 @@ also of the *soft* volume, the sum of the probabilities, which the application r
 
 writes ``consistency.json`` (with every image's volumes and acquisition parameters
 under ``curves``), ``consistency.md`` and, when MPRAGE is measured, ``volume_vs_ti.png``
-(volume deviation from TI=0.9 s against TI, as the paper's figure 3).
+(volume deviation from TI=0.9 s against TI, as the paper's figure 3). For SPGR, the
+draws are also ranked by their WM-GM contrast (from the prior tissue means at 3 T, no
+network) and the CoV is given without the lowest-contrast quarter and within it
+(``by_contrast``): the low-flip-angle draws where WM and GM have nearly the same
+intensity are where the networks' SPGR volumes move.
 """
 
 from __future__ import annotations
@@ -237,13 +241,79 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
                        "overlap with the anatomy (oracle)", "atropos_failures": failures,
             "images": "noise-free, skull-stripped with the anatomical brain mask, divided by the "
                       "mean in the mask", "wall_s": time.time() - t0}
-    doc = {"meta": meta, "summary": summary, "per_subject": results, "curves": curves}
+    by_contrast = contrast_split(curves)
+    doc = {"meta": meta, "summary": summary, "by_contrast": by_contrast,
+           "per_subject": results, "curves": curves}
     (out / "consistency.json").write_text(json.dumps(_nan_to_null(doc), indent=1,
                                                      allow_nan=False))
-    md = markdown(summary, meta)
+    md = markdown(summary, meta) + contrast_markdown(by_contrast)
     (out / "consistency.md").write_text(md)
     plot(curves, out / "volume_vs_ti.png")
     return md
+
+
+def wm_gm_contrast(params: dict) -> np.ndarray:
+    """(WM - GM) / GM of each SPGR draw in ``params`` (lists of TR, TE, FA), from the
+    prior tissue means at 3 T: a property of the acquisition, computed without a network."""
+    from phys_bids.physics import simulate
+    from phys_bids.synth.tissues import reference_tissues
+
+    p = {k: torch.tensor(params[k], dtype=torch.float64) for k in ("tr", "te", "fa")}
+    s = {t: simulate("SPGR", {k: torch.tensor([x], dtype=torch.float64) for k, x in v.items()},
+                     p).flatten()
+         for t, v in reference_tissues(3.0).items() if t in ("gm", "wm")}
+    return ((s["wm"] - s["gm"]) / s["gm"]).numpy()
+
+
+def contrast_split(curves: dict, share: float = 0.25) -> dict:
+    """Per method, SPGR condition and subject: the CoV (x10^3) over all draws, without
+    the ``share`` of draws with the lowest WM-GM contrast, and within that share, with
+    the contrast range of the share. Failed images (NaN volumes) are left out."""
+    out: dict = {}
+    for m, per in curves.items():
+        for cname, rows in per.items():
+            if not cname.startswith("spgr"):
+                continue
+            for row in rows:
+                c = wm_gm_contrast(row)
+                v = np.array(row["volumes"], dtype=np.float64)
+                ok = np.isfinite(v[:, 0])
+                c, v = c[ok], v[ok]
+                low = np.argsort(c)[:int(np.ceil(share * len(c)))]
+                rest = np.setdiff1d(np.arange(len(c)), low)
+
+                def cov(x):
+                    return dict(zip(TISSUES.values(), (1e3 * x.std(0) / x.mean(0)).tolist(),
+                                    strict=True))
+
+                out.setdefault(m, {}).setdefault(cname, {})[row["subject"]] = {
+                    "images": int(len(c)), "share": share,
+                    "low_contrast_range": [float(c[low].min()), float(c[low].max())],
+                    "cov_x1e3": cov(v), "cov_without_low_x1e3": cov(v[rest]),
+                    "cov_low_x1e3": cov(v[low])}
+    return out
+
+
+def contrast_markdown(by_contrast: dict) -> str:
+    if not by_contrast:
+        return ""
+    lines = ["### SPGR CoV (x10^3) by WM-GM contrast of the draw", "",
+             "The draws ranked by (WM - GM) / GM from the prior tissue means at 3 T; "
+             "'low' is the lowest-contrast quarter.", "",
+             "| method | condition | subject | low-quarter contrast | all GM / WM / CSF | "
+             "without low | low only |", "|---" * 7 + "|"]
+
+    def f(d):
+        return " / ".join(f"{d[t]:.1f}" for t in TISSUES.values())
+
+    for m, per in by_contrast.items():
+        for cname, subs in per.items():
+            for subj, r in subs.items():
+                lo, hi = r["low_contrast_range"]
+                lines.append(f"| {m} | {cname} | {subj} | {lo:+.3f} to {hi:+.3f} | "
+                             f"{f(r['cov_x1e3'])} | {f(r['cov_without_low_x1e3'])} | "
+                             f"{f(r['cov_low_x1e3'])} |")
+    return "\n".join(lines + [""])
 
 
 def _nan_to_null(x):

@@ -141,6 +141,13 @@ SPACES: dict[str, ParameterSpace] = {
             {"tr": _u(0.015, 0.100), "te": _u(0.004, 0.010), "fa": _u(15.0, 75.0, "deg")},
             _BORGES, "SPGR, in-distribution (training) range", ("tr", "te", "fa")),
         ParameterSpace(
+            "spgr-id-lowfa", "SPGR",
+            {"tr": _u(0.015, 0.100), "te": _u(0.004, 0.010), "fa": _u(15.0, 30.0, "deg")},
+            "phys-bids: the low-flip-angle corner of spgr-id (docs/segmentation.md)",
+            "SPGR, flip angle 15-30 deg of the training range: the draws where WM and GM "
+            "are nearly the same intensity (for oversampling in training, SynthConfig."
+            "oversample)", ("tr", "te", "fa")),
+        ParameterSpace(
             "spgr-ood", "SPGR",
             {"tr": _u(0.010, 0.200), "te": _u(0.002, 0.020), "fa": _u(5.0, 90.0, "deg")},
             _BORGES2, "SPGR, out-of-distribution range", ("tr", "te", "fa")),

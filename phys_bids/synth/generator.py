@@ -126,6 +126,14 @@ class SynthConfig:
     #: share of the patches that get the partial-volume smoothing (the others stay
     #: sharp). 1.0 (default) draws nothing, so configs without it replay their streams.
     pv_probability: float = 1.0
+    #: oversampling of a part of a training space, off in the shipped models:
+    #: ``{sequence: [space, probability]}`` draws each realisation of that sequence
+    #: from ``space`` with that probability and from ``spaces[sequence]`` otherwise.
+    #: ``space`` must lie inside ``spaces[sequence]`` (e.g. ``spgr-id-lowfa`` inside
+    #: ``spgr-id``), so the network stays in its training space and the physics
+    #: encoding keeps its standardisation; only the weight of a corner changes. No draw
+    #: for a sequence without an entry, so configs without it replay their streams.
+    oversample: dict = field(default_factory=dict)
 
     def __post_init__(self):
         """Refuse settings outside their meaning, naming the field: a training config
@@ -149,6 +157,22 @@ class SynthConfig:
                            f"space of {seq} ({known})")
         if not self.sequences:
             bad.append("sequences is empty")
+        for seq, entry in self.oversample.items():
+            if seq not in self.sequences or seq not in self.spaces:
+                bad.append(f"oversample names {seq!r}, not one of the sequences {list(self.sequences)}")
+                continue
+            if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
+                bad.append(f"oversample[{seq!r}] must be [space, probability], got {entry!r}")
+                continue
+            name, prob = entry
+            main = SPACES.get(self.spaces[seq])
+            if name not in SPACES or SPACES[name].sequence != seq:
+                bad.append(f"oversample[{seq!r}] space {name!r} is not a parameter space of {seq}")
+            elif main is not None and not _inside(SPACES[name], main):
+                bad.append(f"oversample[{seq!r}] space {name!r} does not lie inside "
+                           f"{main.name!r}")
+            if not 0.0 <= float(prob) <= 1.0:
+                bad.append(f"oversample[{seq!r}] probability must be in [0, 1], got {prob}")
         if not 0.0 <= self.rotation_deg <= 180.0:
             bad.append(f"rotation_deg must be in [0, 180] degrees, got {self.rotation_deg}")
         if not 0.0 <= self.scale < 1.0:
@@ -174,6 +198,18 @@ class SynthConfig:
         d["sequences"] = list(self.sequences)
         d["snr"] = list(self.snr)
         return d
+
+
+def _inside(inner, outer) -> bool:
+    """Whether every parameter of space ``inner`` has its support inside ``outer``'s."""
+    if set(inner.params) != set(outer.params):
+        return False
+    for k, d in inner.params.items():
+        lo, hi = d.bounds
+        olo, ohi = outer.params[k].bounds
+        if lo < olo or hi > ohi:
+            return False
+    return True
 
 
 class SynthGenerator:
@@ -268,7 +304,13 @@ class SynthGenerator:
 
     def _sample_params(self, sequence: str, n: int, g: torch.Generator) -> dict[str, Tensor]:
         space = SPACES[self.cfg.spaces[sequence]]
-        return space.sample(n, generator=g, dtype=torch.float32)
+        params = space.sample(n, generator=g, dtype=torch.float32)
+        if sequence in self.cfg.oversample:
+            name, prob = self.cfg.oversample[sequence]
+            corner = SPACES[name].sample(n, generator=g, dtype=torch.float32)
+            pick = torch.rand(n, generator=g) < float(prob)
+            params = {k: torch.where(pick, corner[k], v) for k, v in params.items()}
+        return params
 
     def simulate_patch(self, sequence: str, params: dict[str, Tensor], cmaps: dict[str, Tensor],
                        fractions: Tensor, b1t: Tensor | None = None) -> Tensor:

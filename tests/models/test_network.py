@@ -742,6 +742,38 @@ def test_consistency_benchmark_n_image_run_holds_the_7_image_run(label_dir, tmp_
                               "--out", str(tmp_path / "spgr")])
     assert (tmp_path / "spgr" / "consistency.json").exists()
     assert not (tmp_path / "spgr" / "volume_vs_ti.png").exists()
+    # the SPGR draws split by contrast, from the same curves
+    split = runs["n13"]["by_contrast"][phys]["spgr-id"]["head_b"]
+    assert split["images"] == 13 and set(runs["n13"]["by_contrast"][phys]) == {"spgr-id"}
+    spgr13 = runs["n13"]["per_subject"][phys]["spgr-id"][0]
+    assert split["cov_x1e3"] == pytest.approx(spgr13["cov_x1e3"], rel=1e-9)
+    assert "by WM-GM contrast" in (tmp_path / "n13" / "consistency.md").read_text()
+
+
+def test_spgr_draws_are_split_by_their_wm_gm_contrast():
+    """The benchmark's contrast split: the WM-GM contrast of an SPGR draw falls with the
+    flip angle (PD weighting: GM, with more water, catches up with WM), and the CoV
+    without the lowest-contrast quarter is that of the other draws, so volumes that move
+    only in low-contrast draws give a small CoV there and a large one within the quarter."""
+    bench = bench_script("bench_consistency")
+    fa = np.linspace(15.0, 75.0, 8)
+    c = bench.wm_gm_contrast({"tr": [0.05] * 8, "te": [0.005] * 8, "fa": fa.tolist()})
+    assert np.all(np.diff(c) > 0) and c[0] < 0.05 < 0.15 < c[-1]
+    vols = np.tile([600e3, 400e3, 350e3], (8, 1))
+    vols[:2] *= [[1.3, 0.8, 0.7], [1.2, 0.85, 0.8]]  # the two lowest flip angles move
+    vols[2:] *= 1 + 0.001 * np.arange(6)[:, None]
+    curves = {"m": {"spgr-id": [{"tr": [0.05] * 8, "te": [0.005] * 8, "fa": fa.tolist(),
+                                 "volumes": vols.tolist(), "subject": "s"}],
+                    "mprage-id": [{"ti": [0.9], "volumes": [[1, 1, 1]], "subject": "s"}]}}
+    r = bench.contrast_split(curves)["m"]["spgr-id"]["s"]
+    assert list(bench.contrast_split(curves)["m"]) == ["spgr-id"]
+    rest = vols[2:]
+    assert r["cov_without_low_x1e3"]["GM"] == pytest.approx(1e3 * rest[:, 0].std() / rest[:, 0].mean())
+    assert r["cov_without_low_x1e3"]["WM"] < 3 < 50 < r["cov_x1e3"]["WM"]
+    assert r["cov_low_x1e3"]["WM"] == pytest.approx(1e3 * np.std([0.8, 0.85]) / np.mean([0.8, 0.85]))
+    assert r["low_contrast_range"] == pytest.approx([c[0], c[1]])
+    md = bench.contrast_markdown(bench.contrast_split(curves))
+    assert "| m | spgr-id | s |" in md
 
 
 def test_input_level_probe_reads_the_run_and_scales_the_input(label_dir, tmp_path):

@@ -173,6 +173,10 @@ def test_partial_volume_augmentation_mixes_voxels_and_keeps_fractions_summing_to
     ({"field_strength": 3000.0}, "field_strength must be in"),
     ({"sequences": ("MPRAGE", "T2")}, "sequence 'T2' is not one of"),
     ({"spaces": {"MPRAGE": "spgr-id", "SPGR": "spgr-id"}}, "is not a parameter space of MPRAGE"),
+    ({"oversample": {"SPGR": ["spgr-ood", 0.5]}}, "'spgr-ood' does not lie inside 'spgr-id'"),
+    ({"oversample": {"SPGR": ["spgr-id-lowfa", 50]}}, "probability must be in \\[0, 1\\]"),
+    ({"oversample": {"SPGR": ["mprage-id", 0.5]}}, "is not a parameter space of SPGR"),
+    ({"oversample": {"FSE": ["qsynth-fse", 0.5]}}, "oversample names 'FSE'"),
 ])
 def test_generator_settings_out_of_range_are_refused_by_name(setting, named):
     """Settings in the wrong unit or order (a rotation in tenths of a degree, swapped SNR
@@ -200,3 +204,30 @@ def test_training_command_refuses_a_bad_config_in_one_line(tmp_path, capsys):
         msg = str(exc.value.code)
         assert msg.startswith(f"{cfg}: ") and said in msg and "\n" not in msg
         assert not (tmp_path / "out").exists()
+
+
+def test_oversampling_weights_a_corner_of_the_training_space(gen):
+    """``oversample`` draws each SPGR realisation from the low-flip-angle corner with the
+    given probability and from the training space otherwise, and stays inside the
+    training space; without an entry the draws are those of the plain space (the
+    shipped models' streams replay)."""
+    from phys_bids.physics import SPACES
+
+    n = 4000
+    plain = gen._sample_params("SPGR", n, torch.Generator().manual_seed(5))
+    assert torch.equal(plain["fa"], SPACES["spgr-id"].sample(
+        n, generator=torch.Generator().manual_seed(5), dtype=torch.float32)["fa"])
+    heavy = SynthGenerator(gen.heads, SynthConfig(patch=24, realisations=3, oversample={
+        "SPGR": ["spgr-id-lowfa", 0.5]}))
+    p = heavy._sample_params("SPGR", n, torch.Generator().manual_seed(5))
+    assert SPACES["spgr-id"].contains(p)
+    low = float((p["fa"] <= 30.0).float().mean())
+    # half from [15, 30] deg, half from [15, 75] deg of which a quarter is below 30
+    assert abs(low - (0.5 + 0.5 * 0.25)) < 0.03
+    assert abs(float((plain["fa"] <= 30.0).float().mean()) - 0.25) < 0.03
+    # picked per realisation, not per batch: batches of 4 mix the corner and the rest
+    mixed = (p["fa"].reshape(-1, 4) <= 30.0).float().mean(1)
+    assert float(((mixed > 0) & (mixed < 1)).float().mean()) > 0.5
+    # MPRAGE draws are untouched by an SPGR entry
+    assert torch.equal(heavy._sample_params("MPRAGE", 8, torch.Generator().manual_seed(2))["ti"],
+                       gen._sample_params("MPRAGE", 8, torch.Generator().manual_seed(2))["ti"])
