@@ -159,7 +159,8 @@ class SynthConfig:
             bad.append("sequences is empty")
         for seq, entry in self.oversample.items():
             if seq not in self.sequences or seq not in self.spaces:
-                bad.append(f"oversample names {seq!r}, not one of the sequences {list(self.sequences)}")
+                bad.append(f"oversample names {seq!r}, not one of the sequences "
+                           f"{list(self.sequences)}")
                 continue
             if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
                 bad.append(f"oversample[{seq!r}] must be [space, probability], got {entry!r}")
