@@ -114,8 +114,7 @@ def main(argv=None):
                "flip_tta": args.flip_tta, "conditions": ",".join(conds)}
         # files from before a setting was recorded: flip TTA was off, and the conditions
         # are those the per-subject results hold
-        missing = {"flip_tta": "none",
-                   "conditions": ",".join(next(iter(prev["per_subject"].values())))}
+        missing = {"flip_tta": "none", "conditions": conditions_of(prev["per_subject"])}
         other = {k: prev["meta"].get(k, missing.get(k, v)) for k, v in now.items()}
         if other != now:
             raise SystemExit(f"--resume: {out / 'consistency.json'} was measured with "
@@ -229,13 +228,18 @@ def subject_row(subj: str, v: np.ndarray, d: np.ndarray, soft: list, truth: np.n
     return row
 
 
+def conditions_of(results: dict) -> str:
+    """The conditions a results file measures, as ``--conditions`` names them."""
+    return ",".join(next(iter(results.values())))
+
+
 def write_results(out, results, curves, models, args, subjects, t0, *, final: bool,
                   failures: list) -> str:
     """Write consistency.json/.md (and the TI plot); returns the markdown."""
     summary = summarise(results)
     meta = {"n_images": args.n_images, "subjects": subjects, "complete": final,
             "window": args.window, "flip_tta": args.flip_tta,
-            "conditions": ",".join(next(iter(results.values()))),
+            "conditions": conditions_of(results),
             "seed": args.seed, "models": models_meta(models),
             "atropos": "k-means 3 classes, 5 iterations, clusters assigned to tissues by best "
                        "overlap with the anatomy (oracle)", "atropos_failures": failures,
