@@ -258,15 +258,14 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
 
 def wm_gm_contrast(params: dict) -> np.ndarray:
     """(WM - GM) / GM of each SPGR draw in ``params`` (lists of TR, TE, FA), from the
-    prior tissue means at 3 T: a property of the acquisition, computed without a network."""
-    from phys_bids.physics import simulate
+    prior tissue means at 3 T (the reference levels of the contrast physics encoding): a
+    property of the acquisition, computed without a network."""
+    from phys_bids.physics import PhysicsEncoder
     from phys_bids.synth.tissues import reference_tissues
 
-    p = {k: torch.tensor(params[k], dtype=torch.float64) for k in ("tr", "te", "fa")}
-    s = {t: simulate("SPGR", {k: torch.tensor([x], dtype=torch.float64) for k, x in v.items()},
-                     p).flatten()
-         for t, v in reference_tissues(3.0).items() if t in ("gm", "wm")}
-    return ((s["wm"] - s["gm"]) / s["gm"]).numpy()
+    enc = PhysicsEncoder(("SPGR",), mode="contrast", tissues=reference_tissues(3.0))
+    gm, wm, _ = enc.levels("SPGR", {k: params[k] for k in ("tr", "te", "fa")}).T
+    return ((wm - gm) / gm).numpy()
 
 
 def contrast_split(curves: dict, share: float = 0.25) -> dict:

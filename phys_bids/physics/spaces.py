@@ -108,6 +108,19 @@ class ParameterSpace:
                 bad.append(k)
         return bad
 
+    def within(self, other: ParameterSpace) -> bool:
+        """Whether every parameter of this space has its support inside ``other``'s
+        (same parameter names): a corner of a space, e.g. ``spgr-id-lowfa`` of
+        ``spgr-id``."""
+        if set(self.params) != set(other.params):
+            return False
+        for k, d in self.params.items():
+            lo, hi = d.bounds
+            olo, ohi = other.params[k].bounds
+            if lo < olo or hi > ohi:
+                return False
+        return True
+
     def contains(self, params: dict) -> bool:
         """Whether every varied parameter lies inside this space."""
         return not self.outside(params)

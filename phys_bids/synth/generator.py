@@ -169,7 +169,7 @@ class SynthConfig:
             main = SPACES.get(self.spaces[seq])
             if name not in SPACES or SPACES[name].sequence != seq:
                 bad.append(f"oversample[{seq!r}] space {name!r} is not a parameter space of {seq}")
-            elif main is not None and not _inside(SPACES[name], main):
+            elif main is not None and not SPACES[name].within(main):
                 bad.append(f"oversample[{seq!r}] space {name!r} does not lie inside "
                            f"{main.name!r}")
             if not 0.0 <= float(prob) <= 1.0:
@@ -199,18 +199,6 @@ class SynthConfig:
         d["sequences"] = list(self.sequences)
         d["snr"] = list(self.snr)
         return d
-
-
-def _inside(inner, outer) -> bool:
-    """Whether every parameter of space ``inner`` has its support inside ``outer``'s."""
-    if set(inner.params) != set(outer.params):
-        return False
-    for k, d in inner.params.items():
-        lo, hi = d.bounds
-        olo, ohi = outer.params[k].bounds
-        if lo < olo or hi > ohi:
-            return False
-    return True
 
 
 class SynthGenerator:

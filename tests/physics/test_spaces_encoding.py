@@ -23,6 +23,10 @@ def test_training_space_query_names_the_offending_parameter():
     # out-of-distribution spaces contain the training spaces
     idd = SPACES["spgr-id"].sample(100, generator=torch.Generator().manual_seed(0))
     assert SPACES["spgr-ood"].contains(idd)
+    assert SPACES["spgr-id"].within(SPACES["spgr-ood"])
+    assert SPACES["spgr-id-lowfa"].within(SPACES["spgr-id"])
+    assert not SPACES["spgr-ood"].within(SPACES["spgr-id"])
+    assert not SPACES["mprage-id"].within(SPACES["spgr-ood"])  # other parameters
 
 
 def test_encoder_standardises_in_distribution_features():
