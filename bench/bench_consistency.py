@@ -300,7 +300,7 @@ def contrast_split(curves: dict, share: float = 0.25) -> dict:
 def contrast_markdown(by_contrast: dict) -> str:
     if not by_contrast:
         return ""
-    lines = ["### SPGR CoV (x10^3) by WM-GM contrast of the draw", "",
+    lines = ["", "### SPGR CoV (x10^3) by WM-GM contrast of the draw", "",
              "The draws ranked by (WM - GM) / GM from the prior tissue means at 3 T; "
              "'low' is the lowest-contrast quarter.", "",
              "| method | condition | subject | low-quarter contrast | all GM / WM / CSF | "
