@@ -172,7 +172,8 @@ class SynthConfig:
             elif main is not None and not SPACES[name].within(main):
                 bad.append(f"oversample[{seq!r}] space {name!r} does not lie inside "
                            f"{main.name!r}")
-            if not 0.0 <= float(prob) <= 1.0:
+            if isinstance(prob, bool) or not isinstance(prob, (int, float)) \
+                    or not 0.0 <= prob <= 1.0:
                 bad.append(f"oversample[{seq!r}] probability must be in [0, 1], got {prob}")
         if not 0.0 <= self.rotation_deg <= 180.0:
             bad.append(f"rotation_deg must be in [0, 180] degrees, got {self.rotation_deg}")

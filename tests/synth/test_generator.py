@@ -176,6 +176,8 @@ def test_partial_volume_augmentation_mixes_voxels_and_keeps_fractions_summing_to
     ({"oversample": {"SPGR": ["spgr-ood", 0.5]}}, "'spgr-ood' does not lie inside 'spgr-id'"),
     ({"oversample": {"SPGR": ["spgr-id-lowfa", 50]}}, "probability must be in \\[0, 1\\]"),
     ({"oversample": {"SPGR": ["mprage-id", 0.5]}}, "is not a parameter space of SPGR"),
+    ({"oversample": {"SPGR": ["spgr-id-lowfa", "half"]}}, "probability must be in"),
+    ({"oversample": {"SPGR": "spgr-id-lowfa"}}, "must be \\[space, probability\\]"),
     ({"oversample": {"FSE": ["qsynth-fse", 0.5]}}, "oversample names 'FSE'"),
 ])
 def test_generator_settings_out_of_range_are_refused_by_name(setting, named):
