@@ -271,7 +271,8 @@ def wm_gm_contrast(params: dict) -> np.ndarray:
 def contrast_split(curves: dict, share: float = 0.25) -> dict:
     """Per method, SPGR condition and subject: the CoV (x10^3) over all draws, without
     the ``share`` of draws with the lowest WM-GM contrast, and within that share, with
-    the contrast range of the share. Failed images (NaN volumes) are left out."""
+    the contrast range of the share. Failed images (NaN volumes) are left out, and a
+    method with fewer than two images left has no row."""
     out: dict = {}
     for m, per in curves.items():
         for cname, rows in per.items():
@@ -282,6 +283,8 @@ def contrast_split(curves: dict, share: float = 0.25) -> dict:
                 v = np.array(row["volumes"], dtype=np.float64)
                 ok = np.isfinite(v[:, 0])
                 c, v = c[ok], v[ok]
+                if len(c) < 2:
+                    continue  # nothing to split (Atropos failed on the images)
                 low = np.argsort(c)[:int(np.ceil(share * len(c)))]
                 rest = np.setdiff1d(np.arange(len(c)), low)
 

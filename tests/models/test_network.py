@@ -665,8 +665,13 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
                                1e3 * v.std(0) / v.mean(0))
             assert "soft_volume_error_pct" in row
     md = (out / "consistency.md").read_text()
-    assert md.count(f"| {phys} |") == md.count(f"| {base} |") == 5  # one row per metric
-    assert md.count("| atropos |") == 4  # no soft volume for a hard segmentation
+    # one row per metric, and one per SPGR condition in the split by contrast
+    assert md.count(f"| {phys} |") == md.count(f"| {base} |") == 5 + 2
+    assert set(result["by_contrast"][phys]) == {"spgr-id", "spgr-ood"}
+    # no soft volume for a hard segmentation; a split only where two images segmented
+    splits = sum(sum(np.isfinite(np.array(r["volumes"], dtype=float)[:, 0]).sum() >= 2
+                     for r in result["curves"]["atropos"][c]) for c in ("spgr-id", "spgr-ood"))
+    assert md.count("| atropos |") == 4 + splits
     assert (out / "volume_vs_ti.png").stat().st_size > 0
     before, wall = result["per_subject"], result["meta"]["wall_s"]
     caplog.clear()
