@@ -196,6 +196,17 @@ def seven_of(cname: str, n: int) -> np.ndarray | None:
     return np.arange(0, n, (n - 1) // 6)
 
 
+def per_tissue(x) -> dict:
+    """``{"GM": .., "WM": .., "CSF": ..}`` from three values (None: three nulls)."""
+    return dict(zip(TISSUES.values(), (x.tolist() if x is not None else [None] * 3),
+                    strict=True))
+
+
+def cov_x1e3(v: np.ndarray) -> np.ndarray:
+    """Coefficient of variation x10^3 of each column of ``v`` (images x tissues)."""
+    return 1e3 * v.std(0) / v.mean(0)
+
+
 def subject_row(subj: str, v: np.ndarray, d: np.ndarray, soft: list, truth: np.ndarray,
                 seven: np.ndarray | None = None) -> dict:
     """One subject's metrics for one method and condition from its per-image volumes ``v``
@@ -207,22 +218,17 @@ def subject_row(subj: str, v: np.ndarray, d: np.ndarray, soft: list, truth: np.n
     documented 7-image tables are from the N-image CoV."""
     ok = np.isfinite(v[:, 0])
     row: dict = {"subject": subj, "images": int(ok.sum())}
-
-    def per_tissue(x) -> dict:
-        return dict(zip(TISSUES.values(), (x.tolist() if x is not None else [None] * 3),
-                        strict=True))
-
     v_all = v
     v, d = v[ok], d[ok].astype(np.float64)
     have = bool(ok.any())
     row["volume_error_pct"] = per_tissue(100 * (v.mean(0) - truth) / truth if have else None)
     if soft:
         row["soft_volume_error_pct"] = per_tissue(100 * (np.mean(soft, 0) - truth) / truth)
-    row["cov_x1e3"] = per_tissue(1e3 * v.std(0) / v.mean(0) if have else None)
+    row["cov_x1e3"] = per_tissue(cov_x1e3(v) if have else None)
     if seven is not None:
         sub = ok[seven]
         v7 = v_all[seven][sub]
-        row["cov7_x1e3"] = per_tissue(1e3 * v7.std(0) / v7.mean(0) if sub.any() else None)
+        row["cov7_x1e3"] = per_tissue(cov_x1e3(v7) if sub.any() else None)
     row["dice_anatomy"] = per_tissue(d[:, :3].mean(0) if have else None)
     row["dice_pgs"] = per_tissue(d[:, 3:].mean(0) if have else None)
     return row
@@ -287,16 +293,12 @@ def contrast_split(curves: dict, share: float = 0.25) -> dict:
                     continue  # nothing to split (Atropos failed on the images)
                 low = np.argsort(c)[:int(np.ceil(share * len(c)))]
                 rest = np.setdiff1d(np.arange(len(c)), low)
-
-                def cov(x):
-                    return dict(zip(TISSUES.values(), (1e3 * x.std(0) / x.mean(0)).tolist(),
-                                    strict=True))
-
                 out.setdefault(m, {}).setdefault(cname, {})[row["subject"]] = {
                     "images": int(len(c)), "share": share,
                     "low_contrast_range": [float(c[low].min()), float(c[low].max())],
-                    "cov_x1e3": cov(v), "cov_without_low_x1e3": cov(v[rest]),
-                    "cov_low_x1e3": cov(v[low])}
+                    "cov_x1e3": per_tissue(cov_x1e3(v)),
+                    "cov_without_low_x1e3": per_tissue(cov_x1e3(v[rest])),
+                    "cov_low_x1e3": per_tissue(cov_x1e3(v[low]))}
     return out
 
 
