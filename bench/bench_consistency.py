@@ -25,6 +25,16 @@ draws are also ranked by their WM-GM contrast (from the prior tissue means at 3 
 network) and the CoV is given without the lowest-contrast quarter and within it
 (``by_contrast``): the low-flip-angle draws where WM and GM have nearly the same
 intensity are where the networks' SPGR volumes move.
+
+``--resume`` adds subjects to OUT's file; ``--merge DIR`` takes the subjects another
+run measured, so that one-subject runs side by side (one thread each) make one table:
+
+    python bench/bench_consistency.py --subjects head_14 --out /tmp/a ...
+    python bench/bench_consistency.py --subjects head_16 --out /tmp/b ...
+    python bench/bench_consistency.py --subjects head_14,head_16 --merge /tmp/a --merge /tmp/b ...
+
+Either refuses a file measured with other images, window, seed, flip TTA, conditions,
+methods, model weights or phantom seeds.
 """
 
 from __future__ import annotations
@@ -92,46 +102,73 @@ def main(argv=None):
     ap.add_argument("--out", default="docs/results/consistency")
     ap.add_argument("--resume", action="store_true",
                     help="keep the subjects already in OUT/consistency.json (same settings)")
+    ap.add_argument("--merge", action="append", default=[], metavar="DIR",
+                    help="take the subjects measured in DIR/consistency.json (same settings) "
+                         "instead of measuring them, so that runs of one subject each, side "
+                         "by side, make one table (repeatable)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     models, subjects = benchmark_models(args)
     # a subject's phantom is seeded by its place in the test split, so that --subjects
     # head_15 measures the images of head_15 in a full run (others: their place in the list)
     test_split = next(iter(models.values())).manifest["split"].get("test", [])
+
+    def seed_of(subj: str) -> int:
+        return args.seed + (test_split.index(subj) if subj in test_split
+                            else subjects.index(subj))
     methods = list(models) + ([] if args.no_atropos else ["atropos"])
     conds = {k: v for k, v in conditions(args.n_images, args.seed).items()
              if k in args.conditions.split(",")}
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     results = {m: {c: [] for c in conds} for m in methods}
     curves: dict = {}
     failures: list = []
     done: set = set()
-    if args.resume and (out / "consistency.json").exists():
-        prev = json.loads((out / "consistency.json").read_text())
-        # a subject measured under other settings would be averaged with these: refuse
-        now = {"n_images": args.n_images, "window": args.window, "seed": args.seed,
-               "flip_tta": args.flip_tta, "conditions": ",".join(conds)}
-        # files from before a setting was recorded: flip TTA was off, and the conditions
-        # are those the per-subject results hold
-        missing = {"flip_tta": "none", "conditions": conditions_of(prev["per_subject"])}
-        other = {k: prev["meta"].get(k, missing.get(k, v)) for k, v in now.items()}
-        if other != now:
-            raise SystemExit(f"--resume: {out / 'consistency.json'} was measured with "
-                             + ", ".join(f"{k} {other[k]}" for k in now if other[k] != now[k])
-                             + "; run with those settings or give another --out")
-        results, curves = prev["per_subject"], prev["curves"]
-        failures = prev["meta"].get("atropos_failures", [])
-        done = set(prev["meta"]["subjects"])
-        log.info("resuming: %s already measured", ", ".join(sorted(done)))
+    # a subject measured under other settings would be averaged with these: a file is
+    # resumed or merged only when all of them agree
+    now = {"n_images": args.n_images, "window": args.window, "seed": args.seed,
+           "flip_tta": args.flip_tta, "conditions": ",".join(conds),
+           "methods": ",".join(methods), "models": models_meta(models)}
+    sources = ([out] if args.resume and (out / "consistency.json").exists() else []) + [
+        Path(d) for d in args.merge]
+    wall = 0.0
+    for src in sources:
+        prev = earlier_run(src / "consistency.json", now, "--resume" if src == out else "--merge")
+        new = [s for s in prev["meta"]["subjects"] if s not in done]
+        stray = [s for s in new if s not in subjects]
+        if stray:
+            raise SystemExit(f"{src / 'consistency.json'} holds {', '.join(stray)}, not in "
+                             "--subjects; add them to --subjects or give another --out")
+        # the same phantom: a subject outside the test split is seeded by its place in
+        # --subjects (files from before the seed was recorded: only test subjects)
+        for r in (r for per in prev["per_subject"].values() for rows in per.values()
+                  for r in rows if r["subject"] in new):
+            was = r.get("phantom_seed", seed_of(r["subject"]) if r["subject"] in test_split
+                        else None)
+            if was != seed_of(r["subject"]):
+                was = "at an unrecorded place" if was is None else was
+                raise SystemExit(
+                    f"{src / 'consistency.json'}: the phantom of {r['subject']} was seeded "
+                    f"{was}, this run's is {seed_of(r['subject'])} (outside the test split a "
+                    "subject is seeded by its place in --subjects); give them in that order")
+        for m in methods:
+            for c in conds:
+                results[m][c] += [r for r in prev["per_subject"][m][c] if r["subject"] in new]
+                got = [r for r in prev["curves"].get(m, {}).get(c, []) if r["subject"] in new]
+                if got:
+                    curves.setdefault(m, {}).setdefault(c, []).extend(got)
+        failures += [f for f in prev["meta"].get("atropos_failures", []) if f["subject"] in new]
+        done.update(new)
+        wall += prev["meta"].get("wall_s", 0.0)
+        log.info("%s: %s already measured", src, ", ".join(new) or "no new subject")
+    out.mkdir(parents=True, exist_ok=True)  # after the checks: a refusal writes nothing
     # wall_s sums the runs that measured the file's subjects
-    t0 = time.time() - (prev["meta"].get("wall_s", 0.0) if done else 0.0)
-    for si, subj in enumerate(subjects):
+    t0 = time.time() - wall
+    for subj in subjects:
         if subj in done:
             continue
         head = load_head(Path(args.data) / f"{subj}.nii.gz")
-        gen, cmaps, frac, present, mask, anatomy, pgs = phantom(
-            head, args.seed + (test_split.index(subj) if subj in test_split else si))
+        gen, cmaps, frac, present, mask, anatomy, pgs = phantom(head, seed_of(subj))
         for cname, (seq, params) in conds.items():
             n = next(iter(params.values())).shape[0]
             vols = {m: [] for m in methods}
@@ -170,8 +207,9 @@ def main(argv=None):
             truth = np.array([float((anatomy == k).sum()) for k in (1, 2, 3)])
             for m in methods:
                 v = np.array(vols[m], dtype=np.float64)
-                results[m][cname].append(subject_row(subj, v, np.array(dices[m]), soft[m],
-                                                     truth, seven_of(cname, n)))
+                results[m][cname].append({**subject_row(subj, v, np.array(dices[m]), soft[m],
+                                                        truth, seven_of(cname, n)),
+                                          "phantom_seed": seed_of(subj)})
                 # every image's volumes with its acquisition parameters (MPRAGE: the TI
                 # curve of the plot; SPGR: which draws of TR, TE and flip angle move them)
                 curves.setdefault(m, {}).setdefault(cname, []).append(
@@ -239,9 +277,41 @@ def conditions_of(results: dict) -> str:
     return ",".join(next(iter(results.values())))
 
 
+def earlier_run(path: Path, now: dict, option: str) -> dict:
+    """The results file ``path`` of an earlier run, refused (SystemExit naming the
+    differing settings, nothing written) unless it was measured with the settings
+    ``now``: the same images, window, seed, flip TTA, conditions, methods and model
+    weights. Files from before a setting was recorded: flip TTA was off, and the
+    conditions and methods are those the per-subject results hold."""
+    if not path.exists():
+        raise SystemExit(f"{option}: {path} does not exist")
+    prev = json.loads(path.read_text())
+    results = prev["per_subject"]
+    missing = {"flip_tta": "none", "conditions": conditions_of(results),
+               "methods": ",".join(results)}
+    other = {k: prev["meta"].get(k, missing.get(k, v)) for k, v in now.items()}
+    if other != now:
+        def show(k):
+            if k != "models":
+                return f"{k} {other[k]}"
+            return "models " + ", ".join(
+                f"{m} ({d['steps']} steps, weights {d['weights_sha256'][:8]})"
+                for m, d in other[k].items())
+        raise SystemExit(f"{option}: {path} was measured with "
+                         + ", ".join(show(k) for k in now if other[k] != now[k])
+                         + "; run with those settings or give another --out")
+    return prev
+
+
 def write_results(out, results, curves, models, args, subjects, t0, *, final: bool,
                   failures: list) -> str:
-    """Write consistency.json/.md (and the TI plot); returns the markdown."""
+    """Write consistency.json/.md (and the TI plot); returns the markdown. Rows come in
+    the order of ``subjects`` whichever run (resumed, merged, new) measured them."""
+    def ordered(rows):
+        return sorted(rows, key=lambda r: subjects.index(r["subject"]))
+
+    results = {m: {c: ordered(rows) for c, rows in per.items()} for m, per in results.items()}
+    curves = {m: {c: ordered(rows) for c, rows in per.items()} for m, per in curves.items()}
     summary = summarise(results)
     meta = {"n_images": args.n_images, "subjects": subjects, "complete": final,
             "window": args.window, "flip_tta": args.flip_tta,

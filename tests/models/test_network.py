@@ -674,6 +674,8 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
     assert md.count("| atropos |") == 4 + splits
     assert (out / "volume_vs_ti.png").stat().st_size > 0
     before, wall = result["per_subject"], result["meta"]["wall_s"]
+    only_b = tmp_path / "only_b"
+    shutil.copytree(out, only_b)
     caplog.clear()
     with caplog.at_level("INFO"):
         bench.main(args + ["--subjects", "head_b,head_a", "--resume"])
@@ -698,6 +700,34 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
         bench.main(args + ["--subjects", "head_b,head_a,head_c", "--resume",
                            "--conditions", "spgr-id"])
     assert (out / "consistency.json").read_bytes() == kept
+    # --merge: the two runs' subjects make one table without measuring anything again
+    merged = tmp_path / "merged"
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        bench.main(args[:-1] + [str(merged), "--subjects", "head_b,head_a",
+                                "--merge", str(only_b), "--merge", str(out)])
+    assert "mprage-id 1/3" not in caplog.text
+    both = json.loads((out / "consistency.json").read_text(), parse_constant=_no_nan)
+    again = json.loads((merged / "consistency.json").read_text(), parse_constant=_no_nan)
+    for key in ("per_subject", "curves", "summary", "by_contrast"):
+        assert again[key] == both[key]
+    assert again["meta"]["wall_s"] > both["meta"]["wall_s"]  # only_b's run counted twice
+    # refused, nothing written: a subject not asked for, other methods, another phantom
+    with pytest.raises(SystemExit, match="holds head_b, not in --subjects"):
+        bench.main(args[:-1] + [str(tmp_path / "x"), "--subjects", "head_a",
+                                "--merge", str(only_b)])
+    with pytest.raises(SystemExit, match="methods"):
+        bench.main(args[:-1] + [str(tmp_path / "x"), "--subjects", "head_b", "--no-atropos",
+                                "--merge", str(only_b)])
+    forged = json.loads((only_b / "consistency.json").read_text())
+    for per in forged["per_subject"].values():
+        for rows in per.values():
+            rows[0]["phantom_seed"] = 2031
+    (only_b / "consistency.json").write_text(json.dumps(forged))
+    with pytest.raises(SystemExit, match="phantom of head_b was seeded 2031, this run's is 2024"):
+        bench.main(args[:-1] + [str(tmp_path / "x"), "--subjects", "head_b",
+                                "--merge", str(only_b)])
+    assert not (tmp_path / "x").exists()
 
 
 def test_consistency_benchmark_n_image_run_holds_the_7_image_run(label_dir, tmp_path):
