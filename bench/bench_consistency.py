@@ -60,9 +60,13 @@ from phys_bids.synth.evaluation import (  # noqa: F401 - re-exported
     models_meta,
     phantom,
 )
+from phys_bids.synth.tissues import wm_gm_contrast
+from phys_bids.workflows.participant import LOW_CONTRAST_SPGR
 
 log = logging.getLogger("bench.consistency")
 TISSUES = {1: "GM", 2: "WM", 3: "CSF"}
+#: WM-GM contrast bin edges of the SPGR deviation table (``contrast_bins``)
+CONTRAST_EDGES = (0.0, 0.05, LOW_CONTRAST_SPGR, 0.15, 0.20)
 METRICS = {"cov_x1e3": "CoV of volume (x10^3, lower is better)",
            "dice_anatomy": "Dice vs anatomy",
            "dice_pgs": "Dice vs physics gold standard",
@@ -140,13 +144,14 @@ def main(argv=None):
             raise SystemExit(f"{src / 'consistency.json'} holds {', '.join(stray)}, not in "
                              "--subjects; add them to --subjects or give another --out")
         # the same phantom: a subject outside the test split is seeded by its place in
-        # --subjects (files from before the seed was recorded: only test subjects)
+        # --subjects (files from before the seed was recorded: by its place in the file)
+        listed = prev["meta"]["subjects"]
         for r in (r for per in prev["per_subject"].values() for rows in per.values()
                   for r in rows if r["subject"] in new):
-            was = r.get("phantom_seed", seed_of(r["subject"]) if r["subject"] in test_split
-                        else None)
+            was = r.get("phantom_seed", args.seed + (
+                test_split.index(r["subject"]) if r["subject"] in test_split
+                else listed.index(r["subject"])))
             if was != seed_of(r["subject"]):
-                was = "at an unrecorded place" if was is None else was
                 raise SystemExit(
                     f"{src / 'consistency.json'}: the phantom of {r['subject']} was seeded "
                     f"{was}, this run's is {seed_of(r['subject'])} (outside the test split a "
@@ -332,18 +337,6 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
     return md
 
 
-def wm_gm_contrast(params: dict) -> np.ndarray:
-    """(WM - GM) / GM of each SPGR draw in ``params`` (lists of TR, TE, FA), from the
-    prior tissue means at 3 T (the reference levels of the contrast physics encoding): a
-    property of the acquisition, computed without a network."""
-    from phys_bids.physics import PhysicsEncoder
-    from phys_bids.synth.tissues import reference_tissues
-
-    enc = PhysicsEncoder(("SPGR",), mode="contrast", tissues=reference_tissues(3.0))
-    gm, wm, _ = enc.levels("SPGR", {k: params[k] for k in ("tr", "te", "fa")}).T
-    return ((wm - gm) / gm).numpy()
-
-
 def contrast_split(curves: dict, share: float = 0.25) -> dict:
     """Per method, SPGR condition and subject: the CoV (x10^3) over all draws, without
     the ``share`` of draws with the lowest WM-GM contrast, and within that share, with
@@ -355,7 +348,7 @@ def contrast_split(curves: dict, share: float = 0.25) -> dict:
             if not cname.startswith("spgr"):
                 continue
             for row in rows:
-                c = wm_gm_contrast(row)
+                c = wm_gm_contrast("SPGR", {k: row[k] for k in ("tr", "te", "fa")})
                 v = np.array(row["volumes"], dtype=np.float64)
                 ok = np.isfinite(v[:, 0])
                 c, v = c[ok], v[ok]
@@ -368,8 +361,26 @@ def contrast_split(curves: dict, share: float = 0.25) -> dict:
                     "low_contrast_range": [float(c[low].min()), float(c[low].max())],
                     "cov_x1e3": per_tissue(cov_x1e3(v)),
                     "cov_without_low_x1e3": per_tissue(cov_x1e3(v[rest])),
-                    "cov_low_x1e3": per_tissue(cov_x1e3(v[low]))}
+                    "cov_low_x1e3": per_tissue(cov_x1e3(v[low])),
+                    "bins": contrast_bins(c, v)}
     return out
+
+
+def contrast_bins(c: np.ndarray, v: np.ndarray) -> list[dict]:
+    """The draws' volume deviation from their median (%, per tissue) in bins of WM-GM
+    contrast ``c`` (edges :data:`CONTRAST_EDGES`; empty bins left out): the evidence for
+    the application's low-contrast flag (``LOW_CONTRAST_SPGR``, one of the edges)."""
+    dev = 100 * (v / np.median(v, 0) - 1)
+    edges = [-np.inf, *CONTRAST_EDGES, np.inf]
+    bins = []
+    for lo, hi in zip(edges[:-1], edges[1:], strict=True):
+        k = (c >= lo) & (c < hi)
+        if k.any():
+            bins.append({"contrast": [None if np.isinf(lo) else lo, None if np.isinf(hi) else hi],
+                         "images": int(k.sum()),
+                         "max_abs_dev_pct": per_tissue(np.abs(dev[k]).max(0)),
+                         "mean_dev_pct": per_tissue(dev[k].mean(0))})
+    return bins
 
 
 def contrast_markdown(by_contrast: dict) -> str:
@@ -391,6 +402,19 @@ def contrast_markdown(by_contrast: dict) -> str:
                 lines.append(f"| {m} | {cname} | {subj} | {lo:+.3f} to {hi:+.3f} | "
                              f"{f(r['cov_x1e3'])} | {f(r['cov_without_low_x1e3'])} | "
                              f"{f(r['cov_low_x1e3'])} |")
+    lines += ["", "### SPGR volume deviation from the median (%) by WM-GM contrast", "",
+              f"The application flags SPGR protocols below {LOW_CONTRAST_SPGR:+.2f}.", "",
+              "| method | condition | subject | contrast | draws | max abs GM / WM / CSF | "
+              "mean GM / WM / CSF |", "|---" * 7 + "|"]
+    for m, per in by_contrast.items():
+        for cname, subs in per.items():
+            for subj, r in subs.items():
+                for b in r.get("bins", []):
+                    lo, hi = b["contrast"]
+                    span = (f"< {hi:+.2f}" if lo is None else f">= {lo:+.2f}" if hi is None
+                            else f"{lo:+.2f} to {hi:+.2f}")
+                    lines.append(f"| {m} | {cname} | {subj} | {span} | {b['images']} | "
+                                 f"{f(b['max_abs_dev_pct'])} | {f(b['mean_dev_pct'])} |")
     return "\n".join(lines + [""])
 
 

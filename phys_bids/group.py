@@ -48,6 +48,10 @@ COLUMNS = {
     "sequence": "sequence the model was told (MPRAGE or SPGR)",
     "in_training_space": "acquisition inside the model's training space",
     "outside_training_space": "parameters outside it",
+    "wm_gm_contrast": "predicted WM-GM contrast of the protocol, (WM - GM) / GM of the prior "
+                      "tissue means (n/a before phys-bids recorded it)",
+    "low_contrast": "SPGR below the contrast where the networks' volumes start to move "
+                    "(flagged in the participant report)",
     **{d: f"{d} from the input sidecar" for d in DESCRIPTORS},
     "parameters": "acquisition parameters used (JSON, SI units)",
     **{f"{t}_atropos_ml": f"{t} volume in mL of the classical segmentation (Atropos k-means, "
@@ -98,6 +102,9 @@ def collect_volumes(bids_root: Path, out_dir: Path) -> list[dict]:
         row["sequence"] = acq.get("Sequence", "n/a")
         row["in_training_space"] = str(prov.get("InTrainingSpace", "n/a")).lower()
         row["outside_training_space"] = ",".join(prov.get("OutsideTrainingSpace", [])) or "n/a"
+        contrast = prov.get("PredictedContrast") or {}
+        row["wm_gm_contrast"] = contrast.get("WMGM", "n/a")
+        row["low_contrast"] = str(contrast.get("Low", "n/a")).lower()
         for d in DESCRIPTORS:
             row[d] = sidecar.get(d, "n/a")
         row["parameters"] = json.dumps(acq.get("Parameters", {}), sort_keys=True)

@@ -134,3 +134,25 @@ def reference_tissues(field_strength: float = 3.0) -> dict[str, dict[str, float]
     pri = priors_at(field_strength)
     return {t: {k: pri[c][k].mean for k in ("pd", "r1", "r2s", "r2", "mt")}
             for t, c in (("gm", "gm_cortex"), ("wm", "wm"), ("csf", "csf"))}
+
+
+def wm_gm_contrast(sequence: str, params: dict, field_strength: float = 3.0) -> np.ndarray:
+    """(WM - GM) / GM of the magnitude image an acquisition makes of the prior tissue
+    means at ``field_strength`` (T): a property of the protocol, computed from its
+    parameters alone (no image, no network). ``params`` as the segmentation model takes
+    them, in SI units (s, degrees), each a number or a list of equal length; returns one
+    value per parameter set.
+
+    For SPGR it falls with the flip angle (proton-density weighting: GM, with more
+    water, catches up with WM and overtakes it below about 20 deg); the networks' SPGR
+    volumes move with it (docs/segmentation.md, "SPGR contrast check").
+
+    >>> round(float(wm_gm_contrast("SPGR", {"tr": 0.02, "te": 0.005, "fa": 25.0})[0]), 2)
+    0.2
+    """
+    from ..physics import PhysicsEncoder
+
+    enc = PhysicsEncoder((sequence,), mode="contrast",
+                         tissues=reference_tissues(field_strength))
+    gm, wm, _ = enc.levels(sequence, params).T
+    return ((wm - gm) / gm).numpy()

@@ -36,6 +36,7 @@ from ..bids.sidecars import SidecarError, load_sidecar
 from ..models.calibration import margins_for, widen
 from ..physics.sidecar import ParameterError, acquisition_from_sidecar
 from ..physics.spaces import in_training_space
+from ..synth.tissues import wm_gm_contrast
 from ..tasks.preproc import N4BiasCorrect, RegisterToTemplate, SkullStrip
 from ..tasks.qmri import EstimateQMRI
 from ..tasks.segment import TISSUES, Segment, ToNative
@@ -102,6 +103,14 @@ class Settings:
         return hashlib.sha256(key.encode()).hexdigest()[:16]
 
 
+#: SPGR protocols whose predicted WM-GM contrast (:func:`phys_bids.synth.tissues.wm_gm_contrast`)
+#: is below this are flagged: in the consistency benchmark the networks' volumes stay within
+#: 2 % of their median from +0.15 up, within 5 % from +0.10, and move by up to 8 % below it,
+#: 16 % below +0.05 and 43 % where WM and GM are inverted (docs/segmentation.md, "SPGR
+#: contrast check"). MPRAGE images in the models' TI range are far above it (+0.36 at TI 1.2 s).
+LOW_CONTRAST_SPGR = 0.10
+
+
 @dataclass
 class PreparedRun:
     """A run whose image and acquisition passed the checks."""
@@ -113,6 +122,21 @@ class PreparedRun:
     in_training_space: bool
     outside: list[str]
     warnings: list[str] = field(default_factory=list)
+    #: predicted WM-GM contrast of the protocol, and the field strength (T) of its tissue
+    #: priors (the sidecar's MagneticFieldStrength, else 3 T); None when not computed
+    wm_gm_contrast: float | None = None
+    contrast_field_strength: float = 3.0
+
+    @property
+    def low_contrast(self) -> bool:
+        return (self.sequence == "SPGR" and self.wm_gm_contrast is not None
+                and self.wm_gm_contrast < LOW_CONTRAST_SPGR)
+
+    def low_contrast_note(self) -> str:
+        return (f"SPGR WM-GM contrast {self.wm_gm_contrast:+.2f} (tissue priors at "
+                f"{self.contrast_field_strength:g} T) is below {LOW_CONTRAST_SPGR:+.2f}: the "
+                "networks' GM and WM volumes move with the contrast there (GM read high, WM "
+                "low); compare them across protocols with caution")
 
 
 def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
@@ -142,7 +166,15 @@ def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
         warnings.append(f"acquisition parameter(s) {', '.join(outside)} outside the model's "
                         "training space: volumes are less reliable (flagged in the outputs)")
     sources = {k: acq.sources.get(k, "") for k in params}
-    return PreparedRun(run, acq.sequence, params, sources, inside, outside, warnings)
+    field_t = float(acq.params.get("field_strength", 3.0))
+    contrast = None
+    if acq.sequence in ("MPRAGE", "SPGR"):
+        contrast = float(wm_gm_contrast(acq.sequence, params, field_t)[0])
+    prepared = PreparedRun(run, acq.sequence, params, sources, inside, outside, warnings,
+                           contrast, field_t)
+    if prepared.low_contrast:
+        warnings.append(prepared.low_contrast_note() + " (flagged in the outputs)")
+    return prepared
 
 
 _RUN_OUTPUTS = ["mask", "brain_volume_ml", "strip_warnings", "n4", "bias_field", "in_template",
@@ -308,6 +340,11 @@ def _provenance(p: PreparedRun, settings: Settings, template, model, digest: str
                         "ParameterSources": p.sources},
         "InTrainingSpace": p.in_training_space,
         "OutsideTrainingSpace": p.outside,
+        "PredictedContrast": None if p.wm_gm_contrast is None else {
+            "WMGM": round(p.wm_gm_contrast, 4), "FieldStrength": p.contrast_field_strength,
+            "Low": p.low_contrast,
+            "Description": "(WM - GM) / GM of the image this protocol makes of the prior "
+                           f"tissue means; SPGR below {LOW_CONTRAST_SPGR:+.2f} is flagged"},
         "ConfigurationDigest": digest,
     }
 
@@ -550,6 +587,8 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
         if not p.in_training_space:
             qc.append("acquisition outside the training space: "
                       + ", ".join(p.outside))
+        if p.low_contrast:
+            qc.append(p.low_contrast_note())
         figures = report.run_figures(writer, src, subject, {**out, "raw": p.run.path},
                                      template)
         vfig = report.volumes_figure(writer, src, vols, stats, calibrated)

@@ -175,3 +175,46 @@ def test_out_of_training_space_is_flagged_not_refused(tmp_path):
     assert flagged.params == {"ti": 0.3} and flagged.sources == {"ti": "protocol:InversionTime"}
     assert not flagged.in_training_space and flagged.outside == ["ti"]
     assert any("outside the model's training space" in w for w in flagged.warnings)
+    assert not ok.low_contrast and ok.wm_gm_contrast > 0.3  # MPRAGE TI 0.9 s
+
+
+def test_a_low_contrast_spgr_protocol_is_flagged_from_its_parameters(tmp_path):
+    """The demo's SPGR site (TR 20 ms, FA 25 deg) is clear of the low-contrast corner; the
+    same scan told FA 12 deg is flagged, in the warnings and the sidecar provenance, at
+    the sidecar's field strength; an MPRAGE at short TI is never flagged this way."""
+    from types import SimpleNamespace
+
+    from phys_bids.bids.layout import T1wRun
+    from phys_bids.bids.protocol import Protocol
+    from phys_bids.synth.tissues import wm_gm_contrast
+    from phys_bids.workflows.participant import (
+        LOW_CONTRAST_SPGR,
+        Settings,
+        _provenance,
+        prepare_run,
+    )
+
+    root = write_demo_dataset(tmp_path / "bids", subjects=1, size=24, anatomy="phantom")
+    run = T1wRun(root / "sub-01/ses-siteC/anat/sub-01_ses-siteC_T1w.nii.gz", "01", "siteC")
+    site = prepare_run(run, root, None, physics=True)
+    assert site.sequence == "SPGR" and site.contrast_field_strength == 3.0
+    assert site.wm_gm_contrast == pytest.approx(float(wm_gm_contrast("SPGR", site.params)[0]))
+    assert site.wm_gm_contrast > LOW_CONTRAST_SPGR and not site.low_contrast
+    proto = Protocol.from_dict({"PhysBIDSProtocol": 1, "runs": [
+        {"match": "sub-01_ses-siteC_T1w", "fields": {"FlipAngle": 12,
+                                                     "MagneticFieldStrength": 1.5}}]})
+    low = prepare_run(run, root, proto, physics=True)
+    assert low.in_training_space is False  # FA 12 is outside 15-75 too
+    assert low.contrast_field_strength == 1.5 and low.low_contrast
+    assert low.wm_gm_contrast == pytest.approx(
+        float(wm_gm_contrast("SPGR", low.params, 1.5)[0]))
+    assert any("SPGR WM-GM contrast" in w and "1.5 T" in w for w in low.warnings)
+    model = SimpleNamespace(name="m", manifest={"weights_sha256": "0"}, physics=True)
+    prov = _provenance(low, Settings(), SimpleNamespace(name="t", source="s"), model, "d")
+    assert prov["PredictedContrast"]["Low"] is True
+    assert prov["PredictedContrast"]["WMGM"] == pytest.approx(low.wm_gm_contrast, abs=1e-4)
+    short = Protocol.from_dict({"PhysBIDSProtocol": 1, "runs": [
+        {"match": "sub-01_ses-siteA_T1w", "fields": {"InversionTime": 0.3}}]})
+    mprage = prepare_run(T1wRun(root / "sub-01/ses-siteA/anat/sub-01_ses-siteA_T1w.nii.gz",
+                                "01", "siteA"), root, short, physics=True)
+    assert mprage.wm_gm_contrast < 0 and not mprage.low_contrast

@@ -138,6 +138,13 @@ def test_sidecars_and_description_carry_provenance(study):
     assert prov["Acquisition"] == {"Sequence": "MPRAGE", "Parameters": {"ti": 0.9},
                                    "ParameterSources": {"ti": "sidecar:InversionTime"}}
     assert prov["InTrainingSpace"] is True and prov["Seed"] == 0
+    # the protocol's predicted contrast, at the sidecar's 3 T: MPRAGE, not flagged
+    from phys_bids.synth.tissues import wm_gm_contrast
+
+    contrast = prov["PredictedContrast"]
+    assert contrast["FieldStrength"] == 3.0 and contrast["Low"] is False
+    assert contrast["WMGM"] == pytest.approx(float(wm_gm_contrast("MPRAGE", {"ti": 0.9})[0]),
+                                             abs=1e-4)
     assert prov["Template"]["Name"] == "MNI152NLin2009aSym"
     assert json.loads((out / f"{SUB}_desc-preproc_T1w.json").read_text())["SkullStripped"]
     assert (out / "dseg.tsv").read_text().splitlines()[1:] == [
@@ -202,6 +209,9 @@ def test_group_level_gathers_volumes(study):
     rows = [dict(zip(head, ln.split("\t"), strict=True)) for ln in lines[1:]]
     assert [r["participant_id"] for r in rows] == ["sub-01"]
     assert rows[0]["site"] == "Site A/Prisma" and rows[0]["Manufacturer"] == "Siemens"
+    side = json.loads((study["out"] / f"{SUB}_morph.json").read_text())
+    assert float(rows[0]["wm_gm_contrast"]) == side["PhysBIDS"]["PredictedContrast"]["WMGM"]
+    assert rows[0]["low_contrast"] == "false"
     morph = (study["out"] / f"{SUB}_morph.tsv").read_text()
     assert f"GM\t{rows[0]['GM_ml']}\t" in morph
     assert json.loads((study["out"] / "group" / "volumes.json").read_text())["GM_ml"]

@@ -12,6 +12,7 @@ from phys_bids.models.inference import sliding_window_logits
 from phys_bids.models.losses import soft_dice_loss, stochastic_cross_entropy
 from phys_bids.models.registry import ModelCorruptError, available_models, load_model
 from phys_bids.models.training import TrainConfig, train
+from phys_bids.synth.tissues import wm_gm_contrast
 
 from ..phantoms import write_phantom
 from ..scripts import bench_script
@@ -665,13 +666,19 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
                                1e3 * v.std(0) / v.mean(0))
             assert "soft_volume_error_pct" in row
     md = (out / "consistency.md").read_text()
-    # one row per metric, and one per SPGR condition in the split by contrast
-    assert md.count(f"| {phys} |") == md.count(f"| {base} |") == 5 + 2
+    # one row per metric, one per SPGR condition in the split by contrast, and one per
+    # contrast bin holding draws
+    for m in (phys, base):
+        n_bins = sum(len(result["by_contrast"][m][c]["head_b"]["bins"])
+                     for c in ("spgr-id", "spgr-ood"))
+        assert md.count(f"| {m} |") == 5 + 2 + n_bins
     assert set(result["by_contrast"][phys]) == {"spgr-id", "spgr-ood"}
     # no soft volume for a hard segmentation; a split only where two images segmented
     splits = sum(sum(np.isfinite(np.array(r["volumes"], dtype=float)[:, 0]).sum() >= 2
                      for r in result["curves"]["atropos"][c]) for c in ("spgr-id", "spgr-ood"))
-    assert md.count("| atropos |") == 4 + splits
+    atropos_bins = sum(len(r["bins"]) for per in result["by_contrast"].get("atropos", {}).values()
+                       for r in per.values())
+    assert md.count("| atropos |") == 4 + splits + atropos_bins
     assert (out / "volume_vs_ti.png").stat().st_size > 0
     before, wall = result["per_subject"], result["meta"]["wall_s"]
     only_b = tmp_path / "only_b"
@@ -792,7 +799,7 @@ def test_spgr_draws_are_split_by_their_wm_gm_contrast():
     only in low-contrast draws give a small CoV there and a large one within the quarter."""
     bench = bench_script("bench_consistency")
     fa = np.linspace(15.0, 75.0, 8)
-    c = bench.wm_gm_contrast({"tr": [0.05] * 8, "te": [0.005] * 8, "fa": fa.tolist()})
+    c = wm_gm_contrast("SPGR", {"tr": [0.05] * 8, "te": [0.005] * 8, "fa": fa.tolist()})
     assert np.all(np.diff(c) > 0) and c[0] < 0.05 < 0.15 < c[-1]
     vols = np.tile([600e3, 400e3, 350e3], (8, 1))
     vols[:2] *= [[1.3, 0.8, 0.7], [1.2, 0.85, 0.8]]  # the two lowest flip angles move
@@ -811,6 +818,20 @@ def test_spgr_draws_are_split_by_their_wm_gm_contrast():
     assert r["low_contrast_range"] == pytest.approx([c[0], c[1]])
     md = bench.contrast_markdown(bench.contrast_split(curves))
     assert "| m | spgr-id | s |" in md
+    # the deviation from the median by contrast bin: the evidence for the application's flag
+    bins = r["bins"]
+    assert sum(b["images"] for b in bins) == 8
+    dev = 100 * (vols / np.median(vols, 0) - 1)
+    for b in bins:
+        lo, hi = (-np.inf if b["contrast"][0] is None else b["contrast"][0],
+                  np.inf if b["contrast"][1] is None else b["contrast"][1])
+        k = (c >= lo) & (c < hi)
+        assert b["images"] == k.sum() >= 1
+        assert b["max_abs_dev_pct"]["GM"] == pytest.approx(np.abs(dev[k, 0]).max())
+        assert b["mean_dev_pct"]["CSF"] == pytest.approx(dev[k, 2].mean())
+    assert bins[0]["contrast"][1] <= 0.05 and bins[0]["max_abs_dev_pct"]["GM"] > 15
+    assert bins[-1]["contrast"][1] is None and bins[-1]["max_abs_dev_pct"]["WM"] < 1.0
+    assert md.count("| m | spgr-id | s | ") == 1 + len(bins)
 
 
 def test_input_level_probe_reads_the_run_and_scales_the_input(label_dir, tmp_path):
