@@ -219,6 +219,15 @@ def _fits_section(fits: list[dict]) -> str:
     return "".join(out)
 
 
+def _contrast_cell(run: dict) -> str:
+    """The protocol's predicted WM-GM contrast, marked when it is in the low-contrast
+    corner (an SPGR QC flag)."""
+    c = run.get("wm_gm_contrast")
+    if c is None:
+        return "n/a"
+    return f"{c:+.2f}" + (" (LOW)" if run.get("low_contrast") else "")
+
+
 def subject_report(writer, subject: str, runs: list[dict], provenance: dict) -> str:
     """Write ``sub-X.html``; returns its path relative to the derivatives."""
     parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>phys-bids: sub-"
@@ -226,8 +235,9 @@ def subject_report(writer, subject: str, runs: list[dict], provenance: dict) -> 
              f"<h1>phys-bids report: sub-{html.escape(subject)}</h1>",
              "<h2>Summary</h2>",
              _table([(r["run"], r["sequence"], "yes" if r["in_training_space"] else "NO",
-                      len(r["qc"]), len(r["warnings"])) for r in runs],
-                    ("run", "sequence", "in training space", "QC flags", "warnings"))]
+                      _contrast_cell(r), len(r["qc"]), len(r["warnings"])) for r in runs],
+                    ("run", "sequence", "in training space", "predicted WM-GM contrast",
+                     "QC flags", "warnings"))]
     for r in runs:
         parts.append(f"<h2>{html.escape(r['run'])}</h2>")
         parts.append("<h3>Acquisition parameters used</h3>")

@@ -597,6 +597,7 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
         summaries.append({"run": p.run.relpath, "label": p.run.label, "sequence": p.sequence,
                           "params": p.params, "sources": p.sources,
                           "in_training_space": p.in_training_space, "outside": p.outside,
+                          "wm_gm_contrast": p.wm_gm_contrast, "low_contrast": p.low_contrast,
                           "warnings": [*p.warnings, *out["strip_warnings"]], "qc": qc,
                           "volumes": vols, "mc": stats,
                           "brain_volume_ml": out["brain_volume_ml"],

@@ -213,6 +213,12 @@ def test_a_low_contrast_spgr_protocol_is_flagged_from_its_parameters(tmp_path):
     prov = _provenance(low, Settings(), SimpleNamespace(name="t", source="s"), model, "d")
     assert prov["PredictedContrast"]["Low"] is True
     assert prov["PredictedContrast"]["WMGM"] == pytest.approx(low.wm_gm_contrast, abs=1e-4)
+    # the report's summary marks it
+    from phys_bids.report import _contrast_cell
+
+    cell = _contrast_cell({"wm_gm_contrast": low.wm_gm_contrast, "low_contrast": True})
+    assert cell == f"{low.wm_gm_contrast:+.2f} (LOW)"
+    assert _contrast_cell({"wm_gm_contrast": None}) == "n/a"
     short = Protocol.from_dict({"PhysBIDSProtocol": 1, "runs": [
         {"match": "sub-01_ses-siteA_T1w", "fields": {"InversionTime": 0.3}}]})
     mprage = prepare_run(T1wRun(root / "sub-01/ses-siteA/anat/sub-01_ses-siteA_T1w.nii.gz",

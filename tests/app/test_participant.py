@@ -176,6 +176,7 @@ def test_report_is_self_contained(study):
     out = study["out"]
     html = (out / "sub-01.html").read_text()
     assert "Acquisition parameters used" in html and "sidecar:InversionTime" in html
+    assert "predicted WM-GM contrast" in html and "(LOW)" not in html
     srcs = [s.split("'")[0] for s in html.split("<img src='")[1:]]
     # 4 steps + the volumes with their bounds (--mc-samples 4) + the qMRI figure
     n_figures = 5 + ("qmri-physics" in available_models(kind="qmri"))
