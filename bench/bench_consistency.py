@@ -340,8 +340,10 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
 def contrast_split(curves: dict, share: float = 0.25) -> dict:
     """Per method, SPGR condition and subject: the CoV (x10^3) over all draws, without
     the ``share`` of draws with the lowest WM-GM contrast, and within that share, with
-    the contrast range of the share. Failed images (NaN volumes) are left out, and a
-    method with fewer than two images left has no row."""
+    the contrast range of the share; over the draws at or above the application's
+    low-contrast flag (``cov_unflagged_x1e3``); and the deviation by contrast bin.
+    Failed images (NaN volumes) are left out, and a method with fewer than two images
+    left has no row."""
     out: dict = {}
     for m, per in curves.items():
         for cname, rows in per.items():
@@ -362,6 +364,11 @@ def contrast_split(curves: dict, share: float = 0.25) -> dict:
                     "cov_x1e3": per_tissue(cov_x1e3(v)),
                     "cov_without_low_x1e3": per_tissue(cov_x1e3(v[rest])),
                     "cov_low_x1e3": per_tissue(cov_x1e3(v[low])),
+                    # the draws the application would not flag
+                    "unflagged": int((c >= LOW_CONTRAST_SPGR).sum()),
+                    "cov_unflagged_x1e3": per_tissue(
+                        cov_x1e3(v[c >= LOW_CONTRAST_SPGR])
+                        if (c >= LOW_CONTRAST_SPGR).sum() >= 2 else None),
                     "bins": contrast_bins(c, v)}
     return out
 
@@ -390,10 +397,11 @@ def contrast_markdown(by_contrast: dict) -> str:
              "The draws ranked by (WM - GM) / GM from the prior tissue means at 3 T; "
              "'low' is the lowest-contrast quarter.", "",
              "| method | condition | subject | low-quarter contrast | all GM / WM / CSF | "
-             "without low | low only |", "|---" * 7 + "|"]
+             "without low | low only | draws not flagged (contrast >= "
+             f"{LOW_CONTRAST_SPGR:+.2f}) | their CoV |", "|---" * 9 + "|"]
 
     def f(d):
-        return " / ".join(f"{d[t]:.1f}" for t in TISSUES.values())
+        return " / ".join("n/a" if d[t] is None else f"{d[t]:.1f}" for t in TISSUES.values())
 
     for m, per in by_contrast.items():
         for cname, subs in per.items():
@@ -401,7 +409,9 @@ def contrast_markdown(by_contrast: dict) -> str:
                 lo, hi = r["low_contrast_range"]
                 lines.append(f"| {m} | {cname} | {subj} | {lo:+.3f} to {hi:+.3f} | "
                              f"{f(r['cov_x1e3'])} | {f(r['cov_without_low_x1e3'])} | "
-                             f"{f(r['cov_low_x1e3'])} |")
+                             f"{f(r['cov_low_x1e3'])} | {r.get('unflagged', 'n/a')} | "
+                             + (f"{f(r['cov_unflagged_x1e3'])} |" if "cov_unflagged_x1e3" in r
+                                else "n/a |"))
     lines += ["", "### SPGR volume deviation from the median (%) by WM-GM contrast", "",
               f"The application flags SPGR protocols below {LOW_CONTRAST_SPGR:+.2f}.", "",
               "| method | condition | subject | contrast | draws | max abs GM / WM / CSF | "

@@ -816,6 +816,13 @@ def test_spgr_draws_are_split_by_their_wm_gm_contrast():
     low = np.array([0.8, 0.85])
     assert r["cov_low_x1e3"]["WM"] == pytest.approx(1e3 * low.std() / low.mean())
     assert r["low_contrast_range"] == pytest.approx([c[0], c[1]])
+    # the draws the application does not flag
+    from phys_bids.workflows.participant import LOW_CONTRAST_SPGR
+
+    kept = vols[c >= LOW_CONTRAST_SPGR]
+    assert r["unflagged"] == len(kept) and 2 <= len(kept) < 8
+    assert r["cov_unflagged_x1e3"]["WM"] == pytest.approx(1e3 * kept[:, 1].std()
+                                                          / kept[:, 1].mean())
     md = bench.contrast_markdown(bench.contrast_split(curves))
     assert "| m | spgr-id | s |" in md
     # the deviation from the median by contrast bin: the evidence for the application's flag
