@@ -24,7 +24,9 @@ under ``curves``), ``consistency.md`` and, when MPRAGE is measured, ``volume_vs_
 draws are also ranked by their WM-GM contrast (from the prior tissue means at 3 T, no
 network) and the CoV is given without the lowest-contrast quarter and within it
 (``by_contrast``): the low-flip-angle draws where WM and GM have nearly the same
-intensity are where the networks' SPGR volumes move.
+intensity are where the networks' SPGR volumes move. ``by_contrast`` also holds each
+contrast bin's deviation from the median (``bins``) and the CoV over the draws the
+application would not flag (``cov_unflagged_x1e3``, contrast >= ``LOW_CONTRAST_SPGR``).
 
 ``--resume`` adds subjects to OUT's file; ``--merge DIR`` takes the subjects another
 run measured, so that one-subject runs side by side (one thread each) make one table:
