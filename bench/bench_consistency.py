@@ -119,9 +119,9 @@ def main(argv=None):
     # head_15 measures the images of head_15 in a full run (others: their place in the list)
     test_split = next(iter(models.values())).manifest["split"].get("test", [])
 
-    def seed_of(subj: str) -> int:
+    def seed_of(subj: str, listed: list[str] = subjects) -> int:
         return args.seed + (test_split.index(subj) if subj in test_split
-                            else subjects.index(subj))
+                            else listed.index(subj))
     methods = list(models) + ([] if args.no_atropos else ["atropos"])
     conds = {k: v for k, v in conditions(args.n_images, args.seed).items()
              if k in args.conditions.split(",")}
@@ -147,12 +147,9 @@ def main(argv=None):
                              "--subjects; add them to --subjects or give another --out")
         # the same phantom: a subject outside the test split is seeded by its place in
         # --subjects (files from before the seed was recorded: by its place in the file)
-        listed = prev["meta"]["subjects"]
         for r in (r for per in prev["per_subject"].values() for rows in per.values()
                   for r in rows if r["subject"] in new):
-            was = r.get("phantom_seed", args.seed + (
-                test_split.index(r["subject"]) if r["subject"] in test_split
-                else listed.index(r["subject"])))
+            was = r.get("phantom_seed", seed_of(r["subject"], prev["meta"]["subjects"]))
             if was != seed_of(r["subject"]):
                 raise SystemExit(
                     f"{src / 'consistency.json'}: the phantom of {r['subject']} was seeded "
@@ -360,17 +357,16 @@ def contrast_split(curves: dict, share: float = 0.25) -> dict:
                     continue  # nothing to split (Atropos failed on the images)
                 low = np.argsort(c)[:int(np.ceil(share * len(c)))]
                 rest = np.setdiff1d(np.arange(len(c)), low)
+                kept = c >= LOW_CONTRAST_SPGR  # the draws the application would not flag
                 out.setdefault(m, {}).setdefault(cname, {})[row["subject"]] = {
                     "images": int(len(c)), "share": share,
                     "low_contrast_range": [float(c[low].min()), float(c[low].max())],
                     "cov_x1e3": per_tissue(cov_x1e3(v)),
                     "cov_without_low_x1e3": per_tissue(cov_x1e3(v[rest])),
                     "cov_low_x1e3": per_tissue(cov_x1e3(v[low])),
-                    # the draws the application would not flag
-                    "unflagged": int((c >= LOW_CONTRAST_SPGR).sum()),
-                    "cov_unflagged_x1e3": per_tissue(
-                        cov_x1e3(v[c >= LOW_CONTRAST_SPGR])
-                        if (c >= LOW_CONTRAST_SPGR).sum() >= 2 else None),
+                    "unflagged": int(kept.sum()),
+                    "cov_unflagged_x1e3": per_tissue(cov_x1e3(v[kept])
+                                                     if kept.sum() >= 2 else None),
                     "bins": contrast_bins(c, v)}
     return out
 
@@ -411,9 +407,8 @@ def contrast_markdown(by_contrast: dict) -> str:
                 lo, hi = r["low_contrast_range"]
                 lines.append(f"| {m} | {cname} | {subj} | {lo:+.3f} to {hi:+.3f} | "
                              f"{f(r['cov_x1e3'])} | {f(r['cov_without_low_x1e3'])} | "
-                             f"{f(r['cov_low_x1e3'])} | {r.get('unflagged', 'n/a')} | "
-                             + (f"{f(r['cov_unflagged_x1e3'])} |" if "cov_unflagged_x1e3" in r
-                                else "n/a |"))
+                             f"{f(r['cov_low_x1e3'])} | {r['unflagged']} | "
+                             f"{f(r['cov_unflagged_x1e3'])} |")
     lines += ["", "### SPGR volume deviation from the median (%) by WM-GM contrast", "",
               f"The application flags SPGR protocols below {LOW_CONTRAST_SPGR:+.2f}.", "",
               "| method | condition | subject | contrast | draws | max abs GM / WM / CSF | "
@@ -421,7 +416,7 @@ def contrast_markdown(by_contrast: dict) -> str:
     for m, per in by_contrast.items():
         for cname, subs in per.items():
             for subj, r in subs.items():
-                for b in r.get("bins", []):
+                for b in r["bins"]:
                     lo, hi = b["contrast"]
                     span = (f"< {hi:+.2f}" if lo is None else f">= {lo:+.2f}" if hi is None
                             else f"{lo:+.2f} to {hi:+.2f}")
