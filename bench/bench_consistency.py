@@ -51,6 +51,7 @@ import torch
 
 from phys_bids.classical import ClassicalSegmentationError
 from phys_bids.models.inference import FLIP_TTA, sliding_window_logits
+from phys_bids.physics.spaces import SPACES, TRAINING_SPACES
 from phys_bids.synth import load_head
 from phys_bids.synth.evaluation import (  # noqa: F401 - re-exported
     BRAIN,
@@ -105,6 +106,10 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=96)
     ap.add_argument("--flip-tta", choices=sorted(FLIP_TTA), default="none",
                     help="flip test-time augmentation of the networks: lr (2 passes), all (8)")
+    ap.add_argument("--physics-clamp", choices=("none", "training"), default="none",
+                    help="training: tell the physics branch the acquisition clipped to the "
+                         "training space of its sequence (ParameterSpace.clamp) instead of "
+                         "one it must extrapolate to; the image is simulated as drawn")
     ap.add_argument("--out", default="docs/results/consistency")
     ap.add_argument("--resume", action="store_true",
                     help="keep the subjects already in OUT/consistency.json (same settings)")
@@ -133,8 +138,9 @@ def main(argv=None):
     # a subject measured under other settings would be averaged with these: a file is
     # resumed or merged only when all of them agree
     now = {"n_images": args.n_images, "window": args.window, "seed": args.seed,
-           "flip_tta": args.flip_tta, "conditions": ",".join(conds),
-           "methods": ",".join(methods), "models": models_meta(models)}
+           "flip_tta": args.flip_tta, "physics_clamp": args.physics_clamp,
+           "conditions": ",".join(conds), "methods": ",".join(methods),
+           "models": models_meta(models)}
     sources = ([out] if args.resume and (out / "consistency.json").exists() else []) + [
         Path(d) for d in args.merge]
     wall = 0.0
@@ -197,7 +203,9 @@ def main(argv=None):
                             continue
                     else:
                         mod = models[m]
-                        phys = mod.encoder.encode(seq, p) if mod.physics else None
+                        told = (p if args.physics_clamp == "none"
+                                else SPACES[TRAINING_SPACES[seq]].clamp(p))
+                        phys = mod.encoder.encode(seq, told) if mod.physics else None
                         logits = sliding_window_logits(mod.network, img[None, None], phys,
                                                        window=args.window, overlap=0.25,
                                                        flip_axes=FLIP_TTA[args.flip_tta])
@@ -284,15 +292,15 @@ def conditions_of(results: dict) -> str:
 def earlier_run(path: Path, now: dict, option: str) -> dict:
     """The results file ``path`` of an earlier run, refused (SystemExit naming the
     differing settings, nothing written) unless it was measured with the settings
-    ``now``: the same images, window, seed, flip TTA, conditions, methods and model
-    weights. Files from before a setting was recorded: flip TTA was off, and the
-    conditions and methods are those the per-subject results hold."""
+    ``now``: the same images, window, seed, flip TTA, physics clamp, conditions, methods
+    and model weights. Files from before a setting was recorded: flip TTA and the clamp
+    were off, and the conditions and methods are those the per-subject results hold."""
     if not path.exists():
         raise SystemExit(f"{option}: {path} does not exist")
     prev = json.loads(path.read_text())
     results = prev["per_subject"]
-    missing = {"flip_tta": "none", "conditions": conditions_of(results),
-               "methods": ",".join(results)}
+    missing = {"flip_tta": "none", "physics_clamp": "none",
+               "conditions": conditions_of(results), "methods": ",".join(results)}
     other = {k: prev["meta"].get(k, missing.get(k, v)) for k, v in now.items()}
     if other != now:
         def show(k):
@@ -319,6 +327,7 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
     summary = summarise(results)
     meta = {"n_images": args.n_images, "subjects": subjects, "complete": final,
             "window": args.window, "flip_tta": args.flip_tta,
+            "physics_clamp": args.physics_clamp,
             "conditions": conditions_of(results),
             "seed": args.seed, "models": models_meta(models),
             "atropos": "k-means 3 classes, 5 iterations, clusters assigned to tissues by best "
@@ -462,7 +471,10 @@ def markdown(summary, meta) -> str:
     lines = [f"Subjects: {', '.join(meta['subjects'])}; {meta['n_images']} images per "
              f"condition; mean +- SD over subjects"
              + ("" if meta.get("flip_tta", "none") == "none"
-                else f"; networks with flip TTA ({meta['flip_tta']})") + ".", ""]
+                else f"; networks with flip TTA ({meta['flip_tta']})")
+             + ("" if meta.get("physics_clamp", "none") == "none"
+                else "; physics branch told the acquisition clipped to the training space")
+             + ".", ""]
     if meta.get("atropos_failures"):
         lines += [f"Atropos failed on {len(meta['atropos_failures'])} image(s) (left out of "
                   "its statistics): " + ", ".join(f"{f['subject']} {f['condition']} #{f['image']}"

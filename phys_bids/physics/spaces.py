@@ -125,6 +125,30 @@ class ParameterSpace:
         """Whether every varied parameter lies inside this space."""
         return not self.outside(params)
 
+    def clamp(self, params: dict) -> dict:
+        """The nearest parameter set inside this space's box: each varied parameter
+        clipped to its bounds, the others (and any this space does not vary) as given.
+
+        What a physics branch is told when it should not extrapolate: the acquisition
+        of the training space closest in each parameter.
+
+        >>> ti = torch.tensor([0.1, 0.9, 2.0], dtype=torch.float64)
+        >>> SPACES["mprage-id"].clamp({"ti": ti})["ti"].tolist()
+        [0.6, 0.9, 1.2]
+        >>> SPACES["spgr-id"].clamp({"tr": 0.2, "te": 0.005, "fa": 5.0})
+        {'tr': 0.1, 'te': 0.005, 'fa': 15.0}
+        """
+        out = dict(params)
+        for k in self.varied:
+            if k not in params:
+                continue
+            lo, hi = self.params[k].bounds
+            v = params[k]
+            out[k] = (v.clamp(lo, hi) if isinstance(v, Tensor)
+                      else min(max(float(v), lo), hi) if isinstance(v, (int, float))
+                      else [min(max(float(x), lo), hi) for x in v])
+        return out
+
 
 def _u(a, b, unit="s"):
     return ParamDist("uniform", a, b, unit)

@@ -792,6 +792,33 @@ def test_consistency_benchmark_n_image_run_holds_the_7_image_run(label_dir, tmp_
     assert "by WM-GM contrast" in (tmp_path / "n13" / "consistency.md").read_text()
 
 
+def test_consistency_benchmark_physics_clamp_tells_the_training_space(label_dir, tmp_path):
+    """--physics-clamp training tells the physics branch the acquisition clipped to its
+    training space: inside it nothing changes (MPRAGE TI 0.6-1.2 s gives the same
+    volumes), outside it the network hears other parameters (TI 0.1 and 2.0 s are told
+    0.6 and 1.2 s: other soft volumes); the setting is recorded, and a file measured
+    without it is not resumed with it."""
+    bench = bench_script("bench_consistency")
+    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
+    phys = str(tmp_path / "phys")
+    common = ["--data", str(label_dir), "--models", phys, "--no-atropos", "--n-images", "3",
+              "--conditions", "mprage-id,mprage-ood", "--window", "16", "--threads", "1",
+              "--subjects", "head_b"]
+    runs = {}
+    for clamp in ("none", "training"):
+        bench.main(common + ["--physics-clamp", clamp, "--out", str(tmp_path / clamp)])
+        runs[clamp] = json.loads((tmp_path / clamp / "consistency.json").read_text())
+    assert runs["training"]["meta"]["physics_clamp"] == "training"
+    rows = {k: r["per_subject"][phys] for k, r in runs.items()}
+    assert rows["training"]["mprage-id"] == rows["none"]["mprage-id"]
+    soft = {k: r["mprage-ood"][0]["soft_volume_error_pct"] for k, r in rows.items()}
+    assert soft["training"] != soft["none"]
+    assert "clipped to the training space" in (tmp_path / "training" / "consistency.md").read_text()
+    with pytest.raises(SystemExit, match="physics_clamp none"):
+        bench.main(common + ["--physics-clamp", "training", "--resume",
+                             "--out", str(tmp_path / "none")])
+
+
 def test_spgr_draws_are_split_by_their_wm_gm_contrast():
     """The benchmark's contrast split: the WM-GM contrast of an SPGR draw falls with the
     flip angle (PD weighting: GM, with more water, catches up with WM), and the CoV
