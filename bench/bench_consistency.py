@@ -63,7 +63,7 @@ from phys_bids.synth.evaluation import (  # noqa: F401 - re-exported
     models_meta,
     phantom,
 )
-from phys_bids.synth.tissues import wm_gm_contrast
+from phys_bids.synth.tissues import nearest_training_acquisition, wm_gm_contrast
 from phys_bids.workflows.participant import LOW_CONTRAST_SPGR
 
 log = logging.getLogger("bench.consistency")
@@ -77,6 +77,18 @@ METRICS = {"cov_x1e3": "CoV of volume (x10^3, lower is better)",
            "soft_volume_error_pct": "Volume error vs anatomy, % (soft: sum of probabilities)",
            "cov7_x1e3": "CoV of volume (x10^3) over the 7 of these images that a 7-image run "
                         "measures (MPRAGE, N = 6k + 1)"}
+
+
+def told_acquisition(clamp: str, sequence: str, params: dict) -> dict:
+    """What the physics branch is told of an acquisition under ``--physics-clamp``:
+    ``none`` the acquisition itself, ``training`` each parameter clipped to the
+    training space's range, ``contrast`` the training acquisition of nearest reference-
+    tissue contrast at 3 T. Inside the training space all three tell the same."""
+    if clamp == "training":
+        return SPACES[TRAINING_SPACES[sequence]].clamp(params)
+    if clamp == "contrast":
+        return nearest_training_acquisition(sequence, params)
+    return params
 
 
 def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor):
@@ -106,10 +118,14 @@ def main(argv=None):
     ap.add_argument("--window", type=int, default=96)
     ap.add_argument("--flip-tta", choices=sorted(FLIP_TTA), default="none",
                     help="flip test-time augmentation of the networks: lr (2 passes), all (8)")
-    ap.add_argument("--physics-clamp", choices=("none", "training"), default="none",
-                    help="training: tell the physics branch the acquisition clipped to the "
-                         "training space of its sequence (ParameterSpace.clamp) instead of "
-                         "one it must extrapolate to; the image is simulated as drawn")
+    ap.add_argument("--physics-clamp", choices=("none", "training", "contrast"),
+                    default="none",
+                    help="tell the physics branch an acquisition of its sequence's training "
+                         "space instead of one it must extrapolate to (the image is simulated "
+                         "as drawn): training = each parameter clipped to its range "
+                         "(ParameterSpace.clamp), contrast = the training acquisition with "
+                         "the nearest reference-tissue contrast at 3 T "
+                         "(nearest_training_acquisition)")
     ap.add_argument("--out", default="docs/results/consistency")
     ap.add_argument("--resume", action="store_true",
                     help="keep the subjects already in OUT/consistency.json (same settings)")
@@ -189,6 +205,7 @@ def main(argv=None):
                 sig = gen.simulate_patch(seq, p, cmaps, frac)[0].abs()
                 img = sig * mask
                 img = img / img[mask].mean()
+                told = told_acquisition(args.physics_clamp, seq, p)
                 for m in methods:
                     if m == "atropos":
                         try:
@@ -203,8 +220,6 @@ def main(argv=None):
                             continue
                     else:
                         mod = models[m]
-                        told = (p if args.physics_clamp == "none"
-                                else SPACES[TRAINING_SPACES[seq]].clamp(p))
                         phys = mod.encoder.encode(seq, told) if mod.physics else None
                         logits = sliding_window_logits(mod.network, img[None, None], phys,
                                                        window=args.window, overlap=0.25,
@@ -472,8 +487,10 @@ def markdown(summary, meta) -> str:
              f"condition; mean +- SD over subjects"
              + ("" if meta.get("flip_tta", "none") == "none"
                 else f"; networks with flip TTA ({meta['flip_tta']})")
-             + ("" if meta.get("physics_clamp", "none") == "none"
-                else "; physics branch told the acquisition clipped to the training space")
+             + {"none": "", "training": "; physics branch told the acquisition clipped to "
+                                        "the training space",
+                "contrast": "; physics branch told the training acquisition of nearest "
+                            "reference-tissue contrast"}[meta.get("physics_clamp", "none")]
              + ".", ""]
     if meta.get("atropos_failures"):
         lines += [f"Atropos failed on {len(meta['atropos_failures'])} image(s) (left out of "

@@ -31,7 +31,7 @@ import numpy as np
 
 __all__ = [
     "CLASSES", "TARGETS", "PRIORS", "Prior", "label_to_class", "priors_at", "TARGET_OF_CLASS",
-    "reference_tissues",
+    "reference_tissues", "wm_gm_contrast", "nearest_training_acquisition",
 ]
 
 #: Fine tissue classes used by the generator (index = class id).
@@ -156,3 +156,42 @@ def wm_gm_contrast(sequence: str, params: dict, field_strength: float = 3.0) -> 
                          tissues=reference_tissues(field_strength))
     gm, wm, _ = enc.levels(sequence, params).T
     return ((wm - gm) / gm).numpy()
+
+
+def nearest_training_acquisition(sequence: str, params: dict, field_strength: float = 3.0,
+                                 n: int = 24) -> dict:
+    """The acquisition of ``sequence``'s training space whose image of the prior tissue
+    means is most alike: the smallest distance between the reference GM, WM and CSF
+    levels over their brain-weighted mean (the contrast encoding's ``levels``), over a
+    midpoint grid of ``n`` values per varied parameter. A parameter set inside the
+    training space is returned unchanged.
+
+    What a physics branch can be told instead of an acquisition it would have to
+    extrapolate to: one it trained on that makes the same contrast, where clipping each
+    parameter to its range (``ParameterSpace.clamp``) keeps the nearest *parameters*.
+    ``params``: SI units, each a number or a list of equal length; returns lists.
+
+    >>> told = nearest_training_acquisition("MPRAGE", {"ti": [0.9, 2.0]})
+    >>> told["ti"][0], 1.1 < told["ti"][1] <= 1.2
+    (0.9, True)
+    """
+    import torch
+
+    from ..physics import SPACES, TRAINING_SPACES, PhysicsEncoder
+
+    space = SPACES[TRAINING_SPACES[sequence]]
+    enc = PhysicsEncoder((sequence,), mode="contrast", tissues=reference_tissues(field_strength))
+    given = {k: np.atleast_1d(np.asarray(v, dtype=np.float64)) for k, v in params.items()}
+    size = max(len(v) for v in given.values())
+    given = {k: np.broadcast_to(v, (size,)).copy() for k, v in given.items()}
+    axes = {k: d.bounds for k, d in space.params.items() if k in space.varied}
+    mid = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+    grids = torch.meshgrid(*[lo + (hi - lo) * mid for lo, hi in axes.values()], indexing="ij")
+    grid = {k: g.reshape(-1) for k, g in zip(axes, grids, strict=True)}
+    nearest = torch.cdist(enc.levels(sequence, given), enc.levels(sequence, grid)).argmin(1)
+    out = {k: v.tolist() for k, v in given.items()}
+    for i in range(size):
+        if not space.contains({k: v[i] for k, v in given.items()}):
+            for k in axes:
+                out[k][i] = float(grid[k][nearest[i]])
+    return out

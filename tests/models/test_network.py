@@ -793,11 +793,12 @@ def test_consistency_benchmark_n_image_run_holds_the_7_image_run(label_dir, tmp_
 
 
 def test_consistency_benchmark_physics_clamp_tells_the_training_space(label_dir, tmp_path):
-    """--physics-clamp training tells the physics branch the acquisition clipped to its
-    training space: inside it nothing changes (MPRAGE TI 0.6-1.2 s gives the same
-    volumes), outside it the network hears other parameters (TI 0.1 and 2.0 s are told
-    0.6 and 1.2 s: other soft volumes); the setting is recorded, and a file measured
-    without it is not resumed with it."""
+    """--physics-clamp tells the physics branch an acquisition of its training space:
+    inside it nothing changes (MPRAGE TI 0.6-1.2 s gives the same volumes with either
+    clamp), outside it the network hears other parameters (TI 0.1 and 2.0 s are told
+    0.6 and 1.2 s by ``training``, the TI of nearest tissue contrast by ``contrast``:
+    other soft volumes); the setting is recorded, and a file measured without it is not
+    resumed with it."""
     bench = bench_script("bench_consistency")
     train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
     phys = str(tmp_path / "phys")
@@ -805,15 +806,19 @@ def test_consistency_benchmark_physics_clamp_tells_the_training_space(label_dir,
               "--conditions", "mprage-id,mprage-ood", "--window", "16", "--threads", "1",
               "--subjects", "head_b"]
     runs = {}
-    for clamp in ("none", "training"):
+    for clamp in ("none", "training", "contrast"):
         bench.main(common + ["--physics-clamp", clamp, "--out", str(tmp_path / clamp)])
         runs[clamp] = json.loads((tmp_path / clamp / "consistency.json").read_text())
-    assert runs["training"]["meta"]["physics_clamp"] == "training"
+        assert runs[clamp]["meta"]["physics_clamp"] == clamp
     rows = {k: r["per_subject"][phys] for k, r in runs.items()}
-    assert rows["training"]["mprage-id"] == rows["none"]["mprage-id"]
     soft = {k: r["mprage-ood"][0]["soft_volume_error_pct"] for k, r in rows.items()}
-    assert soft["training"] != soft["none"]
+    for clamp in ("training", "contrast"):
+        assert rows[clamp]["mprage-id"] == rows["none"]["mprage-id"]
+        assert soft[clamp] != soft["none"]
+    assert soft["training"] != soft["contrast"]
     assert "clipped to the training space" in (tmp_path / "training" / "consistency.md").read_text()
+    assert bench.told_acquisition("training", "MPRAGE", {"ti": [0.1]})["ti"] == [0.6]
+    assert bench.told_acquisition("none", "MPRAGE", {"ti": [0.1]})["ti"] == [0.1]
     with pytest.raises(SystemExit, match="physics_clamp none"):
         bench.main(common + ["--physics-clamp", "training", "--resume",
                              "--out", str(tmp_path / "none")])

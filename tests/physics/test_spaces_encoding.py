@@ -165,3 +165,37 @@ def test_encoding_benchmark_reports_both_encodings(tmp_path):
     # SPGR out of distribution mostly produces contrasts the training already holds
     assert res["contrast"]["spgr-ood"]["median"] < 0.25 * res["parameters"]["spgr-ood"]["median"]
     assert "| contrast |" in (tmp_path / "encoding.md").read_text()
+
+
+def test_out_of_distribution_acquisitions_are_told_a_training_one():
+    """The two ways to tell a physics branch a training acquisition instead of an
+    out-of-distribution one. Clipping (``ParameterSpace.clamp``) leaves in-space values
+    and lands every parameter on its range; the nearest-contrast acquisition lies inside
+    the training space, leaves in-space sets unchanged, and its reference-tissue levels
+    are at least as close to the drawn acquisition's as the clipped one's (up to the
+    grid's resolution)."""
+    from phys_bids.synth.evaluation import conditions
+    from phys_bids.synth.tissues import nearest_training_acquisition, reference_tissues
+
+    space = SPACES["spgr-id"]
+    _, drawn = conditions(7, 2024)["spgr-ood"]
+    drawn = {k: v.tolist() for k, v in drawn.items()}
+    clipped = space.clamp(drawn)
+    near = nearest_training_acquisition("SPGR", drawn)
+    for i in range(7):
+        for told in (clipped, near):
+            assert space.contains({k: told[k][i] for k in ("tr", "te", "fa")})
+        for k in ("tr", "te", "fa"):
+            lo, hi = space.params[k].bounds
+            if lo <= drawn[k][i] <= hi:
+                assert clipped[k][i] == drawn[k][i]
+    enc = PhysicsEncoder(("SPGR",), mode="contrast", tissues=reference_tissues(3.0))
+    lv = {n: enc.levels("SPGR", p) for n, p in (("drawn", drawn), ("clipped", clipped),
+                                                 ("near", near))}
+    d_near = (lv["near"] - lv["drawn"]).norm(dim=1)
+    d_clip = (lv["clipped"] - lv["drawn"]).norm(dim=1)
+    assert bool((d_near <= d_clip + 0.02).all()) and float(d_near.sum()) < float(d_clip.sum())
+    inside = space.sample(5, generator=torch.Generator().manual_seed(1))
+    inside = {k: inside[k].tolist() for k in ("tr", "te", "fa")}
+    assert nearest_training_acquisition("SPGR", inside) == inside
+    assert space.clamp(inside) == inside
