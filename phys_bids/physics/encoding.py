@@ -143,15 +143,8 @@ class PhysicsEncoder:
         """Mean of each level over the training spaces (midpoint grids of their uniform
         parameters, the sequences weighted equally, as the generator draws them) and one
         shared scale, the root of the levels' mean variance."""
-        per_seq = []
-        for s in self.sequences:
-            space = SPACES[self.spaces[s]]
-            axes = {k: d.bounds for k, d in space.params.items() if k in space.varied}
-            pts = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-            grids = torch.meshgrid(*[lo + (hi - lo) * pts for lo, hi in axes.values()],
-                                   indexing="ij")
-            lv = self.levels(s, {k: g.reshape(-1) for k, g in zip(axes, grids, strict=True)})
-            per_seq.append(lv)
+        per_seq = [self.levels(s, SPACES[self.spaces[s]].midpoint_grid(n))
+                   for s in self.sequences]
         means = torch.stack([lv.mean(0) for lv in per_seq]).mean(0)
         sqs = torch.stack([(lv ** 2).mean(0) for lv in per_seq]).mean(0)
         # one scale for the three: they share a unit (the brain mean), and a level that

@@ -125,6 +125,22 @@ class ParameterSpace:
         """Whether every varied parameter lies inside this space."""
         return not self.outside(params)
 
+    def midpoint_grid(self, n: int) -> dict[str, Tensor]:
+        """Every combination of ``n`` midpoints per varied parameter (the cell centres of
+        an even ``n``-division of its bounds), each as a flat float64 tensor of
+        ``n ** len(varied)`` values; fixed parameters are left out.
+
+        >>> [round(t, 6) for t in SPACES["mprage-id"].midpoint_grid(4)["ti"].tolist()]
+        [0.675, 0.825, 0.975, 1.125]
+        >>> SPACES["spgr-id"].midpoint_grid(3)["fa"].shape  # 3 TR x 3 TE x 3 FA
+        torch.Size([27])
+        """
+        axes = {k: d.bounds for k, d in self.params.items() if k in self.varied}
+        pts = (torch.arange(n, dtype=torch.float64) + 0.5) / n
+        grids = torch.meshgrid(*[lo + (hi - lo) * pts for lo, hi in axes.values()],
+                               indexing="ij")
+        return {k: g.reshape(-1) for k, g in zip(axes, grids, strict=True)}
+
     def clamp(self, params: dict) -> dict:
         """The nearest parameter set inside this space's box: each varied parameter
         clipped to its bounds, the others (and any this space does not vary) as given.

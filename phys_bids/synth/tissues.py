@@ -184,14 +184,11 @@ def nearest_training_acquisition(sequence: str, params: dict, field_strength: fl
     given = {k: np.atleast_1d(np.asarray(v, dtype=np.float64)) for k, v in params.items()}
     size = max(len(v) for v in given.values())
     given = {k: np.broadcast_to(v, (size,)).copy() for k, v in given.items()}
-    axes = {k: d.bounds for k, d in space.params.items() if k in space.varied}
-    mid = (torch.arange(n, dtype=torch.float64) + 0.5) / n
-    grids = torch.meshgrid(*[lo + (hi - lo) * mid for lo, hi in axes.values()], indexing="ij")
-    grid = {k: g.reshape(-1) for k, g in zip(axes, grids, strict=True)}
+    grid = space.midpoint_grid(n)
     nearest = torch.cdist(enc.levels(sequence, given), enc.levels(sequence, grid)).argmin(1)
     out = {k: v.tolist() for k, v in given.items()}
     for i in range(size):
         if not space.contains({k: v[i] for k, v in given.items()}):
-            for k in axes:
+            for k in grid:
                 out[k][i] = float(grid[k][nearest[i]])
     return out
