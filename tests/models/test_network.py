@@ -822,6 +822,50 @@ def test_consistency_benchmark_physics_clamp_tells_the_training_space(label_dir,
     with pytest.raises(SystemExit, match="physics_clamp none"):
         bench.main(common + ["--physics-clamp", "training", "--resume",
                              "--out", str(tmp_path / "none")])
+    # the networks' device is recorded, and subjects measured on another are not merged
+    # (other rounding); a file from before it was recorded ran on the CPU
+    assert runs["none"]["meta"]["device"] == "cpu"
+    forged = json.loads((tmp_path / "none" / "consistency.json").read_text())
+    forged["meta"]["device"] = "cuda"
+    (tmp_path / "gpu").mkdir()
+    (tmp_path / "gpu" / "consistency.json").write_text(json.dumps(forged))
+    with pytest.raises(SystemExit, match="device cuda"):
+        bench.main(common + ["--merge", str(tmp_path / "gpu"), "--out", str(tmp_path / "y")])
+    # merging GPU runs measures nothing, so it needs no GPU
+    bench.main(common + ["--device", "cuda", "--merge", str(tmp_path / "gpu"),
+                         "--out", str(tmp_path / "z")])
+    merged = json.loads((tmp_path / "z" / "consistency.json").read_text())
+    assert merged["meta"]["device"] == "cuda"
+    assert merged["per_subject"] == runs["none"]["per_subject"]
+    assert "networks on cuda" in (tmp_path / "z" / "consistency.md").read_text()
+    del forged["meta"]["device"]
+    (tmp_path / "gpu" / "consistency.json").write_text(json.dumps(forged))
+    bench.main(common + ["--merge", str(tmp_path / "gpu"), "--out", str(tmp_path / "y")])
+    merged = json.loads((tmp_path / "y" / "consistency.json").read_text())
+    assert merged["per_subject"] == runs["none"]["per_subject"]
+
+
+@pytest.mark.gpu
+def test_consistency_benchmark_on_cuda_measures_what_the_cpu_does(label_dir, tmp_path):
+    """--device cuda runs the networks on the GPU over the same CPU-made images: the
+    volumes equal the CPU run's up to the voxels that floating-point rounding tips over
+    (a tenth of a percent), and the file says where the networks ran."""
+    bench = bench_script("bench_consistency")
+    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
+    phys = str(tmp_path / "phys")
+    common = ["--data", str(label_dir), "--models", phys, "--no-atropos", "--n-images", "3",
+              "--conditions", "mprage-ood,spgr-ood", "--window", "16", "--threads", "1",
+              "--subjects", "head_b"]
+    runs = {}
+    for dev in ("cpu", "cuda"):
+        bench.main(common + ["--device", dev, "--out", str(tmp_path / dev)])
+        runs[dev] = json.loads((tmp_path / dev / "consistency.json").read_text())
+    assert runs["cuda"]["meta"]["device"] == "cuda"
+    assert "networks on cuda" in (tmp_path / "cuda" / "consistency.md").read_text()
+    for c in ("mprage-ood", "spgr-ood"):
+        (cpu,), (gpu,) = (runs[d]["curves"][phys][c] for d in ("cpu", "cuda"))
+        a, b = np.array(cpu["volumes"], float), np.array(gpu["volumes"], float)
+        assert a.sum() > 0 and np.abs(a - b).max() <= max(3.0, 1e-3 * a.max())
 
 
 def test_spgr_draws_are_split_by_their_wm_gm_contrast():
