@@ -36,7 +36,7 @@ from ..bids.sidecars import SidecarError, load_sidecar
 from ..models.calibration import margins_for, widen
 from ..physics.sidecar import ParameterError, acquisition_from_sidecar
 from ..physics.spaces import in_training_space
-from ..synth.tissues import wm_gm_contrast
+from ..synth.tissues import nearest_training_acquisition, wm_gm_contrast
 from ..tasks.preproc import N4BiasCorrect, RegisterToTemplate, SkullStrip
 from ..tasks.qmri import EstimateQMRI
 from ..tasks.segment import TISSUES, Segment, ToNative
@@ -72,6 +72,10 @@ class Settings:
     qmri_model: str | None = None
     #: preset name or JSON file of the harmonised image's protocol
     reference_protocol: str = "mprage-3t"
+    #: what the physics branch is told of an acquisition outside its training space:
+    #: "none" the acquisition itself, "contrast" the training acquisition of nearest
+    #: reference-tissue contrast (:func:`~phys_bids.synth.tissues.nearest_training_acquisition`)
+    physics_clamp: str = "none"
 
     @cached_property
     def _protocol_text(self) -> str:
@@ -94,8 +98,10 @@ class Settings:
         except ``omp_nthreads``, which can change the last bits of float sums)."""
         qmri = ({"qmri": self.qmri_model, "qmri_sha": qmri_sha256,
                  "reference": self.reference} if self.qmri_model else {})
+        # only when set, so that outputs made before the option keep their digest
+        clamp = {} if self.physics_clamp == "none" else {"physics_clamp": self.physics_clamp}
         key = json.dumps({"model": self.model, "sha": model_sha256, "template": template,
-                          **qmri,
+                          **qmri, **clamp,
                           "skull_strip": self.skull_strip, "seed": self.seed,
                           "mc_samples": self.mc_samples,
                           "threads": self.omp_nthreads, "protocol": self._protocol_text,
@@ -127,6 +133,13 @@ class PreparedRun:
     #: priors (the sidecar's MagneticFieldStrength, else 3 T); None when not computed
     wm_gm_contrast: float | None = None
     contrast_field_strength: float = 3.0
+    #: what the physics branch is told instead of ``params`` (``--physics-clamp``); None:
+    #: ``params`` themselves. The qMRI estimate and every record keep ``params``.
+    told_params: dict | None = None
+
+    @property
+    def segmentation_params(self) -> dict:
+        return self.params if self.told_params is None else self.told_params
 
     @property
     def low_contrast(self) -> bool:
@@ -141,8 +154,12 @@ class PreparedRun:
 
 
 def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
-                physics: bool) -> PreparedRun:
-    """Check the image and read its acquisition (raises :class:`SubjectError`)."""
+                physics: bool, physics_clamp: str = "none") -> PreparedRun:
+    """Check the image and read its acquisition (raises :class:`SubjectError`).
+
+    ``physics_clamp="contrast"``: a physics model is told, for an acquisition outside its
+    training space, the training acquisition of nearest reference-tissue contrast at the
+    sidecar's field strength instead of one it would extrapolate to."""
     try:
         check_anatomical(run.path)
     except InputImageError as err:
@@ -171,8 +188,16 @@ def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
     contrast = None
     if acq.sequence in ("MPRAGE", "SPGR"):
         contrast = float(wm_gm_contrast(acq.sequence, params, field_t)[0])
+    told = None
+    if physics and not inside and physics_clamp == "contrast" and outside != ["sequence"]:
+        near = nearest_training_acquisition(acq.sequence, params, field_t)
+        told = {k: float(v[0]) for k, v in near.items()}
+        warnings.append("physics branch told " + ", ".join(
+            f"{k} {told[k]:.4g}" for k in outside) + " (the training acquisition of nearest "
+            "tissue contrast, --physics-clamp contrast) instead of " + ", ".join(
+            f"{k} {params[k]:.4g}" for k in outside))
     prepared = PreparedRun(run, acq.sequence, params, sources, inside, outside, warnings,
-                           contrast, field_t)
+                           contrast, field_t, told)
     if prepared.low_contrast:
         warnings.append(prepared.low_contrast_note() + " (flagged in the outputs)")
     return prepared
@@ -184,12 +209,15 @@ _RUN_OUTPUTS = ["mask", "brain_volume_ml", "strip_warnings", "n4", "bias_field",
 
 
 @workflow.define(outputs=_RUN_OUTPUTS)
-def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict, model: str,
-                   model_sha256: str, skull_strip: str = "deepbet", threads: int = 1,
-                   seed: int = 0, device: str = "cpu", mc_samples: int = 0, label: str = "",
+def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict,
+                   seg_params: dict, model: str, model_sha256: str,
+                   skull_strip: str = "deepbet", threads: int = 1, seed: int = 0,
+                   device: str = "cpu", mc_samples: int = 0, label: str = "",
                    qmri_model: str = "", qmri_sha256: str = "", reference: dict | None = None):
     """One T1w run: preprocessing, segmentation on the model grid, back to native; with a
-    ``qmri_model``, qMRI maps and the image harmonised to ``reference`` too."""
+    ``qmri_model``, qMRI maps and the image harmonised to ``reference`` too. ``params``:
+    the acquisition (qMRI); ``seg_params``: what the segmentation's physics branch is
+    told (``params``, or a training acquisition with ``--physics-clamp``)."""
     strip = workflow.add(SkullStrip(in_file=in_file, method=skull_strip, threads=threads,
                                     label=label))
     n4 = workflow.add(N4BiasCorrect(in_file=strip.brain, mask=strip.mask, threads=threads,
@@ -198,7 +226,8 @@ def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict, m
                                           threads=threads, seed=seed, label=label))
     seg = workflow.add(Segment(in_template=reg.out_file, mask=strip.mask,
                                transform=reg.transform, template=template, model=model,
-                               model_sha256=model_sha256, sequence=sequence, params=params,
+                               model_sha256=model_sha256, sequence=sequence,
+                               params=seg_params,
                                threads=threads, device=device, mc_samples=mc_samples,
                                seed=seed, label=label))
     nat = workflow.add(ToNative(probseg=seg.probseg, native=in_file, mask=strip.mask,
@@ -218,7 +247,8 @@ def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict, m
 
 @workflow.define(outputs=_RUN_OUTPUTS)
 def Participant(in_files: list[File], labels: list[str], sequences: list[str],
-                params: list[dict], template: File, model: str, model_sha256: str,
+                params: list[dict], seg_params: list[dict], template: File, model: str,
+                model_sha256: str,
                 skull_strip: str = "deepbet", threads: int = 1, seed: int = 0,
                 device: str = "cpu", mc_samples: int = 0, qmri_model: str = "",
                 qmri_sha256: str = "", reference: dict | None = None):
@@ -228,8 +258,9 @@ def Participant(in_files: list[File], labels: list[str], sequences: list[str],
                        skull_strip=skull_strip, threads=threads, seed=seed, device=device,
                        mc_samples=mc_samples, qmri_model=qmri_model,
                        qmri_sha256=qmri_sha256, reference=reference)
-        .split(("in_file", "label", "sequence", "params"), in_file=in_files, label=labels,
-               sequence=sequences, params=params)
+        .split(("in_file", "label", "sequence", "params", "seg_params"), in_file=in_files,
+               label=labels, sequence=sequences, params=params,
+               seg_params=seg_params)
         .combine("in_file"), name="run")
     return tuple(getattr(runs, o) for o in _RUN_OUTPUTS)
 
@@ -243,7 +274,9 @@ def participant_workflow(prepared: list[PreparedRun], *, template: Path, model: 
     return Participant(in_files=[p.run.path for p in prepared],
                        labels=[p.run.label for p in prepared],
                        sequences=[p.sequence for p in prepared],
-                       params=[p.params for p in prepared], template=template, model=model,
+                       params=[p.params for p in prepared],
+                       seg_params=[p.segmentation_params for p in prepared],
+                       template=template, model=model,
                        model_sha256=model_sha256, skull_strip=skull_strip, threads=threads,
                        seed=seed, device=device, mc_samples=mc_samples, qmri_model=qmri_model,
                        qmri_sha256=qmri_sha256, reference=reference)
@@ -280,8 +313,8 @@ def run_subject(subject: str, runs: list[T1wRun], *, settings: Settings, bids_ro
     if dup:
         raise SubjectError(f"sub-{subject}: ambiguous runs {', '.join(dup)} share every entity;"
                            " keep one of each or filter with --bids-filter-file")
-    prepared = [prepare_run(r, bids_root, settings.protocol, physics=model.physics)
-                for r in runs]
+    prepared = [prepare_run(r, bids_root, settings.protocol, physics=model.physics,
+                            physics_clamp=settings.physics_clamp) for r in runs]
     sha = model.manifest["weights_sha256"]
     qsha = qmri.manifest["weights_sha256"] if qmri is not None else None
     digest = settings.digest(sha, template.name, qsha)
@@ -341,6 +374,8 @@ def _provenance(p: PreparedRun, settings: Settings, template, model, digest: str
                         "ParameterSources": p.sources},
         "InTrainingSpace": p.in_training_space,
         "OutsideTrainingSpace": p.outside,
+        "PhysicsClamp": settings.physics_clamp,
+        "PhysicsToldParameters": p.segmentation_params if model.physics else None,
         "PredictedContrast": None if p.wm_gm_contrast is None else {
             "WMGM": round(p.wm_gm_contrast, 4), "FieldStrength": p.contrast_field_strength,
             "Low": p.low_contrast,
@@ -586,8 +621,10 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
             qc.append(f"brain overlap with the template after registration is {reg_dice:.2f} "
                       "(< 0.85): check the registration figure")
         if not p.in_training_space:
-            qc.append("acquisition outside the training space: "
-                      + ", ".join(p.outside))
+            qc.append("acquisition outside the training space: " + ", ".join(p.outside)
+                      + ("" if p.told_params is None else " (physics branch told " + ", ".join(
+                          f"{k} {p.told_params[k]:.4g}" for k in p.outside)
+                         + ": --physics-clamp contrast)"))
         if p.low_contrast:
             qc.append(p.low_contrast_note())
         figures = report.run_figures(writer, src, subject, {**out, "raw": p.run.path},

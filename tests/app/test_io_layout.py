@@ -153,7 +153,7 @@ def test_help_explains_every_option(capsys):
     for opt in ("--participant-label", "--session-label", "--bids-filter-file", "--work-dir",
                 "--nprocs", "--omp-nthreads", "--device", "--seed", "--protocol-file",
                 "--skip-bids-validation", "--overwrite", "--verbose", "--version",
-                "--pydra-worker", "--slurm-args", "--model", "--skull-strip"):
+                "--pydra-worker", "--slurm-args", "--model", "--skull-strip", "--physics-clamp"):
         assert opt in text, opt
     assert text.count("default") >= 8
 
@@ -176,6 +176,15 @@ def test_out_of_training_space_is_flagged_not_refused(tmp_path):
     assert not flagged.in_training_space and flagged.outside == ["ti"]
     assert any("outside the model's training space" in w for w in flagged.warnings)
     assert not ok.low_contrast and ok.wm_gm_contrast > 0.3  # MPRAGE TI 0.9 s
+    # --physics-clamp contrast: only a physics model, only outside the space, is told a
+    # training acquisition; the run keeps its own parameters and flags
+    told = prepare_run(run, root, proto, physics=True, physics_clamp="contrast")
+    assert told.params == {"ti": 0.3} and not told.in_training_space
+    assert 0.6 <= told.told_params["ti"] <= 1.2 and told.segmentation_params == told.told_params
+    assert any("physics branch told ti" in w for w in told.warnings)
+    for kept in (prepare_run(run, root, None, physics=True, physics_clamp="contrast"),
+                 prepare_run(run, root, proto, physics=False, physics_clamp="contrast")):
+        assert kept.told_params is None and kept.segmentation_params == kept.params
 
 
 def test_a_low_contrast_spgr_protocol_is_flagged_from_its_parameters(tmp_path):

@@ -138,6 +138,7 @@ def test_sidecars_and_description_carry_provenance(study):
     assert prov["Acquisition"] == {"Sequence": "MPRAGE", "Parameters": {"ti": 0.9},
                                    "ParameterSources": {"ti": "sidecar:InversionTime"}}
     assert prov["InTrainingSpace"] is True and prov["Seed"] == 0
+    assert prov["PhysicsClamp"] == "none" and prov["PhysicsToldParameters"] == {"ti": 0.9}
     # the protocol's predicted contrast, at the sidecar's 3 T: MPRAGE, not flagged
     from phys_bids.synth.tissues import wm_gm_contrast
 
@@ -311,6 +312,41 @@ def test_monte_carlo_bounds_in_the_volumes_table_and_uncertainty_maps(tmp_path):
     side = json.loads((anat / "sub-01_ses-siteB_label-GM_desc-sd_probseg.json").read_text())
     assert "not a probability" in side["Description"]
     assert "MC [Q1, Q3]" in (out / "sub-01.html").read_text()
+
+
+def test_physics_clamp_tells_the_network_a_training_acquisition(tmp_path):
+    """--physics-clamp contrast: an MPRAGE at TI 0.3 s (outside the training space) is
+    segmented by a physics branch told a training TI, recorded beside the real
+    acquisition, which the scan keeps (and stays flagged by); the segmentation differs
+    from the one told TI 0.3 s, and the setting is part of the configuration digest."""
+    bids = write_demo_dataset(tmp_path / "bids", subjects=1, size=40, seed=5,
+                              anatomy="phantom")
+    proto = tmp_path / "protocol.json"
+    proto.write_text(json.dumps({"PhysBIDSProtocol": 1, "runs": [
+        {"match": "sub-01_ses-siteA_T1w", "fields": {"InversionTime": 0.3}}]}))
+    common = ["participant", "--omp-nthreads", "2", "--skip-bids-validation",
+              "--session-label", "siteA", "--mc-samples", "0", "--qmri-model", "none",
+              "--protocol-file", proto]
+    runs = {}
+    for clamp in ("none", "contrast"):
+        out = tmp_path / clamp
+        r = cli(bids, out, *common, "-w", tmp_path / f"work-{clamp}", "--physics-clamp", clamp)
+        assert r.returncode == 0, r.stderr
+        anat = out / "sub-01/ses-siteA/anat"
+        prov = json.loads((anat / "sub-01_ses-siteA_dseg.json").read_text())["PhysBIDS"]
+        gm = nib.load(anat / "sub-01_ses-siteA_label-GM_probseg.nii.gz").get_fdata()
+        runs[clamp] = (prov, gm, r.stderr)
+    (plain, gm0, _), (clamped, gm1, err) = runs["none"], runs["contrast"]
+    for prov in (plain, clamped):
+        assert prov["Acquisition"]["Parameters"] == {"ti": 0.3}
+        assert prov["InTrainingSpace"] is False and prov["OutsideTrainingSpace"] == ["ti"]
+    assert plain["PhysicsToldParameters"] == {"ti": 0.3}
+    told = clamped["PhysicsToldParameters"]["ti"]
+    assert clamped["PhysicsClamp"] == "contrast" and 0.6 <= told <= 1.2
+    assert f"(physics branch told ti {told:.4g}: --physics-clamp contrast)" in err
+    assert "physics branch told ti" in (tmp_path / "contrast" / "sub-01.html").read_text()
+    assert not np.allclose(gm0, gm1, atol=1e-4)
+    assert plain["ConfigurationDigest"] != clamped["ConfigurationDigest"]
 
 
 @pytest.mark.skipif("qmri-physics" not in available_models(kind="qmri"),
