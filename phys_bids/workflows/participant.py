@@ -141,6 +141,12 @@ class PreparedRun:
     def segmentation_params(self) -> dict:
         return self.params if self.told_params is None else self.told_params
 
+    def told_text(self, params: dict | None = None) -> str:
+        """The parameters outside the training space as the branch was told them (or as
+        ``params`` gives them), e.g. ``"ti 1.188"``."""
+        given = self.segmentation_params if params is None else params
+        return ", ".join(f"{k} {given[k]:.4g}" for k in self.outside)
+
     @property
     def low_contrast(self) -> bool:
         return (self.sequence == "SPGR" and self.wm_gm_contrast is not None
@@ -192,12 +198,12 @@ def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
     if physics and not inside and physics_clamp == "contrast" and outside != ["sequence"]:
         near = nearest_training_acquisition(acq.sequence, params, field_t)
         told = {k: float(v[0]) for k, v in near.items()}
-        warnings.append("physics branch told " + ", ".join(
-            f"{k} {told[k]:.4g}" for k in outside) + " (the training acquisition of nearest "
-            "tissue contrast, --physics-clamp contrast) instead of " + ", ".join(
-            f"{k} {params[k]:.4g}" for k in outside))
     prepared = PreparedRun(run, acq.sequence, params, sources, inside, outside, warnings,
                            contrast, field_t, told)
+    if told is not None:
+        warnings.append(f"physics branch told {prepared.told_text()} (the training "
+                        "acquisition of nearest tissue contrast, --physics-clamp contrast) "
+                        f"instead of {prepared.told_text(params)}")
     if prepared.low_contrast:
         warnings.append(prepared.low_contrast_note() + " (flagged in the outputs)")
     return prepared
@@ -622,9 +628,8 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
                       "(< 0.85): check the registration figure")
         if not p.in_training_space:
             qc.append("acquisition outside the training space: " + ", ".join(p.outside)
-                      + ("" if p.told_params is None else " (physics branch told " + ", ".join(
-                          f"{k} {p.told_params[k]:.4g}" for k in p.outside)
-                         + ": --physics-clamp contrast)"))
+                      + ("" if p.told_params is None else
+                         f" (physics branch told {p.told_text()}: --physics-clamp contrast)"))
         if p.low_contrast:
             qc.append(p.low_contrast_note())
         figures = report.run_figures(writer, src, subject, {**out, "raw": p.run.path},
