@@ -140,9 +140,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "space: none = the acquisition itself (flagged in the outputs), "
                         "contrast = the training acquisition whose image of the prior tissue "
                         "means is most alike (recorded in the provenance; the qMRI estimate "
-                        "keeps the real one). Measured out of distribution on phantoms, 121 "
-                        "images: it brings seg-physics-film below seg-physics in 5 of 6 "
-                        "columns (docs/segmentation.md) (default: %(default)s)")
+                        "keeps the real one). On phantoms out of distribution it brings "
+                        "seg-physics-film below seg-physics in 5 of 6 columns; the shipped "
+                        "seg-physics hears little of it (docs/segmentation.md) "
+                        "(default: %(default)s)")
     g.add_argument("--qmri-model", default="auto", metavar="NAME",
                    help="network estimating PD, R1, R2* and MT maps from each T1w, from which "
                         "the harmonised image is synthesised: auto = qmri-physics when "
