@@ -792,6 +792,17 @@ def test_consistency_benchmark_n_image_run_holds_the_7_image_run(label_dir, tmp_
     assert "by WM-GM contrast" in (tmp_path / "n13" / "consistency.md").read_text()
 
 
+def _one_model_consistency_args(label_dir, tmp_path, conditions: str):
+    """The consistency bench, a tiny physics model trained 2 steps, and the arguments of
+    a 3-image run of it on head_b under ``conditions`` (no Atropos)."""
+    bench = bench_script("bench_consistency")
+    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
+    phys = str(tmp_path / "phys")
+    return bench, phys, ["--data", str(label_dir), "--models", phys, "--no-atropos",
+                         "--n-images", "3", "--conditions", conditions, "--window", "16",
+                         "--threads", "1", "--subjects", "head_b"]
+
+
 def test_consistency_benchmark_physics_clamp_tells_the_training_space(label_dir, tmp_path):
     """--physics-clamp tells the physics branch an acquisition of its training space:
     inside it nothing changes (MPRAGE TI 0.6-1.2 s gives the same volumes with either
@@ -799,12 +810,8 @@ def test_consistency_benchmark_physics_clamp_tells_the_training_space(label_dir,
     0.6 and 1.2 s by ``training``, the TI of nearest tissue contrast by ``contrast``:
     other soft volumes); the setting is recorded, and a file measured without it is not
     resumed with it."""
-    bench = bench_script("bench_consistency")
-    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
-    phys = str(tmp_path / "phys")
-    common = ["--data", str(label_dir), "--models", phys, "--no-atropos", "--n-images", "3",
-              "--conditions", "mprage-id,mprage-ood", "--window", "16", "--threads", "1",
-              "--subjects", "head_b"]
+    bench, phys, common = _one_model_consistency_args(label_dir, tmp_path,
+                                                      "mprage-id,mprage-ood")
     runs = {}
     for clamp in ("none", "training", "contrast"):
         bench.main(common + ["--physics-clamp", clamp, "--out", str(tmp_path / clamp)])
@@ -850,12 +857,8 @@ def test_consistency_benchmark_on_cuda_measures_what_the_cpu_does(label_dir, tmp
     """--device cuda runs the networks on the GPU over the same CPU-made images: the
     volumes equal the CPU run's up to the voxels that floating-point rounding tips over
     (a tenth of a percent), and the file says where the networks ran."""
-    bench = bench_script("bench_consistency")
-    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
-    phys = str(tmp_path / "phys")
-    common = ["--data", str(label_dir), "--models", phys, "--no-atropos", "--n-images", "3",
-              "--conditions", "mprage-ood,spgr-ood", "--window", "16", "--threads", "1",
-              "--subjects", "head_b"]
+    bench, phys, common = _one_model_consistency_args(label_dir, tmp_path,
+                                                      "mprage-ood,spgr-ood")
     runs = {}
     for dev in ("cpu", "cuda"):
         bench.main(common + ["--device", dev, "--out", str(tmp_path / dev)])
