@@ -35,10 +35,16 @@ run measured, so that one-subject runs side by side (one thread each) make one t
     python bench/bench_consistency.py --subjects head_16 --out /tmp/b ...
     python bench/bench_consistency.py --subjects head_14,head_16 --merge /tmp/a --merge /tmp/b ...
 
-Either refuses a file measured with other images, window, seed, flip TTA, physics clamp,
-device, conditions, methods, model weights or phantom seeds. ``--device cuda`` runs the
-networks on a GPU (the phantoms and images stay on the CPU), which makes the 121-image
-out-of-distribution cells a matter of minutes rather than hours.
+A file may hold some of the methods only: ``--models ''`` measures Atropos alone (the
+phantoms of the shipped seg-physics split), ``--no-atropos`` the networks alone, and a
+run measures, per subject, the methods no resumed or merged file holds, so that
+Atropos's CPU hours and the networks' (GPU) minutes can run apart and make one table.
+Either option refuses a file measured with other images, seed, conditions or phantom
+seeds, holding a method this run lacks or a network with other weights, or, where it
+holds a network, measured with another window, flip TTA, physics clamp or device.
+``--device cuda`` runs the networks on a GPU (the phantoms and images stay on the
+CPU), which makes the 121-image out-of-distribution cells a matter of minutes rather
+than hours.
 """
 
 from __future__ import annotations
@@ -58,6 +64,7 @@ from phys_bids.synth import load_head
 from phys_bids.synth.evaluation import (  # noqa: F401 - re-exported
     BRAIN,
     benchmark_models,
+    benchmark_split,
     conditions,
     development_data,
     dice,
@@ -149,19 +156,22 @@ def main(argv=None):
         torch.backends.cuda.matmul.allow_tf32 = False
     # a subject's phantom is seeded by its place in the test split, so that --subjects
     # head_15 measures the images of head_15 in a full run (others: their place in the list)
-    test_split = next(iter(models.values())).manifest["split"].get("test", [])
+    test_split = benchmark_split(models).get("test", [])
 
     def seed_of(subj: str, listed: list[str] = subjects) -> int:
         return args.seed + (test_split.index(subj) if subj in test_split
                             else listed.index(subj))
     methods = list(models) + ([] if args.no_atropos else ["atropos"])
+    if not methods:
+        raise SystemExit("nothing to measure: --models '' with --no-atropos")
     conds = {k: v for k, v in conditions(args.n_images, args.seed).items()
              if k in args.conditions.split(",")}
     out = Path(args.out)
     results = {m: {c: [] for c in conds} for m in methods}
     curves: dict = {}
     failures: list = []
-    done: set = set()
+    # the subjects each method has: a merged file may hold some of the methods only
+    done: dict[str, set] = {m: set() for m in methods}
     # a subject measured under other settings would be averaged with these: a file is
     # resumed or merged only when all of them agree
     now = {"n_images": args.n_images, "window": args.window, "seed": args.seed,
@@ -173,39 +183,48 @@ def main(argv=None):
     wall = 0.0
     for src in sources:
         prev = earlier_run(src / "consistency.json", now, "--resume" if src == out else "--merge")
-        new = [s for s in prev["meta"]["subjects"] if s not in done]
-        stray = [s for s in new if s not in subjects]
+        held = [m for m in methods if m in prev["per_subject"]]
+        new = {m: [s for s in prev["meta"]["subjects"] if s not in done[m]] for m in held}
+        stray = [s for s in prev["meta"]["subjects"] if s not in subjects]
         if stray:
             raise SystemExit(f"{src / 'consistency.json'} holds {', '.join(stray)}, not in "
                              "--subjects; add them to --subjects or give another --out")
         # the same phantom: a subject outside the test split is seeded by its place in
         # --subjects (files from before the seed was recorded: by its place in the file)
-        for r in (r for per in prev["per_subject"].values() for rows in per.values()
-                  for r in rows if r["subject"] in new):
+        for r in (r for m in held for rows in prev["per_subject"][m].values()
+                  for r in rows if r["subject"] in new[m]):
             was = r.get("phantom_seed", seed_of(r["subject"], prev["meta"]["subjects"]))
             if was != seed_of(r["subject"]):
                 raise SystemExit(
                     f"{src / 'consistency.json'}: the phantom of {r['subject']} was seeded "
                     f"{was}, this run's is {seed_of(r['subject'])} (outside the test split a "
                     "subject is seeded by its place in --subjects); give them in that order")
-        for m in methods:
+        for m in held:
             for c in conds:
-                results[m][c] += [r for r in prev["per_subject"][m][c] if r["subject"] in new]
-                got = [r for r in prev["curves"].get(m, {}).get(c, []) if r["subject"] in new]
+                results[m][c] += [r for r in prev["per_subject"][m][c]
+                                  if r["subject"] in new[m]]
+                got = [r for r in prev["curves"].get(m, {}).get(c, [])
+                       if r["subject"] in new[m]]
                 if got:
                     curves.setdefault(m, {}).setdefault(c, []).extend(got)
-        failures += [f for f in prev["meta"].get("atropos_failures", []) if f["subject"] in new]
-        done.update(new)
+            done[m].update(new[m])
+        if "atropos" in held:
+            failures += [f for f in prev["meta"].get("atropos_failures", [])
+                         if f["subject"] in new["atropos"]]
         wall += prev["meta"].get("wall_s", 0.0)
-        log.info("%s: %s already measured", src, ", ".join(new) or "no new subject")
+        taken = [s for s in prev["meta"]["subjects"] if any(s in new[m] for m in held)]
+        log.info("%s: %s already measured%s", src, ", ".join(taken) or "no new subject",
+                 "" if held == methods else f" ({', '.join(held)})")
     out.mkdir(parents=True, exist_ok=True)  # after the checks: a refusal writes nothing
-    if any(s not in done for s in subjects):  # a merge alone runs no network
+    if any(s not in done[m] for m in models for s in subjects):  # a merge runs no network
         for mod in models.values():
             mod.network.to(dev)
     # wall_s sums the runs that measured the file's subjects
     t0 = time.time() - wall
     for subj in subjects:
-        if subj in done:
+        # the methods no earlier file measured on this subject
+        todo = [m for m in methods if subj not in done[m]]
+        if not todo:
             continue
         head = load_head(Path(args.data) / f"{subj}.nii.gz")
         gen, cmaps, frac, present, mask, anatomy, pgs = phantom(head, seed_of(subj))
@@ -214,16 +233,16 @@ def main(argv=None):
         on_cpu = {"mask": mask, "anatomy": anatomy, "pgs": pgs}
         for cname, (seq, params) in conds.items():
             n = next(iter(params.values())).shape[0]
-            vols = {m: [] for m in methods}
-            soft = {m: [] for m in methods}
-            dices = {m: [] for m in methods}
+            vols = {m: [] for m in todo}
+            soft = {m: [] for m in todo}
+            dices = {m: [] for m in todo}
             for i in range(n):
                 p = {k: v[i:i + 1] for k, v in params.items()}
                 sig = gen.simulate_patch(seq, p, cmaps, frac)[0].abs()
                 img = sig * mask
                 img = img / img[mask].mean()
                 told = told_acquisition(args.physics_clamp, seq, p)
-                for m in methods:
+                for m in todo:
                     ref = on_cpu if m == "atropos" else on_dev
                     if m == "atropos":
                         try:
@@ -251,7 +270,7 @@ def main(argv=None):
                                     + [dice(lab, ref["pgs"], k) for k in (1, 2, 3)])
                 log.info("%s %s %d/%d (%.0f s)", subj, cname, i + 1, n, time.time() - t0)
             truth = np.array([float((anatomy == k).sum()) for k in (1, 2, 3)])
-            for m in methods:
+            for m in todo:
                 v = np.array(vols[m], dtype=np.float64)
                 results[m][cname].append({**subject_row(subj, v, np.array(dices[m]), soft[m],
                                                         truth, seven_of(cname, n)),
@@ -263,8 +282,10 @@ def main(argv=None):
                      "subject": subj})
         # partial results after every subject: a long background run stopped early still
         # leaves the subjects it finished
-        done.add(subj)
-        write_results(out, results, curves, models, args, [s for s in subjects if s in done],
+        for m in todo:
+            done[m].add(subj)
+        write_results(out, results, curves, models, args,
+                      [s for s in subjects if all(s in done[m] for m in methods)],
                       t0, final=False, failures=failures)
     print(write_results(out, results, curves, models, args, subjects, t0, final=True,
                         failures=failures))
@@ -323,13 +344,19 @@ def conditions_of(results: dict) -> str:
     return ",".join(next(iter(results.values())))
 
 
+#: the settings that change what a network measures and nothing of Atropos's
+NETWORK_SETTINGS = ("window", "flip_tta", "physics_clamp", "device")
+
+
 def earlier_run(path: Path, now: dict, option: str) -> dict:
     """The results file ``path`` of an earlier run, refused (SystemExit naming the
     differing settings, nothing written) unless it was measured with the settings
-    ``now``: the same images, window, seed, flip TTA, physics clamp, device, conditions,
-    methods and model weights. Files from before a setting was recorded: flip TTA and
-    the clamp were off, the networks ran on the CPU, and the conditions and methods are
-    those the per-subject results hold."""
+    ``now``: the same images, seed and conditions and, where it holds a network, the
+    same window, flip TTA, physics clamp and device. It may hold some of the methods
+    only (a run of Atropos alone, ``--models ''``, or of the networks alone), not one
+    this run lacks, and a network it holds must have the same weights. Files from
+    before a setting was recorded: flip TTA and the clamp were off, the networks ran
+    on the CPU, and the conditions and methods are those the per-subject results hold."""
     if not path.exists():
         raise SystemExit(f"{option}: {path} does not exist")
     prev = json.loads(path.read_text())
@@ -337,7 +364,16 @@ def earlier_run(path: Path, now: dict, option: str) -> dict:
     missing = {"flip_tta": "none", "physics_clamp": "none", "device": "cpu",
                "conditions": conditions_of(results), "methods": ",".join(results)}
     other = {k: prev["meta"].get(k, missing.get(k, v)) for k, v in now.items()}
-    if other != now:
+    theirs, ours = other["methods"].split(","), now["methods"].split(",")
+    networks = [m for m in theirs if m != "atropos"]
+
+    def differs(k):
+        if k == "methods":
+            return any(m not in ours for m in theirs)
+        if k == "models":
+            return any(other[k].get(m) != now[k].get(m) for m in networks)
+        return other[k] != now[k] and (bool(networks) or k not in NETWORK_SETTINGS)
+    if any(differs(k) for k in now):
         def show(k):
             if k != "models":
                 return f"{k} {other[k]}"
@@ -345,7 +381,7 @@ def earlier_run(path: Path, now: dict, option: str) -> dict:
                 f"{m} ({d['steps']} steps, weights {d['weights_sha256'][:8]})"
                 for m, d in other[k].items())
         raise SystemExit(f"{option}: {path} was measured with "
-                         + ", ".join(show(k) for k in now if other[k] != now[k])
+                         + ", ".join(show(k) for k in now if differs(k))
                          + "; run with those settings or give another --out")
     return prev
 
@@ -354,8 +390,9 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
                   failures: list) -> str:
     """Write consistency.json/.md (and the TI plot); returns the markdown. Rows come in
     the order of ``subjects`` whichever run (resumed, merged, new) measured them."""
-    def ordered(rows):
-        return sorted(rows, key=lambda r: subjects.index(r["subject"]))
+    def ordered(rows):  # a partial file holds the subjects that every method measured
+        return sorted((r for r in rows if r["subject"] in subjects),
+                      key=lambda r: subjects.index(r["subject"]))
 
     results = {m: {c: ordered(rows) for c, rows in per.items()} for m, per in results.items()}
     curves = {m: {c: ordered(rows) for c, rows in per.items()} for m, per in curves.items()}
@@ -366,7 +403,8 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
             "conditions": conditions_of(results),
             "seed": args.seed, "models": models_meta(models),
             "atropos": "k-means 3 classes, 5 iterations, clusters assigned to tissues by best "
-                       "overlap with the anatomy (oracle)", "atropos_failures": failures,
+                       "overlap with the anatomy (oracle)",
+            "atropos_failures": [f for f in failures if f["subject"] in subjects],
             "images": "noise-free, skull-stripped with the anatomical brain mask, divided by the "
                       "mean in the mask", "wall_s": time.time() - t0}
     by_contrast = contrast_split(curves)

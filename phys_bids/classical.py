@@ -55,8 +55,10 @@ def atropos_labels(image: np.ndarray, mask: np.ndarray, *, iterations: int = 5) 
     with tempfile.TemporaryDirectory(prefix="phys-bids-atropos-") as tmp:
         before, tempfile.tempdir = tempfile.tempdir, tmp
         try:
+            # r=0 (--use-random-seed 0): a constant seed. Atropos otherwise seeds from
+            # the clock, and two calls on one image differ in tens of border voxels
             seg = ants.atropos(a=img, m="[0.1,1x1x1]", c=f"[{iterations},0]", i="kmeans[3]",
-                               x=msk, verbose=0)
+                               x=msk, r=0, verbose=0)
             lab = seg["segmentation"].numpy().astype(np.int64)
         except Exception as err:  # antspyx raises a bare Exception on a non-zero exit
             raise ClassicalSegmentationError(f"Atropos failed ({err})") from None

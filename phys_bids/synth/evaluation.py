@@ -6,6 +6,7 @@ Shared by the benchmarks (``bench/``) and by ``workflows/calibrate_bounds.py``.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -158,17 +159,33 @@ def model_benchmark_parser(doc: str):
     return ap
 
 
+#: the model whose split a benchmark without networks (``--models ''``) uses
+SPLIT_MODEL = "seg-physics"
+
+
+def benchmark_split(models: dict) -> dict:
+    """The subject split a benchmark measures: the first model's, or with no model (a
+    benchmark of the classical method alone) that of :data:`SPLIT_MODEL`'s manifest,
+    read without loading its weights, so that its phantoms are those of a network run."""
+    if models:
+        return next(iter(models.values())).manifest["split"]
+    from ..models.registry import model_folder
+
+    return json.loads((model_folder(SPLIT_MODEL) / "manifest.json").read_text())["split"]
+
+
 def benchmark_models(args) -> tuple[dict, list[str]]:
     """``({name: loaded model}, subjects)`` for parsed :func:`model_benchmark_parser`
-    arguments; the subjects default to the first model's test split. Sets torch's
-    threads to ``--threads``."""
+    arguments (``--models ''``: none); the subjects default to the test split of
+    :func:`benchmark_split`. Sets torch's threads to ``--threads``."""
     from ..models.registry import load_model
 
     torch.set_num_threads(args.threads)
+    # the classical method's threads too (ANTs/ITK read this when first used)
+    os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(args.threads)
 
     models = {m: load_model(m) for m in args.models.split(",") if m}
-    first = next(iter(models.values()))
-    subjects = args.subjects.split(",") if args.subjects else first.manifest["split"]["test"]
+    subjects = args.subjects.split(",") if args.subjects else benchmark_split(models)["test"]
     return models, subjects
 
 

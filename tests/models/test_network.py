@@ -683,6 +683,7 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
     before, wall = result["per_subject"], result["meta"]["wall_s"]
     only_b = tmp_path / "only_b"
     shutil.copytree(out, only_b)
+    first = json.loads((only_b / "consistency.json").read_text())
     caplog.clear()
     with caplog.at_level("INFO"):
         bench.main(args + ["--subjects", "head_b,head_a", "--resume"])
@@ -735,6 +736,40 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
         bench.main(args[:-1] + [str(tmp_path / "x"), "--subjects", "head_b",
                                 "--merge", str(only_b)])
     assert not (tmp_path / "x").exists()
+    # Atropos alone (--models '') and the networks alone, merged, make the table a run of
+    # all three makes: the methods measure the same images whichever run they are in, and
+    # the network settings (here the window) do not bind a file that holds no network
+    atropos_only, nets_only = tmp_path / "atropos_only", tmp_path / "nets_only"
+    bench.main(["--data", str(label_dir), "--models", "", "--n-images", "3", "--window", "32",
+                "--threads", "1", "--subjects", "head_b", "--out", str(atropos_only)])
+    alone = json.loads((atropos_only / "consistency.json").read_text())
+    assert list(alone["per_subject"]) == ["atropos"] and alone["meta"]["models"] == {}
+    bench.main(args[:-1] + [str(nets_only), "--subjects", "head_b", "--no-atropos"])
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        bench.main(args[:-1] + [str(tmp_path / "joined"), "--subjects", "head_b",
+                                "--merge", str(atropos_only), "--merge", str(nets_only)])
+    assert "head_b already measured (atropos)" in caplog.text
+    assert "mprage-id 1/3" not in caplog.text
+    joined = json.loads((tmp_path / "joined" / "consistency.json").read_text())
+    for key in ("per_subject", "curves", "summary", "by_contrast"):
+        assert joined[key] == first[key]
+    assert joined["meta"]["atropos_failures"] == first["meta"]["atropos_failures"]
+    # a run with the networks measures only what the Atropos file lacks, and the
+    # window does bind a file that holds a network
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        bench.main(args[:-1] + [str(tmp_path / "nets_added"), "--subjects", "head_b",
+                                "--merge", str(atropos_only)])
+    assert "head_b mprage-id 3/3" in caplog.text
+    added = json.loads((tmp_path / "nets_added" / "consistency.json").read_text())
+    assert added["per_subject"] == first["per_subject"]
+    with pytest.raises(SystemExit, match="window 16"):
+        bench.main(args[:-1] + [str(tmp_path / "y"), "--subjects", "head_b", "--window", "32",
+                                "--merge", str(nets_only)])
+    with pytest.raises(SystemExit, match="nothing to measure"):
+        bench.main(args[:-1] + [str(tmp_path / "y"), "--models", "", "--no-atropos"])
+    assert not (tmp_path / "y").exists()
 
 
 def test_consistency_benchmark_n_image_run_holds_the_7_image_run(label_dir, tmp_path):
