@@ -152,9 +152,15 @@ def model_benchmark_parser(doc: str):
     ap = argparse.ArgumentParser(description=doc,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data", default=str(development_data() / "label-maps"))
-    ap.add_argument("--models", default="seg-physics,seg-baseline")
-    ap.add_argument("--subjects", default=None, help="default: the test split of the manifest")
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--models", default="seg-physics,seg-baseline",
+                    help="model names or folders, comma-separated ('' for none where a "
+                         "benchmark has a method of its own: the consistency benchmark's "
+                         "Atropos)")
+    ap.add_argument("--subjects", default=None,
+                    help="default: the test split of the first model's manifest "
+                         f"(no model: {SPLIT_MODEL}'s)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch's threads, and ITK's for Atropos where a benchmark runs it")
     ap.add_argument("--seed", type=int, default=2024)
     return ap
 
