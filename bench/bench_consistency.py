@@ -100,14 +100,18 @@ def told_acquisition(clamp: str, sequence: str, params: dict) -> dict:
     return params
 
 
-def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor):
+def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor,
+                   restarts: list | None = None):
     """Atropos k-means (phys_bids.classical), its 3 clusters then re-assigned to
-    GM/WM/CSF by best total overlap with the anatomy (an oracle that favours Atropos)."""
+    GM/WM/CSF by best total overlap with the anatomy (an oracle that favours Atropos);
+    ``restarts`` gets the centres of a k-means started again from the brain's
+    percentiles (phys_bids.classical.atropos_labels)."""
     import itertools
 
     from phys_bids.classical import atropos_labels as classical_labels
 
-    lab = torch.from_numpy(classical_labels(image.numpy(), mask.numpy()).astype(np.int64))
+    lab = torch.from_numpy(classical_labels(image.numpy(), mask.numpy(),
+                                            restarts=restarts).astype(np.int64))
     best, out = -1.0, None
     for perm in itertools.permutations((1, 2, 3)):
         cand = torch.zeros_like(lab)
@@ -170,6 +174,7 @@ def main(argv=None):
     results = {m: {c: [] for c in conds} for m in methods}
     curves: dict = {}
     failures: list = []
+    restarts: list = []  # the images whose k-means Atropos started again (centres)
     # the subjects each method has: a merged file may hold some of the methods only
     done: dict[str, set] = {m: set() for m in methods}
     # a subject measured under other settings would be averaged with these: a file is
@@ -211,6 +216,8 @@ def main(argv=None):
         if "atropos" in held:
             failures += [f for f in prev["meta"].get("atropos_failures", [])
                          if f["subject"] in new["atropos"]]
+            restarts += [f for f in prev["meta"].get("atropos_restarts", [])
+                         if f["subject"] in new["atropos"]]
         wall += prev["meta"].get("wall_s", 0.0)
         taken = [s for s in prev["meta"]["subjects"] if any(s in new[m] for m in held)]
         log.info("%s: %s already measured%s", src, ", ".join(taken) or "no new subject",
@@ -246,7 +253,11 @@ def main(argv=None):
                     ref = on_cpu if m == "atropos" else on_dev
                     if m == "atropos":
                         try:
-                            lab = atropos_labels(img, mask, anatomy)
+                            centres: list = []
+                            lab = atropos_labels(img, mask, anatomy, centres)
+                            if centres:
+                                restarts.append({"subject": subj, "condition": cname,
+                                                 "image": i, "centres": centres[0]})
                         except ClassicalSegmentationError as err:
                             # counted as a failure, left out of the statistics
                             log.warning("%s %s %d: %s", subj, cname, i, err)
@@ -286,9 +297,9 @@ def main(argv=None):
             done[m].add(subj)
         write_results(out, results, curves, models, args,
                       [s for s in subjects if all(s in done[m] for m in methods)],
-                      t0, final=False, failures=failures)
+                      t0, final=False, failures=failures, restarts=restarts)
     print(write_results(out, results, curves, models, args, subjects, t0, final=True,
-                        failures=failures))
+                        failures=failures, restarts=restarts))
 
 
 def seven_of(cname: str, n: int) -> np.ndarray | None:
@@ -387,7 +398,7 @@ def earlier_run(path: Path, now: dict, option: str) -> dict:
 
 
 def write_results(out, results, curves, models, args, subjects, t0, *, final: bool,
-                  failures: list) -> str:
+                  failures: list, restarts: list) -> str:
     """Write consistency.json/.md (and the TI plot); returns the markdown. Rows come in
     the order of ``subjects`` whichever run (resumed, merged, new) measured them."""
     def ordered(rows):  # a partial file holds the subjects that every method measured
@@ -402,9 +413,12 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
             "physics_clamp": args.physics_clamp, "device": torch.device(args.device).type,
             "conditions": conditions_of(results),
             "seed": args.seed, "models": models_meta(models),
-            "atropos": "k-means 3 classes, 5 iterations, clusters assigned to tissues by best "
-                       "overlap with the anatomy (oracle)",
+            "atropos": "k-means 3 classes, 5 iterations, constant seed, restarted from the "
+                       "brain's 10/50/90 % intensities where the default start leaves a "
+                       "class empty; clusters assigned to tissues by best overlap with the "
+                       "anatomy (oracle)",
             "atropos_failures": [f for f in failures if f["subject"] in subjects],
+            "atropos_restarts": [f for f in restarts if f["subject"] in subjects],
             "images": "noise-free, skull-stripped with the anatomical brain mask, divided by the "
                       "mean in the mask", "wall_s": time.time() - t0}
     by_contrast = contrast_split(curves)
@@ -556,6 +570,11 @@ def markdown(summary, meta) -> str:
         lines += [f"Atropos failed on {len(meta['atropos_failures'])} image(s) (left out of "
                   "its statistics): " + ", ".join(f"{f['subject']} {f['condition']} #{f['image']}"
                                                   for f in meta["atropos_failures"]), ""]
+    if meta.get("atropos_restarts"):
+        lines += [f"Atropos's k-means left a class empty and was started again from the "
+                  f"brain's 10/50/90 % intensities on {len(meta['atropos_restarts'])} "
+                  "image(s): " + ", ".join(f"{f['subject']} {f['condition']} #{f['image']}"
+                                           for f in meta["atropos_restarts"]), ""]
     for metric, title in METRICS.items():
         conds = sorted({c for m in summary.values() for c in m})
         if not any(metric in per[c] for per in summary.values() for c in per):

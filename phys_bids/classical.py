@@ -22,8 +22,16 @@ class ClassicalSegmentationError(ValueError):
     """Atropos could not segment the image (e.g. an empty class at a contrast null)."""
 
 
-def atropos_labels(image: np.ndarray, mask: np.ndarray, *, iterations: int = 5) -> np.ndarray:
+def atropos_labels(image: np.ndarray, mask: np.ndarray, *, iterations: int = 5,
+                   restarts: list | None = None) -> np.ndarray:
     """Labels 0 (outside the mask), 1 GM, 2 WM, 3 CSF from Atropos k-means (3 classes).
+
+    Atropos starts k-means from centres spread evenly over the intensity range. Where
+    nothing lies between the tissue peaks (an image without partial volume, a CSF peak
+    far below GM and WM) the middle centre wins no voxel and Atropos stops with an
+    empty class; it is then started again from the 10 / 50 / 90 % percentiles of the
+    brain's intensities, and ``restarts`` (a list, when given) gets those centres.
+    ClassicalSegmentationError where that fails too.
 
     >>> rng = np.random.default_rng(0)
     >>> img = np.concatenate([np.full(400, 0.3), np.full(400, 0.7), np.full(400, 1.0)])
@@ -50,20 +58,32 @@ def atropos_labels(image: np.ndarray, mask: np.ndarray, *, iterations: int = 5) 
     x = x * (100.0 / max(float(np.abs(x[mask]).mean()), 1e-12))
     img = ants.from_numpy(x.astype(np.float32))
     msk = ants.from_numpy(mask.astype(np.float32))
-    # ants.atropos writes its posteriors to tempfile.mktemp() names and never deletes
-    # them (3 files per call): give it a folder of its own, removed afterwards
-    with tempfile.TemporaryDirectory(prefix="phys-bids-atropos-") as tmp:
-        before, tempfile.tempdir = tempfile.tempdir, tmp
-        try:
-            # r=0 (--use-random-seed 0): a constant seed. Atropos otherwise seeds from
-            # the clock, and two calls on one image differ in tens of border voxels
-            seg = ants.atropos(a=img, m="[0.1,1x1x1]", c=f"[{iterations},0]", i="kmeans[3]",
-                               x=msk, r=0, verbose=0)
-            lab = seg["segmentation"].numpy().astype(np.int64)
-        except Exception as err:  # antspyx raises a bare Exception on a non-zero exit
-            raise ClassicalSegmentationError(f"Atropos failed ({err})") from None
-        finally:
-            tempfile.tempdir = before
+
+    def run(init: str) -> np.ndarray:
+        # ants.atropos writes its posteriors to tempfile.mktemp() names and never
+        # deletes them (3 files per call): give it a folder of its own, removed afterwards
+        with tempfile.TemporaryDirectory(prefix="phys-bids-atropos-") as tmp:
+            before, tempfile.tempdir = tempfile.tempdir, tmp
+            try:
+                # r=0 (--use-random-seed 0): a constant seed. Atropos otherwise seeds
+                # from the clock, and two calls on one image differ in tens of voxels
+                seg = ants.atropos(a=img, m="[0.1,1x1x1]", c=f"[{iterations},0]", i=init,
+                                   x=msk, r=0, verbose=0)
+                return seg["segmentation"].numpy().astype(np.int64)
+            except Exception as err:  # antspyx raises a bare Exception on a non-zero exit
+                raise ClassicalSegmentationError(f"Atropos failed ({err})") from None
+            finally:
+                tempfile.tempdir = before
+
+    try:
+        lab = run("kmeans[3]")
+    except ClassicalSegmentationError:
+        centres = np.percentile(x[mask], [10, 50, 90])
+        if not np.all(np.diff(centres) > 0):  # fewer than three intensity levels
+            raise
+        lab = run("kmeans[3,{:.4f}x{:.4f}x{:.4f}]".format(*centres))
+        if restarts is not None:
+            restarts.append([float(c) for c in centres])
     means = [float(x[lab == k].mean()) if (lab == k).any() else np.inf for k in (1, 2, 3)]
     order = np.argsort(means)  # darkest .. brightest cluster
     out = np.zeros(lab.shape, np.uint8)

@@ -20,7 +20,7 @@ from phys_bids.bridge import (
     split_pairs,
     sweep_volumes,
 )
-from phys_bids.classical import atropos_labels
+from phys_bids.classical import ClassicalSegmentationError, atropos_labels
 from phys_bids.models.registry import available_models, load_model
 
 GRID_A = np.linspace(0.6, 1.2, 13)
@@ -144,6 +144,31 @@ def test_atropos_repeats_exactly_across_calls_processes_and_threads():
                            capture_output=True).stdout
     assert np.array_equal(np.frombuffer(other, np.uint8).reshape(first.shape), first)
     assert len(np.unique(first)) == 3
+
+
+def test_atropos_starts_again_where_its_k_means_leaves_a_class_empty():
+    """Tissue peaks with nothing between them (no partial volume; a CSF peak far below
+    GM and WM, as on the benchmark's phantoms) leave Atropos's evenly spread middle
+    centre without voxels: it stops with an empty class. Started again from the brain's
+    percentiles it finds the three tissues; an image with two levels still fails."""
+    rng = np.random.default_rng(2)
+    truth = np.zeros((40, 40, 40), np.uint8)
+    truth[:, :, :14], truth[:, :, 14:28], truth[:, :, 28:] = 3, 1, 2  # CSF, GM, WM
+    lo, hi = np.array([0, 1.15, 1.29, 0.53]), np.array([0, 1.26, 1.44, 0.56])
+    img = lo[truth] + rng.uniform(size=truth.shape) * (hi - lo)[truth]
+    mask = np.ones(truth.shape, bool)
+    restarts: list = []
+    lab = atropos_labels(img, mask, restarts=restarts)
+    assert (lab == truth).mean() > 0.99
+    (centres,) = restarts
+    assert centres[0] < centres[1] < centres[2]
+    # an image that separates its tissues well is segmented at the first start
+    again: list = []
+    spread = np.array([0.0, 0.6, 1.0, 0.25])[truth] + rng.normal(0, 0.03, truth.shape)
+    assert (atropos_labels(spread, mask, restarts=again) == truth).mean() > 0.98
+    assert again == []
+    with pytest.raises(ClassicalSegmentationError):
+        atropos_labels(np.where(truth == 3, 0.5, 1.2), mask)
 
 
 needs_model = pytest.mark.skipif("seg-physics" not in available_models(),

@@ -680,6 +680,10 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
                        for r in per.values())
     assert md.count("| atropos |") == 4 + splits + atropos_bins
     assert (out / "volume_vs_ti.png").stat().st_size > 0
+    # an image whose k-means Atropos started again is segmented, not a failure, and named
+    restarted = {(f["condition"], f["image"]) for f in result["meta"]["atropos_restarts"]}
+    assert not restarted & {(f["condition"], f["image"]) for f in failed}
+    assert ("started again" in md) == bool(restarted)
     before, wall = result["per_subject"], result["meta"]["wall_s"]
     only_b = tmp_path / "only_b"
     shutil.copytree(out, only_b)
@@ -754,7 +758,8 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
     joined = json.loads((tmp_path / "joined" / "consistency.json").read_text())
     for key in ("per_subject", "curves", "summary", "by_contrast"):
         assert joined[key] == first[key]
-    assert joined["meta"]["atropos_failures"] == first["meta"]["atropos_failures"]
+    for key in ("atropos_failures", "atropos_restarts"):
+        assert joined["meta"][key] == first["meta"][key]
     # a run with the networks measures only what the Atropos file lacks, and the
     # window does bind a file that holds a network
     caplog.clear()
