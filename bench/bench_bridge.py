@@ -14,6 +14,10 @@ known truth (the same anatomy at every site, the simulated parameters):
 
     python bench/bench_bridge.py --subjects 6 --omp-nthreads 2 --out docs/results/bridge
 
+``--model`` measures another shipped segmentation model (e.g. seg-physics-film) through
+the same participant and group levels (default: seg-physics, the application's
+default).
+
 writes ``bridge_bench.json`` and ``bridge_bench.md`` (and copies the contour plot).
 """
 
@@ -29,7 +33,19 @@ from bench_demo_sites import TISSUES, clear, run  # the same runner of the phys-
 from phys_bids.demo import SITES, write_demo_dataset
 
 
-def main(argv=None) -> int:
+def commands(args, bids: Path, out: Path, work: Path) -> tuple[list[str], list[str]]:
+    """The participant and group ``phys-bids`` command lines of the benchmark: both
+    levels with ``--model`` (the group level's bridging search runs the model too)."""
+    common = ["-w", str(work / "work"), "--omp-nthreads", str(args.omp_nthreads),
+              "--nprocs", str(args.omp_nthreads), "--model", args.model]
+    participant = [str(bids), str(out), "participant", "--mc-samples", "0",
+                   "--qmri-model", "none", *common]
+    group = [str(bids), str(out), "group", "--bridge", "siteA", "siteB",
+             "--bridge-steps", str(args.steps), *common]
+    return participant, group
+
+
+def parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/phys-bids-bench-bridge", help="scratch folder")
@@ -38,18 +54,21 @@ def main(argv=None) -> int:
     ap.add_argument("--voxel", type=float, default=1.5)
     ap.add_argument("--steps", type=int, default=13)
     ap.add_argument("--omp-nthreads", type=int, default=2)
-    args = ap.parse_args(argv)
+    ap.add_argument("--model", default="seg-physics",
+                    help="the segmentation model (phys-bids --model; default: seg-physics)")
+    return ap
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
     work = Path(args.work)
     bids, out = work / "bids", work / "out"
     if not bids.exists():
         write_demo_dataset(bids, subjects=args.subjects, voxel=args.voxel)
     clear(out, work / "work")
-    common = ["-w", str(work / "work"), "--omp-nthreads", str(args.omp_nthreads),
-              "--nprocs", str(args.omp_nthreads)]
-    t_part = run([str(bids), str(out), "participant", "--mc-samples", "0",
-                  "--qmri-model", "none", *common])
-    t_group = run([str(bids), str(out), "group", "--bridge", "siteA", "siteB",
-                   "--bridge-steps", str(args.steps), *common])
+    participant, group = commands(args, bids, out, work)
+    t_part = run(participant)
+    t_group = run(group)
     effects = json.loads((out / "group" / "site_effects.json").read_text())
     bridge = json.loads((out / "group" / "bridge.json").read_text())
     truth = (SITES["siteA"]["params"]["ti"], SITES["siteB"]["params"]["ti"])
@@ -65,7 +84,8 @@ def main(argv=None) -> int:
                           "within_subject_cov_x1e3":
                               e["classical"]["within_subject"]["mean_cov_x1e3"]},
         }
-    result = {"subjects": args.subjects, "voxel_mm": args.voxel, "steps": args.steps,
+    result = {"model": args.model,
+              "subjects": args.subjects, "voxel_mm": args.voxel, "steps": args.steps,
               "participant_seconds": round(t_part, 1), "group_seconds": round(t_group, 1),
               "site_effects": site,
               "bridge": {"truth": truth, "chosen": chosen, "grid_step": step,
@@ -78,8 +98,8 @@ def main(argv=None) -> int:
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "bridge_bench.json").write_text(json.dumps(result, indent=1) + "\n")
     shutil.copy(out / "group" / "bridge_contour.png", dest / "bridge_contour.png")
-    lines = [f"{args.subjects} travelling subjects x 3 sites, {args.voxel} mm; participant "
-             f"{t_part:.0f} s, group with bridging {t_group:.0f} s.", "",
+    lines = [f"{args.subjects} travelling subjects x 3 sites, {args.voxel} mm, {args.model}; "
+             f"participant {t_part:.0f} s, group with bridging {t_group:.0f} s.", "",
              "| tissue | physics: site share after subject | within-subject CoV x10^3 | "
              "classical: site share after subject | within-subject CoV x10^3 |",
              "| --- | --- | --- | --- | --- |"]

@@ -242,3 +242,25 @@ def test_the_sweep_tells_the_model_each_value():
     # told TI changes the volumes of the same image
     assert np.all(v.sum(1) <= 32 ** 3 * 0.001 + 1e-6)
     assert np.ptp(v[:, 0]) > 0
+
+
+def test_bridge_benchmark_runs_both_levels_with_the_model_it_is_given(tmp_path):
+    """bench/bench_bridge.py --model: the participant level segments with that model and
+    the group level's bridging search runs the same one (both command lines parse with
+    phys-bids' own parser); without it, the application's default."""
+    from phys_bids.cli import build_parser
+
+    from ..scripts import bench_script
+
+    bench = bench_script("bench_bridge")
+    cli_parser = build_parser()
+    for given, expected in (([], cli_parser.get_default("model")),
+                            (["--model", "seg-physics-film"], "seg-physics-film")):
+        args = bench.parser().parse_args(["--steps", "5", *given])
+        participant, group = bench.commands(args, tmp_path / "bids", tmp_path / "out", tmp_path)
+        for line, level in ((participant, "participant"), (group, "group")):
+            parsed = cli_parser.parse_args(line)
+            assert parsed.analysis_level == level
+            assert parsed.model == expected
+        assert cli_parser.parse_args(group).bridge == ["siteA", "siteB"]
+        assert cli_parser.parse_args(group).bridge_steps == 5
