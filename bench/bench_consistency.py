@@ -625,6 +625,7 @@ def plot(curves, path):
     axes[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
+    plt.close(fig)  # a long benchmark or a test writes many; pyplot keeps each open
 
 
 if __name__ == "__main__":

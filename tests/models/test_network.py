@@ -680,6 +680,8 @@ def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tm
                        for r in per.values())
     assert md.count("| atropos |") == 4 + splits + atropos_bins
     assert (out / "volume_vs_ti.png").stat().st_size > 0
+    import matplotlib.pyplot as plt
+    assert not plt.get_fignums()  # the plot's figure is closed once written
     # an image whose k-means Atropos started again is segmented, not a failure, and named
     restarted = {(f["condition"], f["image"]) for f in result["meta"]["atropos_restarts"]}
     assert not restarted & {(f["condition"], f["image"]) for f in failed}
