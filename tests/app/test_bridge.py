@@ -264,3 +264,27 @@ def test_bridge_benchmark_runs_both_levels_with_the_model_it_is_given(tmp_path):
             assert parsed.model == expected
         assert cli_parser.parse_args(group).bridge == ["siteA", "siteB"]
         assert cli_parser.parse_args(group).bridge_steps == 5
+
+
+def test_bridge_benchmark_report_heads_the_model_column_with_the_model_measured():
+    """The markdown of bench_bridge names the model it measured in the column header (it
+    said "physics" whatever --model was) and carries the figures of the result."""
+    from ..scripts import bench_script
+
+    bench = bench_script("bench_bridge")
+    effects = {t: {"physics": {"partial_eta2_site": 0.5 + i / 10,
+                               "within_subject_cov_x1e3": 10.0 * (i + 1)},
+                   "classical": {"partial_eta2_site": 0.25, "within_subject_cov_x1e3": 99.0}}
+               for i, t in enumerate(("GM", "WM", "CSF"))}
+    result = {"model": "seg-baseline", "subjects": 4, "voxel_mm": 1.5, "steps": 5,
+              "participant_seconds": 12.0, "group_seconds": 34.0, "site_effects": effects,
+              "bridge": {"truth": [0.9, 1.1], "chosen": [0.8, 1.0], "grid_step": 0.1,
+                         "test_mean_abs_pct_difference": {
+                             "physics_bridged": {"mean_pct": 1.5, "GM_pct": 2.0, "WM_pct": 1.0}}}}
+    md = bench.markdown(result)
+    header = next(line for line in md.splitlines() if line.startswith("| tissue"))
+    assert header.startswith("| tissue | seg-baseline: site share")
+    assert "physics" not in header
+    assert "| WM | 0.600 | 20.0 | 0.250 | 99.0 |" in md
+    assert "searched TI (0.800, 1.000) s" in md
+    assert "| physics_bridged | 1.50 | 2.00 | 1.00 |" in md
