@@ -9,6 +9,9 @@ known truth (the same anatomy at every site, the simulated parameters):
 
 * site effects of the physics model vs the classical segmentation (Atropos) of the
   same images: partial eta squared of site after subject and the within-subject CoV;
+* accuracy: per site, the mean signed % error of the model's and Atropos's volumes
+  against the true volumes of the demo's anatomy (:func:`phys_bids.demo.demo_truth`),
+  so that a model consistent because it is wrong shows it;
 * bridging: the searched (TI_A, TI_B) vs the simulated (0.9, 1.1) s, and the test
   pairs' mean |% volume difference| uncorrected / linear / bridged.
 
@@ -18,19 +21,28 @@ known truth (the same anatomy at every site, the simulated parameters):
 the same participant and group levels (default: seg-physics, the application's
 default).
 
+``--report-only`` writes the report again from an earlier run's outputs in ``--work``
+(the run times come from the ``bridge_bench.json`` it wrote to ``--out``).
+
 writes ``bridge_bench.json`` and ``bridge_bench.md`` (and copies the contour plot).
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import shutil
 from pathlib import Path
 
-from bench_demo_sites import TISSUES, clear, run  # the same runner of the phys-bids command
+from bench_demo_sites import (  # the same runner of the phys-bids command, the same errors
+    TISSUES,
+    clear,
+    error_vs_truth,
+    run,
+)
 
-from phys_bids.demo import SITES, write_demo_dataset
+from phys_bids.demo import SITES, demo_truth, write_demo_dataset
 
 
 def commands(args, bids: Path, out: Path, work: Path) -> tuple[list[str], list[str]]:
@@ -56,6 +68,10 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--omp-nthreads", type=int, default=2)
     ap.add_argument("--model", default="seg-physics",
                     help="the segmentation model (phys-bids --model; default: seg-physics)")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: write the report again from the phys-bids outputs "
+                         "an earlier run left in --work, with the run times of the "
+                         "bridge_bench.json it wrote to --out")
     return ap
 
 
@@ -75,6 +91,14 @@ def markdown(result: dict) -> str:
                      f"{s['physics']['within_subject_cov_x1e3']:.1f} | "
                      f"{s['classical']['partial_eta2_site']:.3f} | "
                      f"{s['classical']['within_subject_cov_x1e3']:.1f} |")
+    if "error_vs_truth" in result:
+        lines += ["", f"Mean signed % error against the true volumes, per site "
+                  f"({result['model']} / Atropos):", "",
+                  "| site | GM | WM | CSF |", "| --- | --- | --- | --- |"]
+        for site, e in result["error_vs_truth"].items():
+            lines.append(f"| {site} | " + " | ".join(
+                f"{e['model'][t]['mean_signed_pct']:+.1f} / "
+                f"{e['classical'][t]['mean_signed_pct']:+.1f}" for t in TISSUES) + " |")
     (a, b_ti), truth = b["chosen"], b["truth"]
     lines += ["", f"Bridging siteA -> siteB: searched TI ({a:.3f}, {b_ti:.3f}) s, "
               f"simulated ({truth[0]}, {truth[1]}) s, grid step {b['grid_step']:.3f} s.", "",
@@ -84,18 +108,25 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv=None) -> int:
-    args = parser().parse_args(argv)
-    work = Path(args.work)
-    bids, out = work / "bids", work / "out"
-    if not bids.exists():
-        write_demo_dataset(bids, subjects=args.subjects, voxel=args.voxel)
-    clear(out, work / "work")
-    participant, group = commands(args, bids, out, work)
-    t_part = run(participant)
-    t_group = run(group)
+def accuracy(rows: list[dict], truth: dict) -> dict:
+    """Per site (the ``session_id``), the mean signed and absolute % error against the
+    true volumes of the model's (``model``) and Atropos's (``classical``) volumes."""
+    sites = sorted({r["session_id"] for r in rows})
+    return {site.removeprefix("ses-"): {
+        "model": error_vs_truth([r for r in rows if r["session_id"] == site], truth),
+        "classical": error_vs_truth([r for r in rows if r["session_id"] == site], truth,
+                                    "{t}_atropos_ml")} for site in sites}
+
+
+def collect(args, out: Path, t_part: float, t_group: float) -> dict:
+    """The benchmark's result from the participant and group outputs in ``out``."""
     effects = json.loads((out / "group" / "site_effects.json").read_text())
     bridge = json.loads((out / "group" / "bridge.json").read_text())
+    if bridge.get("model") != args.model:
+        raise SystemExit(f"{out}/group/bridge.json was made with {bridge.get('model')!r}, "
+                         f"not --model {args.model}")
+    with open(out / "group" / "volumes.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t"))
     truth = (SITES["siteA"]["params"]["ti"], SITES["siteB"]["params"]["ti"])
     chosen = (bridge["chosen"]["A"], bridge["chosen"]["B"])
     step = bridge["grid"]["A"][1] - bridge["grid"]["A"][0]
@@ -109,17 +140,45 @@ def main(argv=None) -> int:
                           "within_subject_cov_x1e3":
                               e["classical"]["within_subject"]["mean_cov_x1e3"]},
         }
-    result = {"model": args.model,
-              "subjects": args.subjects, "voxel_mm": args.voxel, "steps": args.steps,
-              "participant_seconds": round(t_part, 1), "group_seconds": round(t_group, 1),
-              "site_effects": site,
-              "bridge": {"truth": truth, "chosen": chosen, "grid_step": step,
-                         "error": [abs(c - t) for c, t in zip(chosen, truth, strict=True)],
-                         "per_test_subject": bridge["per_test_subject"],
-                         "pairs": bridge["pairs"],
-                         "test_mean_abs_pct_difference":
-                             bridge["test_mean_abs_pct_difference"]}}
+    return {"model": args.model,
+            "subjects": args.subjects, "voxel_mm": args.voxel, "steps": args.steps,
+            "participant_seconds": round(t_part, 1), "group_seconds": round(t_group, 1),
+            "site_effects": site,
+            "error_vs_truth": accuracy(rows, demo_truth(subjects=args.subjects,
+                                                        voxel=args.voxel)),
+            "bridge": {"truth": truth, "chosen": chosen, "grid_step": step,
+                       "error": [abs(c - t) for c, t in zip(chosen, truth, strict=True)],
+                       "per_test_subject": bridge["per_test_subject"],
+                       "pairs": bridge["pairs"],
+                       "test_mean_abs_pct_difference":
+                           bridge["test_mean_abs_pct_difference"]}}
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    work = Path(args.work)
+    bids, out = work / "bids", work / "out"
     dest = Path(args.out)
+    if args.report_only:
+        earlier = dest / "bridge_bench.json"
+        if not earlier.is_file() or not (out / "group" / "bridge.json").is_file():
+            raise SystemExit(f"--report-only needs {earlier} and {out}/group/bridge.json "
+                             "from an earlier run with the same --work and --out")
+        before = json.loads(earlier.read_text())
+        for key, arg in (("model", "model"), ("subjects", "subjects"), ("voxel_mm", "voxel"),
+                         ("steps", "steps")):
+            if key in before and before[key] != getattr(args, arg):
+                raise SystemExit(f"--report-only: {earlier} was measured with {key} "
+                                 f"{before[key]!r}; pass the same")
+        t_part, t_group = before["participant_seconds"], before["group_seconds"]
+    else:
+        if not bids.exists():
+            write_demo_dataset(bids, subjects=args.subjects, voxel=args.voxel)
+        clear(out, work / "work")
+        participant, group = commands(args, bids, out, work)
+        t_part = run(participant)
+        t_group = run(group)
+    result = collect(args, out, t_part, t_group)
     dest.mkdir(parents=True, exist_ok=True)
     (dest / "bridge_bench.json").write_text(json.dumps(result, indent=1) + "\n")
     shutil.copy(out / "group" / "bridge_contour.png", dest / "bridge_contour.png")

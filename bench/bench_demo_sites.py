@@ -42,6 +42,21 @@ def run(cmd: list[str]) -> float:
     return time.time() - t0
 
 
+def error_vs_truth(rows: list[dict], truth: dict, column: str = "{t}_ml") -> dict:
+    """Mean signed and mean absolute % error of the ``volumes.tsv`` rows' ``column``
+    (``{t}`` is the tissue: ``{t}_ml`` the model, ``{t}_atropos_ml`` Atropos) against
+    ``truth[participant_id][tissue]`` (mL), per tissue."""
+    if not rows:
+        raise ValueError("no volume rows to compare with the truth")
+    err = {}
+    for t in TISSUES:
+        rel = [100 * (float(r[column.format(t=t)]) - truth[r["participant_id"]][t])
+               / truth[r["participant_id"]][t] for r in rows]
+        err[t] = {"mean_signed_pct": sum(rel) / len(rel),
+                  "mean_abs_pct": sum(abs(x) for x in rel) / len(rel)}
+    return err
+
+
 def clear(*scratch: Path) -> None:
     """Remove the bench's own scratch folders: outputs or a Pydra cache of an earlier
     run (other weights are refused by the participant level) would make it stop or
@@ -74,12 +89,7 @@ def main(argv=None) -> int:
         effects = json.loads((out / "group" / "site_effects.json").read_text())
         with open(out / "group" / "volumes.tsv", newline="") as f:
             rows = list(csv.DictReader(f, delimiter="\t"))
-        err = {}
-        for t in TISSUES:
-            rel = [100 * (float(r[f"{t}_ml"]) - truth[r["participant_id"]][t])
-                   / truth[r["participant_id"]][t] for r in rows]
-            err[t] = {"mean_signed_pct": sum(rel) / len(rel),
-                      "mean_abs_pct": sum(abs(x) for x in rel) / len(rel)}
+        err = error_vs_truth(rows, truth)
         results["models"][model] = {
             "participant_seconds": round(seconds, 1),
             "within_subject_cov_x1e3": {t: effects["tissues"][t]["within_subject"]

@@ -281,10 +281,44 @@ def test_bridge_benchmark_report_heads_the_model_column_with_the_model_measured(
               "bridge": {"truth": [0.9, 1.1], "chosen": [0.8, 1.0], "grid_step": 0.1,
                          "test_mean_abs_pct_difference": {
                              "physics_bridged": {"mean_pct": 1.5, "GM_pct": 2.0, "WM_pct": 1.0}}}}
+    err = {t: {"mean_signed_pct": v, "mean_abs_pct": abs(v)}
+           for t, v in (("GM", -6.44), ("WM", 10.5), ("CSF", 0.0))}
+    result["error_vs_truth"] = {"siteA": {"model": err, "classical": err}}
     md = bench.markdown(result)
+    assert "| siteA | -6.4 / -6.4 | +10.5 / +10.5 | +0.0 / +0.0 |" in md
     header = next(line for line in md.splitlines() if line.startswith("| tissue"))
     assert header.startswith("| tissue | seg-baseline: site share")
     assert "physics" not in header
     assert "| WM | 0.600 | 20.0 | 0.250 | 99.0 |" in md
     assert "searched TI (0.800, 1.000) s" in md
     assert "| physics_bridged | 1.50 | 2.00 | 1.00 |" in md
+
+
+def test_bridge_benchmark_reports_each_sites_error_against_the_truth():
+    """bench_bridge's accuracy: per site, the model's and Atropos's mean signed and
+    absolute % error against the true volumes, each subject against its own truth."""
+    from ..scripts import bench_script
+
+    bench = bench_script("bench_bridge")
+    truth = {"sub-01": {"GM": 100.0, "WM": 200.0, "CSF": 50.0},
+             "sub-02": {"GM": 200.0, "WM": 100.0, "CSF": 50.0}}
+
+    def row(sub, site, gm, wm, csf, a_gm):
+        return {"participant_id": sub, "session_id": f"ses-{site}", "GM_ml": gm,
+                "WM_ml": wm, "CSF_ml": csf, "GM_atropos_ml": a_gm, "WM_atropos_ml": wm,
+                "CSF_atropos_ml": csf}
+
+    rows = [row("sub-01", "siteA", "110", "200", "50", "90"),
+            row("sub-02", "siteA", "180", "100", "50", "200"),
+            row("sub-01", "siteB", "100", "220", "40", "100"),
+            row("sub-02", "siteB", "200", "100", "60", "200")]
+    acc = bench.accuracy(rows, truth)
+    assert sorted(acc) == ["siteA", "siteB"]
+    # site A: GM +10 % and -10 %: signed 0, absolute 10; Atropos -10 % and 0 %
+    assert acc["siteA"]["model"]["GM"]["mean_signed_pct"] == pytest.approx(0.0)
+    assert acc["siteA"]["model"]["GM"]["mean_abs_pct"] == pytest.approx(10.0)
+    assert acc["siteA"]["classical"]["GM"]["mean_signed_pct"] == pytest.approx(-5.0)
+    # site B: WM +10 % and 0 %, CSF -20 % and +20 %
+    assert acc["siteB"]["model"]["WM"]["mean_signed_pct"] == pytest.approx(5.0)
+    assert acc["siteB"]["model"]["CSF"]["mean_signed_pct"] == pytest.approx(0.0)
+    assert acc["siteB"]["model"]["CSF"]["mean_abs_pct"] == pytest.approx(20.0)
