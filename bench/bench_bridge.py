@@ -97,8 +97,9 @@ def markdown(result: dict) -> str:
                   "| site | GM | WM | CSF |", "| --- | --- | --- | --- |"]
         for site, e in result["error_vs_truth"].items():
             lines.append(f"| {site} | " + " | ".join(
-                f"{e['model'][t]['mean_signed_pct']:+.1f} / "
-                f"{e['classical'][t]['mean_signed_pct']:+.1f}" for t in TISSUES) + " |")
+                " / ".join("n/a" if e[m][t]["mean_signed_pct"] is None
+                           else f"{e[m][t]['mean_signed_pct']:+.1f}"
+                           for m in ("model", "classical")) for t in TISSUES) + " |")
     (a, b_ti), truth = b["chosen"], b["truth"]
     lines += ["", f"Bridging siteA -> siteB: searched TI ({a:.3f}, {b_ti:.3f}) s, "
               f"simulated ({truth[0]}, {truth[1]}) s, grid step {b['grid_step']:.3f} s.", "",

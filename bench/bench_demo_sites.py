@@ -45,15 +45,18 @@ def run(cmd: list[str]) -> float:
 def error_vs_truth(rows: list[dict], truth: dict, column: str = "{t}_ml") -> dict:
     """Mean signed and mean absolute % error of the ``volumes.tsv`` rows' ``column``
     (``{t}`` is the tissue: ``{t}_ml`` the model, ``{t}_atropos_ml`` Atropos) against
-    ``truth[participant_id][tissue]`` (mL), per tissue."""
+    ``truth[participant_id][tissue]`` (mL), per tissue, over the ``n`` rows that have a
+    volume (a scan whose classical segmentation failed reads ``n/a``; none: ``None``)."""
     if not rows:
         raise ValueError("no volume rows to compare with the truth")
     err = {}
     for t in TISSUES:
         rel = [100 * (float(r[column.format(t=t)]) - truth[r["participant_id"]][t])
-               / truth[r["participant_id"]][t] for r in rows]
-        err[t] = {"mean_signed_pct": sum(rel) / len(rel),
-                  "mean_abs_pct": sum(abs(x) for x in rel) / len(rel)}
+               / truth[r["participant_id"]][t] for r in rows
+               if r[column.format(t=t)] not in ("n/a", "")]
+        err[t] = {"n": len(rel),
+                  "mean_signed_pct": sum(rel) / len(rel) if rel else None,
+                  "mean_abs_pct": sum(abs(x) for x in rel) / len(rel) if rel else None}
     return err
 
 

@@ -283,9 +283,12 @@ def test_bridge_benchmark_report_heads_the_model_column_with_the_model_measured(
                              "physics_bridged": {"mean_pct": 1.5, "GM_pct": 2.0, "WM_pct": 1.0}}}}
     err = {t: {"mean_signed_pct": v, "mean_abs_pct": abs(v)}
            for t, v in (("GM", -6.44), ("WM", 10.5), ("CSF", 0.0))}
-    result["error_vs_truth"] = {"siteA": {"model": err, "classical": err}}
+    failed = {t: {"mean_signed_pct": None, "mean_abs_pct": None} for t in err}
+    result["error_vs_truth"] = {"siteA": {"model": err, "classical": err},
+                                "siteC": {"model": err, "classical": failed}}
     md = bench.markdown(result)
     assert "| siteA | -6.4 / -6.4 | +10.5 / +10.5 | +0.0 / +0.0 |" in md
+    assert "| siteC | -6.4 / n/a | +10.5 / n/a | +0.0 / n/a |" in md
     header = next(line for line in md.splitlines() if line.startswith("| tissue"))
     assert header.startswith("| tissue | seg-baseline: site share")
     assert "physics" not in header
@@ -322,3 +325,11 @@ def test_bridge_benchmark_reports_each_sites_error_against_the_truth():
     assert acc["siteB"]["model"]["WM"]["mean_signed_pct"] == pytest.approx(5.0)
     assert acc["siteB"]["model"]["CSF"]["mean_signed_pct"] == pytest.approx(0.0)
     assert acc["siteB"]["model"]["CSF"]["mean_abs_pct"] == pytest.approx(20.0)
+    # a scan whose Atropos failed (n/a) is left out of Atropos's mean, not a crash
+    rows[0]["GM_atropos_ml"] = "n/a"
+    acc = bench.accuracy(rows, truth)
+    assert acc["siteA"]["classical"]["GM"]["n"] == 1
+    assert acc["siteA"]["classical"]["GM"]["mean_signed_pct"] == pytest.approx(0.0)
+    assert acc["siteA"]["model"]["GM"]["n"] == 2
+    rows[1]["GM_atropos_ml"] = "n/a"
+    assert bench.accuracy(rows, truth)["siteA"]["classical"]["GM"]["mean_signed_pct"] is None
