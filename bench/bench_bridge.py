@@ -112,11 +112,12 @@ def markdown(result: dict) -> str:
 def accuracy(rows: list[dict], truth: dict) -> dict:
     """Per site (the ``session_id``), the mean signed and absolute % error against the
     true volumes of the model's (``model``) and Atropos's (``classical``) volumes."""
-    sites = sorted({r["session_id"] for r in rows})
-    return {site.removeprefix("ses-"): {
-        "model": error_vs_truth([r for r in rows if r["session_id"] == site], truth),
-        "classical": error_vs_truth([r for r in rows if r["session_id"] == site], truth,
-                                    "{t}_atropos_ml")} for site in sites}
+    by_site: dict[str, list[dict]] = {}
+    for r in rows:
+        by_site.setdefault(r["session_id"].removeprefix("ses-"), []).append(r)
+    return {site: {"model": error_vs_truth(site_rows, truth),
+                   "classical": error_vs_truth(site_rows, truth, "{t}_atropos_ml")}
+            for site, site_rows in sorted(by_site.items())}
 
 
 def collect(args, out: Path, t_part: float, t_group: float) -> dict:

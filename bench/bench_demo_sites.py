@@ -51,9 +51,9 @@ def error_vs_truth(rows: list[dict], truth: dict, column: str = "{t}_ml") -> dic
         raise ValueError("no volume rows to compare with the truth")
     err = {}
     for t in TISSUES:
-        rel = [100 * (float(r[column.format(t=t)]) - truth[r["participant_id"]][t])
-               / truth[r["participant_id"]][t] for r in rows
-               if r[column.format(t=t)] not in ("n/a", "")]
+        col = column.format(t=t)
+        rel = [100 * (float(r[col]) - truth[r["participant_id"]][t])
+               / truth[r["participant_id"]][t] for r in rows if r[col] not in ("n/a", "")]
         err[t] = {"n": len(rel),
                   "mean_signed_pct": sum(rel) / len(rel) if rel else None,
                   "mean_abs_pct": sum(abs(x) for x in rel) / len(rel) if rel else None}
