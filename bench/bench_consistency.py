@@ -28,8 +28,11 @@ intensity are where the networks' SPGR volumes move. ``by_contrast`` also holds 
 contrast bin's deviation from the median (``bins``) and the CoV over the draws the
 application would not flag (``cov_unflagged_x1e3``, contrast >= ``LOW_CONTRAST_SPGR``).
 
-``--resume`` adds subjects to OUT's file; ``--merge DIR`` takes the subjects another
-run measured, so that one-subject runs side by side (one thread each) make one table:
+``--resume`` adds subjects to OUT's file and continues a subject that a stopped run
+left unfinished at its next image (a run keeps each image's volumes in
+``OUT/.partial-SUBJECT-CONDITION.json`` until the subject is written); ``--merge DIR``
+takes the subjects another run measured, so that one-subject runs side by side (one
+thread each) make one table:
 
     python bench/bench_consistency.py --subjects head_14 --out /tmp/a ...
     python bench/bench_consistency.py --subjects head_16 --out /tmp/b ...
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from pathlib import Path
 
@@ -123,6 +127,32 @@ def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tenso
     return out
 
 
+def partial_path(out: Path, subj: str, cname: str) -> Path:
+    """Where a run keeps the images it has measured of one subject and condition until
+    the subject is written to ``consistency.json``, so that ``--resume`` continues an
+    interrupted run at its next image rather than at the start of the subject."""
+    return out / f".partial-{subj}-{cname}.json"
+
+
+def save_partial(path: Path, key: dict, images: dict) -> None:
+    """Write ``key`` (what the images were measured with) and ``images`` to ``path``
+    whole or not at all (a run killed while writing leaves the previous file)."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps({**key, **images}))
+    os.replace(tmp, path)
+
+
+def load_partial(path: Path, key: dict) -> dict:
+    """The images an interrupted run measured, refused (SystemExit, nothing written)
+    unless they were measured with ``key``: the same settings, phantom and methods."""
+    part = json.loads(path.read_text())
+    other = [k for k, v in key.items() if part.get(k) != v]
+    if other:
+        raise SystemExit(f"--resume: {path} holds images measured with other "
+                         f"{', '.join(other)}; delete it or give another --out")
+    return part
+
+
 def main(argv=None):
     ap = model_benchmark_parser(__doc__)
     ap.add_argument("--n-images", type=int, default=121)
@@ -145,7 +175,8 @@ def main(argv=None):
                          "the networks' rounding; recorded, and not mixed by --resume/--merge")
     ap.add_argument("--out", default="docs/results/consistency")
     ap.add_argument("--resume", action="store_true",
-                    help="keep the subjects already in OUT/consistency.json (same settings)")
+                    help="keep the subjects already in OUT/consistency.json and continue an "
+                         "interrupted subject at its next image (same settings)")
     ap.add_argument("--merge", action="append", default=[], metavar="DIR",
                     help="take the subjects measured in DIR/consistency.json (same settings) "
                          "instead of measuring them, so that runs of one subject each, side "
@@ -222,6 +253,22 @@ def main(argv=None):
         taken = [s for s in prev["meta"]["subjects"] if any(s in new[m] for m in held)]
         log.info("%s: %s already measured%s", src, ", ".join(taken) or "no new subject",
                  "" if held == methods else f" ({', '.join(held)})")
+    # what an interrupted run of the same settings measured of a subject it had not
+    # finished, image by image (Atropos takes about a minute per image on one thread)
+    settings = json.loads(json.dumps(now))
+    partial: dict = {}
+    for subj in subjects:
+        todo = [m for m in methods if subj not in done[m]]
+        for cname in conds:
+            path = partial_path(out, subj, cname)
+            if todo and path.exists():
+                if not args.resume:
+                    log.info("%s: an interrupted run's images, measured again (--resume "
+                             "continues them)", path)
+                    continue
+                partial[subj, cname] = load_partial(
+                    path, {"settings": settings, "phantom_seed": seed_of(subj),
+                           "methods": todo})
     out.mkdir(parents=True, exist_ok=True)  # after the checks: a refusal writes nothing
     if any(s not in done[m] for m in models for s in subjects):  # a merge runs no network
         for mod in models.values():
@@ -243,7 +290,19 @@ def main(argv=None):
             vols = {m: [] for m in todo}
             soft = {m: [] for m in todo}
             dices = {m: [] for m in todo}
-            for i in range(n):
+            key = {"settings": settings, "phantom_seed": seed_of(subj), "methods": todo}
+            path = partial_path(out, subj, cname)
+            first_restart, first_failure = len(restarts), len(failures)
+            part = partial.get((subj, cname), {"wall_s": 0.0})
+            if "vols" in part:
+                vols, soft, dices = part["vols"], part["soft"], part["dices"]
+                restarts += part["restarts"]
+                failures += part["failures"]
+                log.info("%s %s: %d of %d images already measured (%s)", subj, cname,
+                         len(vols[todo[0]]), n, path.name)
+            t_cond = time.time() - part["wall_s"]
+            t0 -= part["wall_s"]
+            for i in range(len(vols[todo[0]]), n):
                 p = {k: v[i:i + 1] for k, v in params.items()}
                 sig = gen.simulate_patch(seq, p, cmaps, frac)[0].abs()
                 img = sig * mask
@@ -279,6 +338,10 @@ def main(argv=None):
                     vols[m].append([int((lab == k).sum()) for k in (1, 2, 3)])
                     dices[m].append([dice(lab, ref["anatomy"], k) for k in (1, 2, 3)]
                                     + [dice(lab, ref["pgs"], k) for k in (1, 2, 3)])
+                save_partial(path, key, {"vols": vols, "soft": soft, "dices": dices,
+                                         "restarts": restarts[first_restart:],
+                                         "failures": failures[first_failure:],
+                                         "wall_s": time.time() - t_cond})
                 log.info("%s %s %d/%d (%.0f s)", subj, cname, i + 1, n, time.time() - t0)
             truth = np.array([float((anatomy == k).sum()) for k in (1, 2, 3)])
             for m in todo:
@@ -298,6 +361,8 @@ def main(argv=None):
         write_results(out, results, curves, models, args,
                       [s for s in subjects if all(s in done[m] for m in methods)],
                       t0, final=False, failures=failures, restarts=restarts)
+        for cname in conds:  # the subject is in consistency.json now
+            partial_path(out, subj, cname).unlink(missing_ok=True)
     print(write_results(out, results, curves, models, args, subjects, t0, final=True,
                         failures=failures, restarts=restarts))
 

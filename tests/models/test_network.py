@@ -894,6 +894,63 @@ def test_consistency_benchmark_physics_clamp_tells_the_training_space(label_dir,
     assert merged["per_subject"] == runs["none"]["per_subject"]
 
 
+def test_consistency_benchmark_resume_continues_an_interrupted_subject(label_dir, tmp_path,
+                                                                      monkeypatch, caplog):
+    """A run stopped in the middle of a subject (Atropos: a minute per image, hours per
+    subject) keeps the images it measured; --resume measures only the rest and writes
+    what an uninterrupted run writes, then drops the partial file. Without --resume the
+    subject is measured again; under other settings the partial file is refused."""
+    bench, phys, common = _one_model_consistency_args(label_dir, tmp_path, "mprage-id")
+    common = [a for a in common if a != "--no-atropos"]
+    bench.main(common + ["--out", str(tmp_path / "whole")])
+    whole = json.loads((tmp_path / "whole" / "consistency.json").read_text())
+    assert not list((tmp_path / "whole").glob(".partial-*"))
+    real, calls = bench.sliding_window_logits, []
+
+    def stopped_at_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real(*a, **k)
+
+    monkeypatch.setattr(bench, "sliding_window_logits", stopped_at_third)
+    out = tmp_path / "stopped"
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(common + ["--out", str(out)])
+    monkeypatch.setattr(bench, "sliding_window_logits", real)
+    part = json.loads((out / ".partial-head_b-mprage-id.json").read_text())
+    assert [len(part["vols"][m]) for m in (phys, "atropos")] == [2, 2]
+    assert not (out / "consistency.json").exists()
+    kept = (out / ".partial-head_b-mprage-id.json").read_bytes()
+    with pytest.raises(SystemExit, match="other settings"):
+        bench.main(common + ["--out", str(out), "--resume", "--window", "32"])
+    assert (out / ".partial-head_b-mprage-id.json").read_bytes() == kept
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        bench.main(common + ["--out", str(out), "--resume"])
+    assert "2 of 3 images already measured" in caplog.text
+    assert "head_b mprage-id 2/3" not in caplog.text and "head_b mprage-id 3/3" in caplog.text
+    resumed = json.loads((out / "consistency.json").read_text())
+    for key in ("per_subject", "curves", "summary"):
+        assert resumed[key] == whole[key]
+    for key in ("atropos_failures", "atropos_restarts"):
+        assert resumed["meta"][key] == whole["meta"][key]
+    assert resumed["meta"]["wall_s"] > 0
+    assert not list(out.glob(".partial-*"))
+    # without --resume the images are measured again (and the same)
+    shutil.rmtree(out)
+    monkeypatch.setattr(bench, "sliding_window_logits", stopped_at_third)
+    calls.clear()
+    with pytest.raises(KeyboardInterrupt):
+        bench.main(common + ["--out", str(out)])
+    monkeypatch.setattr(bench, "sliding_window_logits", real)
+    caplog.clear()
+    with caplog.at_level("INFO"):
+        bench.main(common + ["--out", str(out)])
+    assert "measured again" in caplog.text and "head_b mprage-id 1/3" in caplog.text
+    assert json.loads((out / "consistency.json").read_text())["per_subject"] == whole["per_subject"]
+
+
 @pytest.mark.gpu
 def test_consistency_benchmark_on_cuda_measures_what_the_cpu_does(label_dir, tmp_path):
     """--device cuda runs the networks on the GPU over the same CPU-made images: the
