@@ -256,6 +256,10 @@ def main(argv=None):
     # what an interrupted run of the same settings measured of a subject it had not
     # finished, image by image (Atropos takes about a minute per image on one thread)
     settings = json.loads(json.dumps(now))
+
+    def partial_key(subj: str, todo: list[str]) -> dict:
+        """What a subject's saved images must have been measured with to be continued."""
+        return {"settings": settings, "phantom_seed": seed_of(subj), "methods": todo}
     partial: dict = {}
     for subj in subjects:
         todo = [m for m in methods if subj not in done[m]]
@@ -266,9 +270,7 @@ def main(argv=None):
                     log.info("%s: an interrupted run's images, measured again (--resume "
                              "continues them)", path)
                     continue
-                partial[subj, cname] = load_partial(
-                    path, {"settings": settings, "phantom_seed": seed_of(subj),
-                           "methods": todo})
+                partial[subj, cname] = load_partial(path, partial_key(subj, todo))
     out.mkdir(parents=True, exist_ok=True)  # after the checks: a refusal writes nothing
     if any(s not in done[m] for m in models for s in subjects):  # a merge runs no network
         for mod in models.values():
@@ -290,7 +292,7 @@ def main(argv=None):
             vols = {m: [] for m in todo}
             soft = {m: [] for m in todo}
             dices = {m: [] for m in todo}
-            key = {"settings": settings, "phantom_seed": seed_of(subj), "methods": todo}
+            key = partial_key(subj, todo)
             path = partial_path(out, subj, cname)
             first_restart, first_failure = len(restarts), len(failures)
             part = partial.get((subj, cname), {"wall_s": 0.0})
