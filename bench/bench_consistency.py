@@ -62,6 +62,7 @@ import numpy as np
 import torch
 
 from phys_bids.classical import ClassicalSegmentationError
+from phys_bids.harmonise import REFERENCE, HarmonisationError, Harmoniser, harmonise
 from phys_bids.models.inference import FLIP_TTA, sliding_window_logits
 from phys_bids.physics.spaces import SPACES, TRAINING_SPACES
 from phys_bids.synth import load_head
@@ -102,6 +103,16 @@ def told_acquisition(clamp: str, sequence: str, params: dict) -> dict:
     if clamp == "contrast":
         return nearest_training_acquisition(sequence, params)
     return params
+
+
+def harmonisable(sequence: str, params: dict) -> bool:
+    """Whether ``--harmonise`` re-renders an image of this acquisition (its tissue curve
+    can be inverted, phys_bids.harmonise) or it is segmented as acquired."""
+    try:
+        Harmoniser(sequence, {k: float(v.reshape(-1)[0]) for k, v in params.items()})
+    except HarmonisationError:
+        return False
+    return True
 
 
 def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor,
@@ -169,6 +180,12 @@ def main(argv=None):
                          "(ParameterSpace.clamp), contrast = the training acquisition with "
                          "the nearest reference-tissue contrast at 3 T "
                          "(nearest_training_acquisition)")
+    ap.add_argument("--harmonise", action="store_true",
+                    help="re-render each image at the reference protocol (MPRAGE TI 0.9 s) by "
+                         "the signal equation before segmenting it (phys_bids.harmonise; every "
+                         "method), and tell the physics branch that protocol; images whose "
+                         "tissue curve cannot be inverted are segmented as acquired (counted "
+                         "in the results: harmonised_share)")
     ap.add_argument("--device", default="cpu",
                     help="where the networks run (cpu, cuda; float32, no TF32): the phantoms "
                          "and images are made on the CPU either way, so a device changes only "
@@ -212,8 +229,8 @@ def main(argv=None):
     # resumed or merged only when all of them agree
     now = {"n_images": args.n_images, "window": args.window, "seed": args.seed,
            "flip_tta": args.flip_tta, "physics_clamp": args.physics_clamp,
-           "device": dev.type, "conditions": ",".join(conds), "methods": ",".join(methods),
-           "models": models_meta(models)}
+           "harmonise": args.harmonise, "device": dev.type, "conditions": ",".join(conds),
+           "methods": ",".join(methods), "models": models_meta(models)}
     sources = ([out] if args.resume and (out / "consistency.json").exists() else []) + [
         Path(d) for d in args.merge]
     wall = 0.0
@@ -309,7 +326,12 @@ def main(argv=None):
                 sig = gen.simulate_patch(seq, p, cmaps, frac)[0].abs()
                 img = sig * mask
                 img = img / img[mask].mean()
-                told = told_acquisition(args.physics_clamp, seq, p)
+                told_seq, told = seq, told_acquisition(args.physics_clamp, seq, p)
+                if args.harmonise and harmonisable(seq, p):
+                    img, _ = harmonise(img, mask, seq, p)
+                    img = img / img[mask].mean()
+                    told_seq = REFERENCE[0]
+                    told = {k: torch.tensor([v]) for k, v in REFERENCE[1].items()}
                 for m in todo:
                     ref = on_cpu if m == "atropos" else on_dev
                     if m == "atropos":
@@ -329,7 +351,7 @@ def main(argv=None):
                             continue
                     else:
                         mod = models[m]
-                        phys = (mod.encoder.encode(seq, told, device=dev) if mod.physics
+                        phys = (mod.encoder.encode(told_seq, told, device=dev) if mod.physics
                                 else None)
                         logits = sliding_window_logits(mod.network, img[None, None].to(dev),
                                                        phys, window=args.window, overlap=0.25,
@@ -355,7 +377,9 @@ def main(argv=None):
                 # curve of the plot; SPGR: which draws of TR, TE and flip angle move them)
                 curves.setdefault(m, {}).setdefault(cname, []).append(
                     {**{k: t.tolist() for k, t in params.items()}, "volumes": v.tolist(),
-                     "subject": subj})
+                     "subject": subj, **({"harmonised": [
+                         harmonisable(seq, {k: t[i:i + 1] for k, t in params.items()})
+                         for i in range(n)]} if args.harmonise else {})})
         # partial results after every subject: a long background run stopped early still
         # leaves the subjects it finished
         for m in todo:
@@ -439,7 +463,8 @@ def earlier_run(path: Path, now: dict, option: str) -> dict:
         raise SystemExit(f"{option}: {path} does not exist")
     prev = json.loads(path.read_text())
     results = prev["per_subject"]
-    missing = {"flip_tta": "none", "physics_clamp": "none", "device": "cpu",
+    missing = {"flip_tta": "none", "physics_clamp": "none", "harmonise": False,
+               "device": "cpu",
                "conditions": conditions_of(results), "methods": ",".join(results)}
     other = {k: prev["meta"].get(k, missing.get(k, v)) for k, v in now.items()}
     theirs, ours = other["methods"].split(","), now["methods"].split(",")
@@ -477,7 +502,9 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
     summary = summarise(results)
     meta = {"n_images": args.n_images, "subjects": subjects, "complete": final,
             "window": args.window, "flip_tta": args.flip_tta,
-            "physics_clamp": args.physics_clamp, "device": torch.device(args.device).type,
+            "physics_clamp": args.physics_clamp, "harmonise": args.harmonise,
+            "harmonised_share": harmonised_share(curves),
+            "device": torch.device(args.device).type,
             "conditions": conditions_of(results),
             "seed": args.seed, "models": models_meta(models),
             "atropos": "k-means 3 classes, 5 iterations, constant seed, restarted from the "
@@ -497,6 +524,18 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
     (out / "consistency.md").write_text(md)
     plot(curves, out / "volume_vs_ti.png")
     return md
+
+
+def harmonised_share(curves: dict) -> dict:
+    """Per condition, the share of the images ``--harmonise`` re-rendered (the rest were
+    segmented as acquired); empty without it."""
+    out = {}
+    for per in curves.values():
+        for c, rows in per.items():
+            flags = [f for r in rows for f in r.get("harmonised", [])]
+            if flags:
+                out[c] = round(sum(flags) / len(flags), 4)
+    return out
 
 
 def contrast_split(curves: dict, share: float = 0.25) -> dict:
@@ -632,6 +671,11 @@ def markdown(summary, meta) -> str:
                             "reference-tissue contrast"}[meta.get("physics_clamp", "none")]
              + ("" if meta.get("device", "cpu") == "cpu"
                 else f"; networks on {meta['device']}")
+             + ("" if not meta.get("harmonise") else
+                "; images re-rendered at MPRAGE TI 0.9 s by the signal equation (--harmonise; "
+                "share re-rendered per condition: " + ", ".join(
+                    f"{c} {100 * v:.0f} %" for c, v in meta.get("harmonised_share", {}).items())
+                + ")")
              + ".", ""]
     if meta.get("atropos_failures"):
         lines += [f"Atropos failed on {len(meta['atropos_failures'])} image(s) (left out of "

@@ -894,6 +894,36 @@ def test_consistency_benchmark_physics_clamp_tells_the_training_space(label_dir,
     assert merged["per_subject"] == runs["none"]["per_subject"]
 
 
+def test_consistency_benchmark_harmonise_re_renders_what_it_can(label_dir, tmp_path):
+    """--harmonise re-renders every image whose tissue curve can be inverted at the
+    reference protocol and tells the network that protocol (other volumes than the run
+    without it); the MPRAGE TI where tissues fold (0.42 s of 7 OOD images) is segmented
+    as acquired and flagged per image; the share is recorded and printed, and a run
+    without --harmonise is not resumed with it."""
+    bench, phys, common = _one_model_consistency_args(label_dir, tmp_path,
+                                                      "mprage-id,mprage-ood")
+    common = [a if a != "3" else "7" for a in common]  # 7 images: TI 0.1, 0.42, ..., 2.0
+    runs = {}
+    for name, extra in (("off", []), ("on", ["--harmonise"])):
+        bench.main(common + extra + ["--out", str(tmp_path / name)])
+        runs[name] = json.loads((tmp_path / name / "consistency.json").read_text())
+    assert runs["off"]["meta"]["harmonise"] is False
+    assert runs["off"]["meta"]["harmonised_share"] == {}
+    meta = runs["on"]["meta"]
+    (ood,) = runs["on"]["curves"][phys]["mprage-ood"]
+    assert ood["harmonised"] == [bench.harmonisable("MPRAGE", {"ti": torch.tensor([t])})
+                                 for t in ood["ti"]]
+    assert ood["harmonised"][1] is False and sum(ood["harmonised"]) >= 4
+    assert meta["harmonise"] is True and meta["harmonised_share"] == {
+        "mprage-id": 1.0, "mprage-ood": round(sum(ood["harmonised"]) / 7, 4)}
+    soft = {k: r["per_subject"][phys]["mprage-id"][0]["soft_volume_error_pct"]
+            for k, r in runs.items()}
+    assert soft["on"] != soft["off"]
+    assert "re-rendered at MPRAGE TI 0.9 s" in (tmp_path / "on" / "consistency.md").read_text()
+    with pytest.raises(SystemExit, match="harmonise False"):
+        bench.main(common + ["--harmonise", "--resume", "--out", str(tmp_path / "off")])
+
+
 def test_consistency_benchmark_resume_continues_an_interrupted_subject(label_dir, tmp_path,
                                                                       monkeypatch, caplog):
     """A run stopped in the middle of a subject (Atropos: a minute per image, hours per
