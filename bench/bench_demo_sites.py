@@ -13,6 +13,9 @@ compares, per tissue:
 
     python bench/bench_demo_sites.py --out docs/results/demo-sites --omp-nthreads 2
 
+``--harmonise-contrast`` runs participant with that option (each image re-rendered at
+the reference protocol by the signal equation before segmentation, phys_bids.harmonise).
+
 writes ``demo_sites.json`` and ``demo_sites.md``; every step's time is in the
 runs' ``logs/*/steps.tsv``.
 """
@@ -75,19 +78,22 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default="docs/results/demo-sites")
     ap.add_argument("--omp-nthreads", type=int, default=2)
     ap.add_argument("--models", default="seg-physics,seg-baseline")
+    ap.add_argument("--harmonise-contrast", action="store_true",
+                    help="pass --harmonise-contrast to participant (recorded in the results)")
     args = ap.parse_args(argv)
     work = Path(args.work)
     bids = work / "bids"
     if not bids.exists():
         write_demo_dataset(bids)
     truth = demo_truth()
-    results = {"truth_ml": truth, "models": {}}
+    results = {"truth_ml": truth, "harmonise_contrast": args.harmonise_contrast, "models": {}}
     for model in args.models.split(","):
         out = work / f"out-{model}"
         clear(out, work / "work")
         seconds = run([str(bids), str(out), "participant", "-w", str(work / "work"),
                        "--model", model, "--omp-nthreads", str(args.omp_nthreads),
-                       "--nprocs", str(args.omp_nthreads)])
+                       "--nprocs", str(args.omp_nthreads)]
+                      + (["--harmonise-contrast"] if args.harmonise_contrast else []))
         run([str(bids), str(out), "group", "-w", str(work / "work")])
         effects = json.loads((out / "group" / "site_effects.json").read_text())
         with open(out / "group" / "volumes.tsv", newline="") as f:

@@ -144,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "seg-physics-film below seg-physics in 5 of 6 columns; the shipped "
                         "seg-physics hears little of it (docs/segmentation.md) "
                         "(default: %(default)s)")
+    g.add_argument("--harmonise-contrast", action="store_true",
+                   help="re-render each T1w at the reference protocol (MPRAGE, TI 0.9 s) by "
+                        "the signal equation along the prior tissue curve before segmenting "
+                        "it, and tell the physics branch that protocol; an acquisition whose "
+                        "tissue curve folds or is too flat (MPRAGE TI 0.2-0.55 s, low-flip "
+                        "SPGR) is segmented as acquired, with a warning. Off by default "
+                        "(docs/segmentation.md, 'Contrast harmonisation')")
     g.add_argument("--qmri-model", default="auto", metavar="NAME",
                    help="network estimating PD, R1, R2* and MT maps from each T1w, from which "
                         "the harmonised image is synthesised: auto = qmri-physics when "
@@ -357,6 +364,7 @@ def run(args, argv: list[str]) -> int:
                         worker=args.pydra_worker, slurm_args=args.slurm_args,
                         overwrite=args.overwrite, mc_samples=args.mc_samples,
                         physics_clamp=args.physics_clamp,
+                        harmonise_contrast=args.harmonise_contrast,
                         protocol_file=str(Path(args.protocol_file).resolve())
                         if args.protocol_file else None, qmri_model=qmri_model,
                         reference_protocol=str(Path(args.reference_protocol).resolve())

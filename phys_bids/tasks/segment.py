@@ -20,9 +20,14 @@ TISSUES = {k: name for k, name in enumerate(TARGETS) if k}
 @python.define(outputs=["probseg", "dseg", "mask", "sd", "mc_volumes"])
 def Segment(in_template: File, mask: File, transform: File, template: File, model: str,
             model_sha256: str, sequence: str, params: dict, threads: int = 1,
-            device: str = "cpu", mc_samples: int = 0, seed: int = 0, label: str = ""
-            ) -> tuple[File, File, File, File, list]:
+            device: str = "cpu", mc_samples: int = 0, seed: int = 0, label: str = "",
+            harmonise_from: dict | None = None) -> tuple[File, File, File, File, list]:
     """Tissue probabilities (background, GM, WM, CSF) of a template-space brain.
+
+    With ``harmonise_from`` (``{"sequence", "params", "field_strength"}`` of the
+    acquisition) the brain is first re-rendered at the reference protocol by the signal
+    equation (:func:`phys_bids.harmonise.harmonise`) and ``sequence``/``params`` are
+    that protocol's.
 
     With ``mc_samples`` > 0 the probabilities are the Monte-Carlo mean, ``sd`` their
     per-voxel standard deviation and ``mc_volumes`` the per-sample GM, WM, CSF volumes
@@ -46,7 +51,18 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
         img = nib.load(str(in_template))
         m = to_template(nib.load(str(mask)), tpl, transform, interpolation="nearestNeighbor")
         mdata = np.asanyarray(m.dataobj) > 0
-        res = segment_brain(loaded, img.get_fdata(dtype=np.float32), mdata, sequence, params,
+        data = img.get_fdata(dtype=np.float32)
+        if harmonise_from:
+            import torch
+
+            from phys_bids.harmonise import REFERENCE, harmonise
+
+            sequence, params = REFERENCE[0], dict(REFERENCE[1])
+            t, _ = harmonise(torch.from_numpy(data), torch.from_numpy(mdata),
+                             harmonise_from["sequence"], harmonise_from["params"],
+                             field_strength=harmonise_from.get("field_strength", 3.0))
+            data = t.numpy().astype(np.float32)
+        res = segment_brain(loaded, data, mdata, sequence, params,
                             threads=threads, device=device, mc_samples=mc_samples, seed=seed)
         probs = np.moveaxis(res.probabilities, 0, -1)
         hdr = img.header.copy()

@@ -76,6 +76,9 @@ class Settings:
     #: "none" the acquisition itself, "contrast" the training acquisition of nearest
     #: reference-tissue contrast (:func:`~phys_bids.synth.tissues.nearest_training_acquisition`)
     physics_clamp: str = "none"
+    #: re-render each image at the reference protocol by the signal equation before
+    #: segmenting it (:mod:`phys_bids.harmonise`), telling the physics branch that protocol
+    harmonise_contrast: bool = False
 
     @cached_property
     def _protocol_text(self) -> str:
@@ -100,8 +103,9 @@ class Settings:
                  "reference": self.reference} if self.qmri_model else {})
         # only when set, so that outputs made before the option keep their digest
         clamp = {} if self.physics_clamp == "none" else {"physics_clamp": self.physics_clamp}
+        harm = {"harmonise_contrast": True} if self.harmonise_contrast else {}
         key = json.dumps({"model": self.model, "sha": model_sha256, "template": template,
-                          **qmri, **clamp,
+                          **qmri, **clamp, **harm,
                           "skull_strip": self.skull_strip, "seed": self.seed,
                           "mc_samples": self.mc_samples,
                           "threads": self.omp_nthreads, "protocol": self._protocol_text,
@@ -136,10 +140,29 @@ class PreparedRun:
     #: what the physics branch is told instead of ``params`` (``--physics-clamp``); None:
     #: ``params`` themselves. The qMRI estimate and every record keep ``params``.
     told_params: dict | None = None
+    #: the acquisition the image is re-rendered from at the reference protocol before
+    #: segmentation (``--harmonise-contrast``; :func:`phys_bids.harmonise.harmonise`):
+    #: ``{"sequence", "params", "field_strength"}``, empty when it is segmented as acquired
+    harmonise_from: dict = field(default_factory=dict)
+    #: why ``--harmonise-contrast`` left the image as acquired ("" when it did not)
+    harmonise_refused: str = ""
 
     @property
     def segmentation_params(self) -> dict:
+        if self.harmonise_from:
+            from ..harmonise import REFERENCE
+
+            return dict(REFERENCE[1])
         return self.params if self.told_params is None else self.told_params
+
+    @property
+    def segmentation_sequence(self) -> str:
+        """The sequence the physics branch is told (the reference's when re-rendered)."""
+        if self.harmonise_from:
+            from ..harmonise import REFERENCE
+
+            return REFERENCE[0]
+        return self.sequence
 
     def told_text(self, params: dict | None = None) -> str:
         """The parameters outside the training space as the branch was told them (or as
@@ -160,12 +183,16 @@ class PreparedRun:
 
 
 def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
-                physics: bool, physics_clamp: str = "none") -> PreparedRun:
+                physics: bool, physics_clamp: str = "none",
+                harmonise_contrast: bool = False) -> PreparedRun:
     """Check the image and read its acquisition (raises :class:`SubjectError`).
 
     ``physics_clamp="contrast"``: a physics model is told, for an acquisition outside its
     training space, the training acquisition of nearest reference-tissue contrast at the
-    sidecar's field strength instead of one it would extrapolate to."""
+    sidecar's field strength instead of one it would extrapolate to.
+    ``harmonise_contrast``: the image is re-rendered at the reference protocol before
+    segmentation where its tissue curve can be inverted (else segmented as acquired, with
+    a warning); the clamp then does not apply."""
     try:
         check_anatomical(run.path)
     except InputImageError as err:
@@ -183,7 +210,9 @@ def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
             raise SubjectError(f"{run.name}: {err}") from None
         return PreparedRun(run, "unknown", {}, {}, False, ["sequence"],
                            [f"acquisition not read ({err}); the baseline model does not "
-                            "need it"])
+                            "need it"],
+                           harmonise_refused="the acquisition was not read" if harmonise_contrast
+                           else "")
     inside, outside = in_training_space(acq.sequence, params)
     warnings = list(acq.warnings)
     if not inside:
@@ -195,11 +224,23 @@ def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
     if acq.sequence in ("MPRAGE", "SPGR"):
         contrast = float(wm_gm_contrast(acq.sequence, params, field_t)[0])
     told = None
-    if physics and not inside and physics_clamp == "contrast" and outside != ["sequence"]:
+    harmonise_from: dict = {}
+    refused = ""
+    if harmonise_contrast:
+        from ..harmonise import HarmonisationError, Harmoniser
+
+        try:
+            Harmoniser(acq.sequence, params, field_strength=field_t)
+            harmonise_from = {"sequence": acq.sequence, "params": dict(params),
+                              "field_strength": field_t}
+        except (HarmonisationError, KeyError, ValueError) as err:
+            refused = str(err)
+    if (physics and not inside and physics_clamp == "contrast" and outside != ["sequence"]
+            and not harmonise_from):
         near = nearest_training_acquisition(acq.sequence, params, field_t)
         told = {k: float(v[0]) for k, v in near.items()}
     prepared = PreparedRun(run, acq.sequence, params, sources, inside, outside, warnings,
-                           contrast, field_t, told)
+                           contrast, field_t, told, harmonise_from, refused)
     if told is not None:
         warnings.append(f"physics branch told {prepared.told_text()} (the training "
                         "acquisition of nearest tissue contrast, --physics-clamp contrast) "
@@ -219,11 +260,14 @@ def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict,
                    seg_params: dict, model: str, model_sha256: str,
                    skull_strip: str = "deepbet", threads: int = 1, seed: int = 0,
                    device: str = "cpu", mc_samples: int = 0, label: str = "",
-                   qmri_model: str = "", qmri_sha256: str = "", reference: dict | None = None):
+                   qmri_model: str = "", qmri_sha256: str = "", reference: dict | None = None,
+                   harmonise_from: dict | None = None):
     """One T1w run: preprocessing, segmentation on the model grid, back to native; with a
     ``qmri_model``, qMRI maps and the image harmonised to ``reference`` too. ``params``:
     the acquisition (qMRI); ``seg_params``: what the segmentation's physics branch is
-    told (``params``, or a training acquisition with ``--physics-clamp``)."""
+    told (``params``, or a training acquisition with ``--physics-clamp``);
+    ``harmonise_from``: the acquisition the image is re-rendered from at the reference
+    protocol before segmentation (``--harmonise-contrast``; empty: as acquired)."""
     strip = workflow.add(SkullStrip(in_file=in_file, method=skull_strip, threads=threads,
                                     label=label))
     n4 = workflow.add(N4BiasCorrect(in_file=strip.brain, mask=strip.mask, threads=threads,
@@ -233,7 +277,7 @@ def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict,
     seg = workflow.add(Segment(in_template=reg.out_file, mask=strip.mask,
                                transform=reg.transform, template=template, model=model,
                                model_sha256=model_sha256, sequence=sequence,
-                               params=seg_params,
+                               params=seg_params, harmonise_from=harmonise_from or {},
                                threads=threads, device=device, mc_samples=mc_samples,
                                seed=seed, label=label))
     nat = workflow.add(ToNative(probseg=seg.probseg, native=in_file, mask=strip.mask,
@@ -257,16 +301,18 @@ def Participant(in_files: list[File], labels: list[str], sequences: list[str],
                 model_sha256: str,
                 skull_strip: str = "deepbet", threads: int = 1, seed: int = 0,
                 device: str = "cpu", mc_samples: int = 0, qmri_model: str = "",
-                qmri_sha256: str = "", reference: dict | None = None):
+                qmri_sha256: str = "", reference: dict | None = None,
+                harmonise_from: list[dict] | None = None):
     """All T1w runs of one subject (a split of :class:`T1wRunWorkflow`)."""
     runs = workflow.add(
         T1wRunWorkflow(template=template, model=model, model_sha256=model_sha256,
                        skull_strip=skull_strip, threads=threads, seed=seed, device=device,
                        mc_samples=mc_samples, qmri_model=qmri_model,
                        qmri_sha256=qmri_sha256, reference=reference)
-        .split(("in_file", "label", "sequence", "params", "seg_params"), in_file=in_files,
-               label=labels, sequence=sequences, params=params,
-               seg_params=seg_params)
+        .split(("in_file", "label", "sequence", "params", "seg_params", "harmonise_from"),
+               in_file=in_files, label=labels, sequence=sequences, params=params,
+               seg_params=seg_params,
+               harmonise_from=harmonise_from or [{} for _ in in_files])
         .combine("in_file"), name="run")
     return tuple(getattr(runs, o) for o in _RUN_OUTPUTS)
 
@@ -282,6 +328,7 @@ def participant_workflow(prepared: list[PreparedRun], *, template: Path, model: 
                        sequences=[p.sequence for p in prepared],
                        params=[p.params for p in prepared],
                        seg_params=[p.segmentation_params for p in prepared],
+                       harmonise_from=[p.harmonise_from for p in prepared],
                        template=template, model=model,
                        model_sha256=model_sha256, skull_strip=skull_strip, threads=threads,
                        seed=seed, device=device, mc_samples=mc_samples, qmri_model=qmri_model,
@@ -320,7 +367,8 @@ def run_subject(subject: str, runs: list[T1wRun], *, settings: Settings, bids_ro
         raise SubjectError(f"sub-{subject}: ambiguous runs {', '.join(dup)} share every entity;"
                            " keep one of each or filter with --bids-filter-file")
     prepared = [prepare_run(r, bids_root, settings.protocol, physics=model.physics,
-                            physics_clamp=settings.physics_clamp) for r in runs]
+                            physics_clamp=settings.physics_clamp,
+                            harmonise_contrast=settings.harmonise_contrast) for r in runs]
     sha = model.manifest["weights_sha256"]
     qsha = qmri.manifest["weights_sha256"] if qmri is not None else None
     digest = settings.digest(sha, template.name, qsha)
@@ -382,6 +430,14 @@ def _provenance(p: PreparedRun, settings: Settings, template, model, digest: str
         "OutsideTrainingSpace": p.outside,
         "PhysicsClamp": settings.physics_clamp,
         "PhysicsToldParameters": p.segmentation_params if model.physics else None,
+        **({"ContrastHarmonisation": {
+            "Applied": bool(p.harmonise_from),
+            "Reference": {"Sequence": p.segmentation_sequence if p.harmonise_from else None,
+                          "Parameters": p.segmentation_params if p.harmonise_from else None},
+            "Description": "image re-rendered at the reference protocol by the signal "
+                           "equation along the prior tissue curve before segmentation "
+                           "(--harmonise-contrast; docs/segmentation.md)"}}
+           if settings.harmonise_contrast else {}),
         "PredictedContrast": None if p.wm_gm_contrast is None else {
             "WMGM": round(p.wm_gm_contrast, 4), "FieldStrength": p.contrast_field_strength,
             "Low": p.low_contrast,
@@ -632,6 +688,9 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
                          f" (physics branch told {p.told_text()}: --physics-clamp contrast)"))
         if p.low_contrast:
             qc.append(p.low_contrast_note())
+        if p.harmonise_refused:
+            qc.append("contrast harmonisation not applied, segmented as acquired: "
+                      + p.harmonise_refused)
         figures = report.run_figures(writer, src, subject, {**out, "raw": p.run.path},
                                      template)
         vfig = report.volumes_figure(writer, src, vols, stats, calibrated)

@@ -349,6 +349,49 @@ def test_physics_clamp_tells_the_network_a_training_acquisition(tmp_path):
     assert plain["ConfigurationDigest"] != clamped["ConfigurationDigest"]
 
 
+def test_harmonise_contrast_re_renders_what_it_can_and_says_what_it_did(tmp_path):
+    """--harmonise-contrast: the MPRAGE at TI 1.1 s is re-rendered at the reference
+    protocol and segmented by a physics branch told that protocol (another segmentation
+    than without the option; the acquisition is kept in the provenance); the one a
+    protocol file puts at TI 0.3 s, where tissues fold, is segmented as acquired with a
+    warning; the setting is part of the configuration digest."""
+    from phys_bids.harmonise import REFERENCE
+
+    bids = write_demo_dataset(tmp_path / "bids", subjects=1, size=40, seed=5,
+                              anatomy="phantom")
+    proto = tmp_path / "protocol.json"
+    proto.write_text(json.dumps({"PhysBIDSProtocol": 1, "runs": [
+        {"match": "sub-01_ses-siteA_T1w", "fields": {"InversionTime": 0.3}}]}))
+    common = ["participant", "--omp-nthreads", "2", "--skip-bids-validation",
+              "--session-label", "siteA", "siteB", "--mc-samples", "0", "--qmri-model",
+              "none", "--protocol-file", proto]
+    runs = {}
+    for name, extra in (("plain", []), ("harm", ["--harmonise-contrast"])):
+        out = tmp_path / name
+        r = cli(bids, out, *common, "-w", tmp_path / f"work-{name}", *extra)
+        assert r.returncode == 0, r.stderr
+        runs[name] = {"err": r.stderr}
+        for ses in ("siteA", "siteB"):
+            anat = out / f"sub-01/ses-{ses}/anat"
+            prov = json.loads((anat / f"sub-01_ses-{ses}_dseg.json").read_text())["PhysBIDS"]
+            gm = nib.load(anat / f"sub-01_ses-{ses}_label-GM_probseg.nii.gz").get_fdata()
+            runs[name][ses] = (prov, gm)
+    plain, harm = runs["plain"], runs["harm"]
+    assert "ContrastHarmonisation" not in plain["siteB"][0]
+    applied, refused = harm["siteB"][0], harm["siteA"][0]
+    assert applied["ContrastHarmonisation"]["Applied"] is True
+    assert applied["ContrastHarmonisation"]["Reference"] == {
+        "Sequence": REFERENCE[0], "Parameters": dict(REFERENCE[1])}
+    assert applied["PhysicsToldParameters"] == dict(REFERENCE[1])
+    assert applied["Acquisition"]["Parameters"] == plain["siteB"][0]["Acquisition"]["Parameters"]
+    assert not np.allclose(plain["siteB"][1], harm["siteB"][1], atol=1e-4)
+    assert refused["ContrastHarmonisation"]["Applied"] is False
+    assert refused["PhysicsToldParameters"] == {"ti": 0.3}
+    assert np.array_equal(plain["siteA"][1], harm["siteA"][1])
+    assert "contrast harmonisation not applied, segmented as acquired" in harm["err"]
+    assert applied["ConfigurationDigest"] != plain["siteB"][0]["ConfigurationDigest"]
+
+
 @pytest.mark.skipif("qmri-physics" not in available_models(kind="qmri"),
                     reason="the qMRI model is not installed")
 def test_qmri_maps_are_plausible_estimates_and_the_harmonised_image_has_its_protocol(study):
