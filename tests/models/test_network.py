@@ -922,6 +922,22 @@ def test_consistency_benchmark_harmonise_re_renders_what_it_can(label_dir, tmp_p
     assert "re-rendered at MPRAGE TI 0.9 s" in (tmp_path / "on" / "consistency.md").read_text()
     with pytest.raises(SystemExit, match="harmonise False"):
         bench.main(common + ["--harmonise", "--resume", "--out", str(tmp_path / "off")])
+    # bench/compare_harmonise.py: the CoV over the re-rendered images of each run
+    compare = bench_script("compare_harmonise")
+    compare.main(["--control", str(tmp_path / "off"), "--harmonised", str(tmp_path / "on"),
+                  "--out", str(tmp_path / "cmp")])
+    cmp = json.loads((tmp_path / "cmp" / "harmonise_vs_control.json").read_text())[phys]
+    flags = np.array(ood["harmonised"])
+    for run, doc in (("control", runs["off"]), ("harmonised", runs["on"])):
+        (curve,) = doc["curves"][phys]["mprage-ood"]
+        want = compare.cov(np.array(curve["volumes"], dtype=np.float64)[flags])
+        got = cmp["mprage-ood"]["rendered"][run]["mean"]
+        assert [got[t] for t in ("GM", "WM", "CSF")] == pytest.approx(want, abs=0.006)
+    assert cmp["mprage-id"]["rendered"] == cmp["mprage-id"]["all"]
+    assert cmp["mprage-ood"]["rendered_share"] == pytest.approx(flags.mean(), abs=1e-3)
+    with pytest.raises(SystemExit, match="without --harmonise"):
+        compare.main(["--control", str(tmp_path / "on"), "--harmonised", str(tmp_path / "on"),
+                      "--out", str(tmp_path / "cmp")])
 
 
 def test_consistency_benchmark_resume_continues_an_interrupted_subject(label_dir, tmp_path,

@@ -1,0 +1,131 @@
+#!/usr/bin/env python
+"""The consistency benchmark with and without contrast harmonisation, side by side.
+
+Reads ``consistency.json`` files of ``bench/bench_consistency.py`` measured on the
+same images (subjects, image count, phantom seed, window, weights; else it refuses):
+``--control`` without ``--harmonise`` (repeatable: each condition is taken from the
+first control folder whose file has its per-image volumes) and ``--harmonised`` with it.
+For every network and condition it gives the CoV of the volumes (x10^3, mean +- SD over
+subjects) of both runs, over every image and over the images the harmonised run
+re-rendered (``harmonised`` in its curves; the others it segmented as acquired, so both
+runs hold the same volumes there), Dice vs anatomy and the hard volume error.
+
+    python bench/compare_harmonise.py --control docs/results/consistency \\
+        --control docs/results/consistency-harmonise/control-spgr \\
+        --harmonised docs/results/consistency-harmonise --out docs/results/consistency-harmonise
+
+writes ``harmonise_vs_control.md`` and ``.json`` under --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+TISSUES = ("GM", "WM", "CSF")
+#: settings both runs must share (a file from before flip TTA and the clamp were
+#: recorded ran without them)
+SAME = {"n_images": None, "seed": None, "window": None, "subjects": None,
+        "flip_tta": "none", "physics_clamp": "none"}
+
+
+def cov(v: np.ndarray) -> np.ndarray:
+    """10^3 SD / mean per tissue of an (images, 3) volume array (population SD, as the
+    benchmark's ``cov_x1e3``)."""
+    return 1e3 * v.std(0) / v.mean(0)
+
+
+def compare(controls: list[dict], harmonised: dict) -> dict:
+    """Per network and condition: the CoV over every image and over the re-rendered ones
+    (mean and SD over subjects, both runs), Dice and hard volume error (both runs)."""
+    out: dict = {}
+    for m, per in harmonised["curves"].items():
+        for c, rows in per.items():
+            held = [d for d in controls if c in d["curves"].get(m, {})]
+            if not held:
+                raise SystemExit(f"no --control holds the per-image volumes of {m} {c}")
+            control = held[0]
+            cells: dict = {"all": {"control": [], "harmonised": []},
+                           "rendered": {"control": [], "harmonised": []}}
+            ctrl_rows = {r["subject"]: r for r in control["curves"][m][c]}
+            share = []
+            for r in rows:
+                flags = np.array(r["harmonised"], dtype=bool)
+                share.append(flags.mean())
+                for run, vols in (("control", ctrl_rows[r["subject"]]["volumes"]),
+                                  ("harmonised", r["volumes"])):
+                    v = np.asarray(vols, dtype=np.float64)
+                    cells["all"][run].append(cov(v))
+                    if flags.sum() >= 2:
+                        cells["rendered"][run].append(cov(v[flags]))
+            summary = {k: {run: None if not x else {
+                "mean": dict(zip(TISSUES, np.mean(x, 0).round(2).tolist(), strict=True)),
+                "sd": dict(zip(TISSUES, np.std(x, 0).round(2).tolist(), strict=True))}
+                for run, x in d.items()} for k, d in cells.items()}
+            for run, doc in (("control", control), ("harmonised", harmonised)):
+                s = doc["summary"][m][c]
+                summary.setdefault("dice_anatomy", {})[run] = {
+                    t: round(s["dice_anatomy"][t][0], 3) for t in TISSUES}
+                summary.setdefault("volume_error_pct", {})[run] = {
+                    t: round(s["volume_error_pct"][t][0], 1) for t in TISSUES}
+            summary["rendered_share"] = round(float(np.mean(share)), 3)
+            out.setdefault(m, {})[c] = summary
+    return out
+
+
+def markdown(result: dict) -> str:
+    def trio(d):
+        return " / ".join(f"{d['mean'][t]:.1f}" for t in TISSUES) if d else "n/a"
+    lines = ["| model | condition | share re-rendered | CoV x10^3 GM / WM / CSF, control | "
+             "harmonised | over the re-rendered images: control | harmonised | Dice "
+             "control | Dice harmonised | volume error % control | harmonised |",
+             "| --- " * 11 + "|"]
+    for m, per in result.items():
+        for c, s in per.items():
+            lines.append(
+                f"| {m} | {c} | {100 * s['rendered_share']:.0f} % | "
+                f"{trio(s['all']['control'])} | **{trio(s['all']['harmonised'])}** | "
+                f"{trio(s['rendered']['control'])} | **{trio(s['rendered']['harmonised'])}** | "
+                + " | ".join(" / ".join(f"{s[k][run][t]:{f}}" for t in TISSUES)
+                             for k, f in (("dice_anatomy", ".3f"), ("volume_error_pct", "+.1f"))
+                             for run in ("control", "harmonised")) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--control", required=True, action="append",
+                    help="folder of a run without --harmonise (repeatable)")
+    ap.add_argument("--harmonised", required=True, help="folder of the run with --harmonise")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    ctrls = [json.loads((Path(d) / "consistency.json").read_text()) for d in args.control]
+    harm = json.loads((Path(args.harmonised) / "consistency.json").read_text())
+    if any(c["meta"].get("harmonise") for c in ctrls) or not harm["meta"].get("harmonise"):
+        raise SystemExit("--control must be a run without --harmonise, --harmonised one with it")
+    for folder, ctrl in zip(args.control, ctrls, strict=True):
+        differs = [k for k, missing in SAME.items()
+                   if ctrl["meta"].get(k, missing) != harm["meta"].get(k, missing)]
+        for m in harm["curves"]:
+            a = ctrl["meta"]["models"].get(m, {}).get("weights_sha256")
+            if a != harm["meta"]["models"][m]["weights_sha256"]:
+                differs.append(f"{m} weights")
+        if differs:
+            raise SystemExit(f"{folder} and {args.harmonised} differ in " + ", ".join(differs)
+                             + ": not the same images and networks")
+    result = compare(ctrls, harm)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "harmonise_vs_control.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = markdown(result)
+    (out / "harmonise_vs_control.md").write_text(md)
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
