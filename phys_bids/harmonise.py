@@ -8,6 +8,8 @@ PhyCHarm paper's "image of another protocol" but with the signal equation alone:
 1. **Tissue curve.** Brain tissue is modelled as a one-parameter family: along R1, from
    CSF through cortical and deep GM to WM, PD, R2* and MT are interpolated linearly
    between the prior class means at the field strength (``phys_bids.synth.tissues``).
+   Where deep GM folds it (its R2* is higher than cortical GM's and WM's, so at long TE
+   it is darker than both), the curve runs from cortical GM straight to WM.
    The acquisition's signal equation maps the curve to intensities ``S_a(R1)``, the
    reference protocol's to ``S_ref(R1)``.
 2. **Gain.** The image is ``g S_a`` for an unknown scanner gain ``g``. It is fitted as
@@ -19,10 +21,12 @@ PhyCHarm paper's "image of another protocol" but with the signal equation alone:
    SPGR and long-TI MPRAGE phantoms against 1.5-2.3 % without it).
 3. **Remap.** Each voxel's intensity ``x`` is read as the R1 of the curve that gives
    ``x / g`` and replaced by ``S_ref`` of that R1: one monotone intensity transform per
-   acquisition. It is defined only where ``S_a`` is strictly monotone over the brain's
-   R1 range (magnitude images near a tissue null, e.g. MPRAGE at TI 0.3-0.5 s, fold the
-   curve) and where the tissues keep a contrast that can be inverted; otherwise
-   :class:`HarmonisationError` says why and the caller segments the image as acquired.
+   acquisition. It is defined only where ``S_a`` is strictly monotone from the CSF to
+   the WM prior mean (magnitude images near a tissue null, e.g. MPRAGE at TI 0.2-0.55
+   s, fold the curve; beyond the two means, over the within-class spread, the curve is
+   kept as far as it stays monotone and held at its ends after) and where the tissues
+   keep a contrast that can be inverted; otherwise :class:`HarmonisationError` says why
+   and the caller segments the image as acquired.
 
 The network is then told the reference acquisition. What the transform cannot
 restore: within-class variation of PD or R2* off the curve, and partial-volume
@@ -90,8 +94,29 @@ class Harmoniser:
         r1 = np.array([self.classes[c]["r1"] for c in CURVE_CLASSES])
         if np.any(np.diff(r1) <= 0):
             raise HarmonisationError(f"prior R1 means not increasing CSF -> WM: {r1}")
-        self._knots = {k: np.array([self.classes[c][k] for c in CURVE_CLASSES])
+        try:
+            self._build(CURVE_CLASSES, simulate)
+        except HarmonisationError:
+            # deep GM's higher R2* folds the curve between the two GM classes at long TE
+            # (GM on both sides, so nothing of the segmentation depends on it): the curve
+            # from CSF through cortical GM straight to WM instead
+            self._build(GAIN_CLASSES, simulate)
+        self.class_signal = self.curve_signal(torch.as_tensor(r1))
+        knots = self.class_signal[[CURVE_CLASSES.index(c) for c in self.curve_classes]]
+        rel = np.abs(np.diff(knots.numpy())) / knots.abs().max().item()
+        if rel.min() < MIN_STEP:
+            raise HarmonisationError(
+                f"{self.sequence} {self._fmt()}: neighbouring tissues differ by "
+                f"{100 * rel.min():.1f} % of the brightest (< {100 * MIN_STEP:.0f} %), too "
+                "little contrast to invert")
+
+    def _build(self, classes: tuple, simulate) -> None:
+        """The curve through the prior means of ``classes`` (in order of R1), its signal
+        at the acquisition and at the reference; refused where it folds."""
+        self.curve_classes = classes
+        self._knots = {k: np.array([self.classes[c][k] for c in classes])
                        for k in ("pd", "r1", "r2s", "mt")}
+        r1 = self._knots["r1"]
         self.r1 = torch.linspace(self.r1_range[0] * r1[0], self.r1_range[1] * r1[-1], self.n,
                                  dtype=torch.float64)
         maps = self._maps(self.r1)
@@ -100,20 +125,25 @@ class Harmoniser:
         rseq, rpar = self.reference
         self.ref_signal = simulate(rseq, maps, {k: torch.tensor([v], dtype=torch.float64)
                                                 for k, v in rpar.items()})[0]
+        # monotone from the CSF to the WM prior mean, else refused; beyond them (the
+        # within-class spread) the curve is kept as far as it stays monotone
+        x = self.r1.numpy()
+        lo, hi = int(np.searchsorted(x, r1[0])), int(np.searchsorted(x, r1[-1]))
         steps = np.diff(self.signal.numpy())
-        self.monotone = 1 if np.all(steps > 0) else -1 if np.all(steps < 0) else 0
-        self.class_signal = self.curve_signal(torch.as_tensor(r1))
+        core = steps[lo:hi]
+        self.monotone = 1 if np.all(core > 0) else -1 if np.all(core < 0) else 0
         if self.monotone == 0:
             raise HarmonisationError(
                 f"{self.sequence} {self._fmt()}: the magnitude signal is not monotone in R1 "
-                "over the brain's range (it folds: two tissues give one intensity, e.g. near "
-                "a tissue's null), so intensities cannot be read as R1")
-        rel = np.abs(np.diff(self.class_signal.numpy())) / self.class_signal.abs().max().item()
-        if rel.min() < MIN_STEP:
-            raise HarmonisationError(
-                f"{self.sequence} {self._fmt()}: neighbouring tissues differ by "
-                f"{100 * rel.min():.1f} % of the brightest (< {100 * MIN_STEP:.0f} %), too "
-                "little contrast to invert")
+                "from CSF to WM (it folds: two tissues give one intensity, e.g. near a "
+                "tissue's null), so intensities cannot be read as R1")
+        while lo > 0 and steps[lo - 1] * self.monotone > 0:
+            lo -= 1
+        while hi < len(steps) and steps[hi] * self.monotone > 0:
+            hi += 1
+        keep = slice(lo, hi + 1)
+        self.r1, self.signal, self.ref_signal = (self.r1[keep], self.signal[keep],
+                                                 self.ref_signal[keep])
 
     def _fmt(self) -> str:
         return ", ".join(f"{k}={v:g}" for k, v in self.params.items())
