@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from phys_bids.harmonise import REFERENCE, HarmonisationError, Harmoniser, harmonise
+from phys_bids.harmonise import (
+    CURVE_CLASSES,
+    GAIN_CLASSES,
+    REFERENCE,
+    HarmonisationError,
+    Harmoniser,
+    harmonise,
+)
+from phys_bids.physics import simulate
 from phys_bids.synth import load_head
 from phys_bids.synth.evaluation import phantom
 from tests.phantoms import write_phantom
@@ -91,6 +99,19 @@ def test_a_curve_that_cannot_be_inverted_is_refused(sequence, params, why):
     not say the R1: refused with the reason, not re-rendered."""
     with pytest.raises(HarmonisationError, match=why):
         Harmoniser(sequence, params)
+
+
+def test_a_fold_between_the_two_gm_classes_takes_the_curve_past_deep_gm():
+    """At long TE deep GM (higher R2*) is darker than cortical GM: the curve through it
+    folds with GM on both sides, so it runs from cortical GM straight to WM instead; a
+    fold with GM brighter than WM (GM and WM on one intensity) is still refused."""
+    assert Harmoniser("MPRAGE", {"ti": 0.9}).curve_classes == CURVE_CLASSES
+    h = Harmoniser("SPGR", {"tr": 0.0976, "te": 0.0085, "fa": 33.27})
+    assert h.curve_classes == GAIN_CLASSES and h.monotone == 1
+    with pytest.raises(HarmonisationError, match="not monotone"):  # through deep GM: folds
+        h._build(CURVE_CLASSES, simulate)
+    with pytest.raises(HarmonisationError, match="not monotone"):
+        Harmoniser("SPGR", {"tr": 0.1389, "te": 0.0073, "fa": 21.27})
 
 
 def test_too_few_brain_voxels_for_the_gain_are_refused():
