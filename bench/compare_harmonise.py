@@ -4,7 +4,8 @@
 Reads ``consistency.json`` files of ``bench/bench_consistency.py`` measured on the
 same images (subjects, image count, phantom seed, window, weights; else it refuses):
 ``--control`` without ``--harmonise`` (repeatable: each condition is taken from the
-first control folder whose file has its per-image volumes) and ``--harmonised`` with it.
+first control folder whose file has its per-image volumes) and ``--harmonised`` with it
+(repeatable: runs of other conditions).
 For every network and condition it gives the CoV of the volumes (x10^3, mean +- SD over
 subjects) of both runs, over every image and over the images the harmonised run
 re-rendered (``harmonised`` in its curves; the others it segmented as acquired, so both
@@ -12,7 +13,9 @@ runs hold the same volumes there), Dice vs anatomy and the hard volume error.
 
     python bench/compare_harmonise.py --control docs/results/consistency \\
         --control docs/results/consistency-harmonise/control-spgr \\
-        --harmonised docs/results/consistency-harmonise --out docs/results/consistency-harmonise
+        --harmonised docs/results/consistency-harmonise/mprage \\
+        --harmonised docs/results/consistency-harmonise/spgr \\
+        --out docs/results/consistency-harmonise
 
 writes ``harmonise_vs_control.md`` and ``.json`` under --out.
 """
@@ -20,6 +23,7 @@ writes ``harmonise_vs_control.md`` and ``.json`` under --out.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 from pathlib import Path
 
@@ -38,11 +42,12 @@ def cov(v: np.ndarray) -> np.ndarray:
     return 1e3 * v.std(0) / v.mean(0)
 
 
-def compare(controls: list[dict], harmonised: dict) -> dict:
+def compare(controls: list[dict], harmonised_runs: list[dict]) -> dict:
     """Per network and condition: the CoV over every image and over the re-rendered ones
     (mean and SD over subjects, both runs), Dice and hard volume error (both runs)."""
     out: dict = {}
-    for m, per in harmonised["curves"].items():
+    for harmonised, m, per in ((h, m, per) for h in harmonised_runs
+                               for m, per in h["curves"].items()):
         for c, rows in per.items():
             held = [d for d in controls if c in d["curves"].get(m, {})]
             if not held:
@@ -100,14 +105,17 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--control", required=True, action="append",
                     help="folder of a run without --harmonise (repeatable)")
-    ap.add_argument("--harmonised", required=True, help="folder of the run with --harmonise")
+    ap.add_argument("--harmonised", required=True, action="append",
+                    help="folder of a run with --harmonise (repeatable)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     ctrls = [json.loads((Path(d) / "consistency.json").read_text()) for d in args.control]
-    harm = json.loads((Path(args.harmonised) / "consistency.json").read_text())
-    if any(c["meta"].get("harmonise") for c in ctrls) or not harm["meta"].get("harmonise"):
+    harms = [json.loads((Path(d) / "consistency.json").read_text()) for d in args.harmonised]
+    if (any(c["meta"].get("harmonise") for c in ctrls)
+            or not all(h["meta"].get("harmonise") for h in harms)):
         raise SystemExit("--control must be a run without --harmonise, --harmonised one with it")
-    for folder, ctrl in zip(args.control, ctrls, strict=True):
+    for (folder, ctrl), (hfolder, harm) in itertools.product(
+            zip(args.control, ctrls, strict=True), zip(args.harmonised, harms, strict=True)):
         differs = [k for k, missing in SAME.items()
                    if ctrl["meta"].get(k, missing) != harm["meta"].get(k, missing)]
         for m in harm["curves"]:
@@ -115,9 +123,9 @@ def main(argv=None) -> int:
             if a != harm["meta"]["models"][m]["weights_sha256"]:
                 differs.append(f"{m} weights")
         if differs:
-            raise SystemExit(f"{folder} and {args.harmonised} differ in " + ", ".join(differs)
+            raise SystemExit(f"{folder} and {hfolder} differ in " + ", ".join(differs)
                              + ": not the same images and networks")
-    result = compare(ctrls, harm)
+    result = compare(ctrls, harms)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "harmonise_vs_control.json").write_text(json.dumps(result, indent=1) + "\n")
