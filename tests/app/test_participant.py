@@ -314,19 +314,26 @@ def test_monte_carlo_bounds_in_the_volumes_table_and_uncertainty_maps(tmp_path):
     assert "MC [Q1, Q3]" in (out / "sub-01.html").read_text()
 
 
-def test_physics_clamp_tells_the_network_a_training_acquisition(tmp_path):
-    """--physics-clamp contrast: an MPRAGE at TI 0.3 s (outside the training space) is
-    segmented by a physics branch told a training TI, recorded beside the real
-    acquisition, which the scan keeps (and stays flagged by); the segmentation differs
-    from the one told TI 0.3 s, and the setting is part of the configuration digest."""
+def _demo_at_ti_0_3(tmp_path, *sessions):
+    """A one-subject demo dataset whose siteA MPRAGE a protocol file puts at TI 0.3 s
+    (outside the training space; tissues fold there), and the participant arguments
+    that process ``sessions`` of it without MC sampling or qMRI."""
     bids = write_demo_dataset(tmp_path / "bids", subjects=1, size=40, seed=5,
                               anatomy="phantom")
     proto = tmp_path / "protocol.json"
     proto.write_text(json.dumps({"PhysBIDSProtocol": 1, "runs": [
         {"match": "sub-01_ses-siteA_T1w", "fields": {"InversionTime": 0.3}}]}))
-    common = ["participant", "--omp-nthreads", "2", "--skip-bids-validation",
-              "--session-label", "siteA", "--mc-samples", "0", "--qmri-model", "none",
-              "--protocol-file", proto]
+    return bids, ["participant", "--omp-nthreads", "2", "--skip-bids-validation",
+                  "--session-label", *sessions, "--mc-samples", "0", "--qmri-model", "none",
+                  "--protocol-file", proto]
+
+
+def test_physics_clamp_tells_the_network_a_training_acquisition(tmp_path):
+    """--physics-clamp contrast: an MPRAGE at TI 0.3 s (outside the training space) is
+    segmented by a physics branch told a training TI, recorded beside the real
+    acquisition, which the scan keeps (and stays flagged by); the segmentation differs
+    from the one told TI 0.3 s, and the setting is part of the configuration digest."""
+    bids, common = _demo_at_ti_0_3(tmp_path, "siteA")
     runs = {}
     for clamp in ("none", "contrast"):
         out = tmp_path / clamp
@@ -357,14 +364,7 @@ def test_harmonise_contrast_re_renders_what_it_can_and_says_what_it_did(tmp_path
     warning; the setting is part of the configuration digest."""
     from phys_bids.harmonise import REFERENCE
 
-    bids = write_demo_dataset(tmp_path / "bids", subjects=1, size=40, seed=5,
-                              anatomy="phantom")
-    proto = tmp_path / "protocol.json"
-    proto.write_text(json.dumps({"PhysBIDSProtocol": 1, "runs": [
-        {"match": "sub-01_ses-siteA_T1w", "fields": {"InversionTime": 0.3}}]}))
-    common = ["participant", "--omp-nthreads", "2", "--skip-bids-validation",
-              "--session-label", "siteA", "siteB", "--mc-samples", "0", "--qmri-model",
-              "none", "--protocol-file", proto]
+    bids, common = _demo_at_ti_0_3(tmp_path, "siteA", "siteB")
     runs = {}
     for name, extra in (("plain", []), ("harm", ["--harmonise-contrast"])):
         out = tmp_path / name
