@@ -62,7 +62,7 @@ import numpy as np
 import torch
 
 from phys_bids.classical import ClassicalSegmentationError
-from phys_bids.harmonise import REFERENCE, HarmonisationError, Harmoniser, harmonise
+from phys_bids.harmonise import REFERENCE, HarmonisationError, Harmoniser
 from phys_bids.models.inference import FLIP_TTA, sliding_window_logits
 from phys_bids.physics.spaces import SPACES, TRAINING_SPACES
 from phys_bids.synth import load_head
@@ -105,14 +105,14 @@ def told_acquisition(clamp: str, sequence: str, params: dict) -> dict:
     return params
 
 
-def harmonisable(sequence: str, params: dict) -> bool:
-    """Whether ``--harmonise`` re-renders an image of this acquisition (its tissue curve
-    can be inverted, phys_bids.harmonise) or it is segmented as acquired."""
+def harmoniser_for(sequence: str, params: dict) -> Harmoniser | None:
+    """The transform ``--harmonise`` re-renders an image of this acquisition with, or
+    None where its tissue curve cannot be inverted (phys_bids.harmonise) and the image
+    is segmented as acquired."""
     try:
-        Harmoniser(sequence, {k: float(v.reshape(-1)[0]) for k, v in params.items()})
+        return Harmoniser(sequence, {k: float(v.reshape(-1)[0]) for k, v in params.items()})
     except HarmonisationError:
-        return False
-    return True
+        return None
 
 
 def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor,
@@ -319,6 +319,9 @@ def main(argv=None):
                 failures += part["failures"]
                 log.info("%s %s: %d of %d images already measured (%s)", subj, cname,
                          len(vols[todo[0]]), n, path.name)
+            # one transform per image, for its re-rendering and its flag in the curves
+            harmonisers = [harmoniser_for(seq, {k: v[i:i + 1] for k, v in params.items()})
+                           if args.harmonise else None for i in range(n)]
             t_cond = time.time() - part["wall_s"]
             t0 -= part["wall_s"]
             for i in range(len(vols[todo[0]]), n):
@@ -327,8 +330,8 @@ def main(argv=None):
                 img = sig * mask
                 img = img / img[mask].mean()
                 told_seq, told = seq, told_acquisition(args.physics_clamp, seq, p)
-                if args.harmonise and harmonisable(seq, p):
-                    img, _ = harmonise(img, mask, seq, p)
+                if harmonisers[i] is not None:
+                    img, _ = harmonisers[i].apply(img, mask)
                     img = img / img[mask].mean()
                     told_seq = REFERENCE[0]
                     told = {k: torch.tensor([v]) for k, v in REFERENCE[1].items()}
@@ -377,9 +380,8 @@ def main(argv=None):
                 # curve of the plot; SPGR: which draws of TR, TE and flip angle move them)
                 curves.setdefault(m, {}).setdefault(cname, []).append(
                     {**{k: t.tolist() for k, t in params.items()}, "volumes": v.tolist(),
-                     "subject": subj, **({"harmonised": [
-                         harmonisable(seq, {k: t[i:i + 1] for k, t in params.items()})
-                         for i in range(n)]} if args.harmonise else {})})
+                     "subject": subj, **({"harmonised": [h is not None for h in harmonisers]}
+                                         if args.harmonise else {})})
         # partial results after every subject: a long background run stopped early still
         # leaves the subjects it finished
         for m in todo:

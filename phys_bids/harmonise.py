@@ -197,6 +197,15 @@ class Harmoniser:
         x = image.detach().cpu().double().numpy() / gain
         return torch.from_numpy(np.interp(x, s, ref)).to(image.dtype)
 
+    def apply(self, image: Tensor, mask: Tensor) -> tuple[Tensor, dict]:
+        """``image`` re-rendered at the reference protocol (zero outside ``mask``), with
+        the gain fitted on its brain and the reference protocol (what to tell the
+        physics branch)."""
+        gain = self.fit_gain(image[mask])
+        out = self.remap(image, gain=gain) * mask
+        return out, {"gain": gain, "reference": {"sequence": self.reference[0],
+                                                 **self.reference[1]}}
+
 
 def harmonise(image: Tensor, mask: Tensor, sequence: str, params: dict, *,
               field_strength: float = 3.0) -> tuple[Tensor, dict]:
@@ -208,6 +217,4 @@ def harmonise(image: Tensor, mask: Tensor, sequence: str, params: dict, *,
     """
     h = Harmoniser(sequence, {k: float(np.asarray(v).reshape(-1)[0]) for k, v in params.items()},
                    field_strength=field_strength)
-    gain = h.fit_gain(image[mask])
-    out = h.remap(image, gain=gain) * mask
-    return out, {"gain": gain, "reference": {"sequence": REFERENCE[0], **REFERENCE[1]}}
+    return h.apply(image, mask)
