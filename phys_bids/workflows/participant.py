@@ -267,9 +267,10 @@ def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict,
     the acquisition (qMRI); ``seg_params``: what the segmentation's physics branch is
     told (``params``, or a training acquisition with ``--physics-clamp``);
     ``harmonise_from``: the acquisition the image is re-rendered from at the reference
-    protocol before segmentation (``--harmonise-contrast``; empty: as acquired)."""
+    protocol before the skull strip's mask and before segmentation
+    (``--harmonise-contrast``; empty: as acquired)."""
     strip = workflow.add(SkullStrip(in_file=in_file, method=skull_strip, threads=threads,
-                                    label=label))
+                                    label=label, harmonise_from=harmonise_from or {}))
     n4 = workflow.add(N4BiasCorrect(in_file=strip.brain, mask=strip.mask, threads=threads,
                                     label=label))
     reg = workflow.add(RegisterToTemplate(in_file=n4.out_file, template=template,
@@ -435,8 +436,9 @@ def _provenance(p: PreparedRun, settings: Settings, template, model, digest: str
             "Reference": {"Sequence": p.segmentation_sequence if p.harmonise_from else None,
                           "Parameters": p.segmentation_params if p.harmonise_from else None},
             "Description": "image re-rendered at the reference protocol by the signal "
-                           "equation along the prior tissue curve before segmentation "
-                           "(--harmonise-contrast; docs/segmentation.md)"}}
+                           "equation along the prior tissue curve before the skull strip's "
+                           "mask and before segmentation (--harmonise-contrast; "
+                           "docs/segmentation.md)"}}
            if settings.harmonise_contrast else {}),
         "PredictedContrast": None if p.wm_gm_contrast is None else {
             "WMGM": round(p.wm_gm_contrast, 4), "FieldStrength": p.contrast_field_strength,

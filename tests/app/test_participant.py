@@ -358,8 +358,9 @@ def test_physics_clamp_tells_the_network_a_training_acquisition(tmp_path):
 
 def test_harmonise_contrast_re_renders_what_it_can_and_says_what_it_did(tmp_path):
     """--harmonise-contrast: the MPRAGE at TI 1.1 s is re-rendered at the reference
-    protocol and segmented by a physics branch told that protocol (another segmentation
-    than without the option; the acquisition is kept in the provenance); the one a
+    protocol, skull-stripped and segmented by a physics branch told that protocol (another
+    mask and segmentation than without the option; the acquisition is kept in the
+    provenance); the one a
     protocol file puts at TI 0.3 s, where tissues fold, is segmented as acquired with a
     warning; the setting is part of the configuration digest."""
     from phys_bids.harmonise import REFERENCE
@@ -375,7 +376,9 @@ def test_harmonise_contrast_re_renders_what_it_can_and_says_what_it_did(tmp_path
             anat = out / f"sub-01/ses-{ses}/anat"
             prov = json.loads((anat / f"sub-01_ses-{ses}_dseg.json").read_text())["PhysBIDS"]
             gm = nib.load(anat / f"sub-01_ses-{ses}_label-GM_probseg.nii.gz").get_fdata()
-            runs[name][ses] = (prov, gm)
+            mask = np.asarray(nib.load(anat / f"sub-01_ses-{ses}_desc-brain_mask.nii.gz")
+                              .dataobj)
+            runs[name][ses] = (prov, gm, mask)
     plain, harm = runs["plain"], runs["harm"]
     assert "ContrastHarmonisation" not in plain["siteB"][0]
     applied, refused = harm["siteB"][0], harm["siteA"][0]
@@ -388,6 +391,9 @@ def test_harmonise_contrast_re_renders_what_it_can_and_says_what_it_did(tmp_path
     assert refused["ContrastHarmonisation"]["Applied"] is False
     assert refused["PhysicsToldParameters"] == {"ti": 0.3}
     assert np.array_equal(plain["siteA"][1], harm["siteA"][1])
+    # the skull strip cuts the re-rendered head, and the refused scan as acquired
+    assert not np.array_equal(plain["siteB"][2], harm["siteB"][2])
+    assert np.array_equal(plain["siteA"][2], harm["siteA"][2])
     assert "contrast harmonisation not applied, segmented as acquired" in harm["err"]
     assert applied["ConfigurationDigest"] != plain["siteB"][0]["ConfigurationDigest"]
 

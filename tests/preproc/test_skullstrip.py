@@ -81,3 +81,37 @@ def test_hd_bet_on_colin27_agrees_with_deepbet(shared_data):
     # CSF) and lies inside deepbet's
     assert (a & ~b).sum() < 0.01 * a.sum()
     assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.8
+
+
+def test_harmoniser_cuts_the_spgr_brain_from_the_reference_contrast(tmp_path):
+    """With a harmoniser the mask is the network's on the head re-rendered at the
+    reference protocol: on the demo's SPGR scan (whose as-acquired mask takes in part of
+    the skull) it holds less non-brain, and it is nearer the same head's MPRAGE mask."""
+    from phys_bids.demo import SITES, _mni_subjects, write_demo_dataset
+    from phys_bids.harmonise import Harmoniser
+    from phys_bids.synth.tissues import CLASSES
+
+    voxel = 2.0
+    root = write_demo_dataset(tmp_path / "demo", subjects=1, voxel=voxel, seed=0)
+    frac = next(_mni_subjects(1, voxel, 0))[0]
+    brain = sum(frac[CLASSES.index(c)] for c in ("gm_cortex", "gm_deep", "wm", "csf"))
+    ml = voxel ** 3 / 1000
+
+    def mask(site, harmonise):
+        img = nib.load(root / f"sub-01/ses-{site}/anat/sub-01_ses-{site}_T1w.nii.gz")
+        h = Harmoniser(SITES[site]["sequence"], SITES[site]["params"]) if harmonise else None
+        res = skull_strip(img, threads=2, harmoniser=h)
+        assert res.warnings == []
+        return np.asarray(res.mask.dataobj) > 0
+
+    spgr, spgr_h, mprage = mask("siteC", False), mask("siteC", True), mask("siteA", False)
+    non_brain = {k: float((1 - brain)[m].sum()) * ml for k, m in
+                 (("as acquired", spgr), ("re-rendered", spgr_h))}
+    # measured 97 -> 41 mL, 32 of 1805 mL of brain left out, Dice 0.962 -> 0.980
+    assert non_brain["re-rendered"] < 0.7 * non_brain["as acquired"], non_brain
+    assert float(brain[~spgr_h].sum()) * ml < 0.05 * float(brain.sum()) * ml  # no brain lost
+
+    def dice(a, b):
+        return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+    assert dice(spgr_h, mprage) > dice(spgr, mprage)
