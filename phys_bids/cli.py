@@ -146,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: %(default)s)")
     g.add_argument("--harmonise-contrast", action="store_true",
                    help="re-render each T1w at the reference protocol (MPRAGE, TI 0.9 s) by "
-                        "the signal equation along the prior tissue curve before segmenting "
-                        "it, and tell the physics branch that protocol; an acquisition whose "
+                        "the signal equation along the prior tissue curve, cut the brain "
+                        "mask from the re-rendered head and segment it, telling the physics "
+                        "branch that protocol; an acquisition whose "
                         "tissue curve folds or is too flat (MPRAGE TI 0.2-0.55 s, low-flip "
                         "SPGR) is segmented as acquired, with a warning. Off by default "
                         "(docs/segmentation.md, 'Contrast harmonisation')")
