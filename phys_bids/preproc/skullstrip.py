@@ -101,7 +101,8 @@ def skull_strip(img: nib.Nifti1Image, *, method: str = "deepbet", threshold: flo
         fits the scanner gain, and on the whole head re-rendered at the reference
         protocol (``harmoniser.remap``, in the image's units), whose mask is returned,
         so that every acquisition's brain is cut from one contrast. Where the gain cannot
-        be fitted the first mask is kept and a warning says so.
+        be fitted, or the second mask holds under half the first's voxels, the first
+        mask is kept and a warning says so.
     """
     if method not in METHODS:
         raise ValueError(f"skull-strip method must be one of {METHODS}, not {method!r}")
