@@ -145,6 +145,13 @@ class Harmoniser:
         self.r1, self.signal, self.ref_signal = (self.r1[keep], self.signal[keep],
                                                  self.ref_signal[keep])
 
+    @classmethod
+    def from_spec(cls, spec: dict) -> Harmoniser:
+        """The transform of a run's ``harmonise_from`` (``{"sequence", "params",
+        "field_strength"}``, what ``participant --harmonise-contrast`` passes its tasks)."""
+        return cls(spec["sequence"], spec["params"],
+                   field_strength=spec.get("field_strength", 3.0))
+
     def _fmt(self) -> str:
         return ", ".join(f"{k}={v:g}" for k, v in self.params.items())
 

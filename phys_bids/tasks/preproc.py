@@ -35,8 +35,7 @@ def SkullStrip(in_file: File, method: str = "deepbet", threads: int = 1, label: 
     if harmonise_from:
         from phys_bids.harmonise import Harmoniser
 
-        harmoniser = Harmoniser(harmonise_from["sequence"], harmonise_from["params"],
-                                field_strength=harmonise_from.get("field_strength", 3.0))
+        harmoniser = Harmoniser.from_spec(harmonise_from)
     with step(label or Path(in_file).name, "skull strip"):
         res = skull_strip(nib.load(str(in_file)), method=method, threads=threads,
                           harmoniser=harmoniser)

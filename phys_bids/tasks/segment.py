@@ -26,7 +26,7 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
 
     With ``harmonise_from`` (``{"sequence", "params", "field_strength"}`` of the
     acquisition) the brain is first re-rendered at the reference protocol by the signal
-    equation (:func:`phys_bids.harmonise.harmonise`) and ``sequence``/``params`` are
+    equation (:meth:`phys_bids.harmonise.Harmoniser.apply`) and ``sequence``/``params`` are
     that protocol's.
 
     With ``mc_samples`` > 0 the probabilities are the Monte-Carlo mean, ``sd`` their
@@ -55,12 +55,11 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
         if harmonise_from:
             import torch
 
-            from phys_bids.harmonise import REFERENCE, harmonise
+            from phys_bids.harmonise import REFERENCE, Harmoniser
 
             sequence, params = REFERENCE[0], dict(REFERENCE[1])
-            t, _ = harmonise(torch.from_numpy(data), torch.from_numpy(mdata),
-                             harmonise_from["sequence"], harmonise_from["params"],
-                             field_strength=harmonise_from.get("field_strength", 3.0))
+            t, _ = Harmoniser.from_spec(harmonise_from).apply(torch.from_numpy(data),
+                                                              torch.from_numpy(mdata))
             data = t.numpy().astype(np.float32)
         res = segment_brain(loaded, data, mdata, sequence, params,
                             threads=threads, device=device, mc_samples=mc_samples, seed=seed)

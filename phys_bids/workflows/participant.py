@@ -229,10 +229,10 @@ def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
     if harmonise_contrast:
         from ..harmonise import HarmonisationError, Harmoniser
 
+        spec = {"sequence": acq.sequence, "params": dict(params), "field_strength": field_t}
         try:
-            Harmoniser(acq.sequence, params, field_strength=field_t)
-            harmonise_from = {"sequence": acq.sequence, "params": dict(params),
-                              "field_strength": field_t}
+            Harmoniser.from_spec(spec)  # the tasks build the same transform from it
+            harmonise_from = spec
         except (HarmonisationError, KeyError, ValueError) as err:
             refused = str(err)
     if (physics and not inside and physics_clamp == "contrast" and outside != ["sequence"]
