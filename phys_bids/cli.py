@@ -149,8 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "the signal equation along the prior tissue curve, cut the brain "
                         "mask from the re-rendered head and segment it, telling the physics "
                         "branch that protocol; an acquisition whose "
-                        "tissue curve folds or is too flat (MPRAGE TI 0.2-0.55 s, low-flip "
-                        "SPGR) is segmented as acquired, with a warning. Off by default "
+                        "tissue curve folds or is too flat (MPRAGE TI about 0.2-0.5 s, "
+                        "SPGR where GM meets WM) is segmented as acquired, with a warning. "
+                        "Off by default "
                         "(docs/segmentation.md, 'Contrast harmonisation')")
     g.add_argument("--qmri-model", default="auto", metavar="NAME",
                    help="network estimating PD, R1, R2* and MT maps from each T1w, from which "

@@ -21,12 +21,16 @@ PhyCHarm paper's "image of another protocol" but with the signal equation alone:
    SPGR and long-TI MPRAGE phantoms against 1.5-2.3 % without it).
 3. **Remap.** Each voxel's intensity ``x`` is read as the R1 of the curve that gives
    ``x / g`` and replaced by ``S_ref`` of that R1: one monotone intensity transform per
-   acquisition. It is defined only where ``S_a`` is strictly monotone from the CSF to
-   the WM prior mean (magnitude images near a tissue null, e.g. MPRAGE at TI 0.2-0.55
-   s, fold the curve; beyond the two means, over the within-class spread, the curve is
-   kept as far as it stays monotone and held at its ends after) and where the tissues
-   keep a contrast that can be inverted; otherwise :class:`HarmonisationError` says why
-   and the caller segments the image as acquired.
+   acquisition. It is defined only where ``S_a`` is monotone from the CSF to the WM
+   prior mean (magnitude images near a tissue null, e.g. MPRAGE at TI 0.2-0.5 s, fold
+   the curve; beyond the two means, over the within-class spread, the curve is kept as
+   far as it stays monotone and held at its ends after) and where the tissues keep a
+   contrast that can be inverted; otherwise :class:`HarmonisationError` says why and
+   the caller segments the image as acquired. A curve whose class means are in order
+   but which runs back by at most :data:`FOLD_TOLERANCE` of the brightest signal
+   between two of them (a kink at a class mean: SPGR near WM's Ernst angle, PD-weighted
+   SPGR next to CSF) is flattened there instead, its flat stretch read at the class
+   mean it touches, so that every class mean still goes to its reference signal.
 
 The network is then told the reference acquisition. What the transform cannot
 restore: within-class variation of PD or R2* off the curve, and partial-volume
@@ -51,8 +55,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CURVE_CLASSES", "GAIN_CLASSES", "REFERENCE", "HarmonisationError", "Harmoniser",
-           "harmonise"]
+__all__ = ["CURVE_CLASSES", "FOLD_TOLERANCE", "GAIN_CLASSES", "MIN_STEP", "REFERENCE",
+           "HarmonisationError", "Harmoniser", "harmonise"]
 
 #: the protocol every image is re-rendered at: static MPRAGE at the centre of the
 #: physics model's MPRAGE training range (TI 0.6-1.2 s)
@@ -64,6 +68,12 @@ GAIN_CLASSES = ("csf", "gm_cortex", "wm")
 #: least relative signal step between neighbouring classes along the curve: below it the
 #: inverse amplifies noise without bound (the low-flip-angle SPGR corner)
 MIN_STEP = 0.02
+#: largest run-back of the curve between the CSF and WM means, as a share of the
+#: brightest signal, that is flattened rather than refused: kinks of the piecewise-linear
+#: tissue curve at a class mean (SPGR near the Ernst angle of WM, PD-weighted SPGR near
+#: CSF) run back by 0.01-1 %, below the noise of a clinical image; a tissue null (MPRAGE
+#: TI 0.2-0.5 s) by 4-30 %
+FOLD_TOLERANCE = 0.01
 
 
 class HarmonisationError(ValueError):
@@ -96,19 +106,29 @@ class Harmoniser:
             raise HarmonisationError(f"prior R1 means not increasing CSF -> WM: {r1}")
         try:
             self._build(CURVE_CLASSES, simulate)
+            self._check_contrast(r1)
         except HarmonisationError:
-            # deep GM's higher R2* folds the curve between the two GM classes at long TE
-            # (GM on both sides, so nothing of the segmentation depends on it): the curve
-            # from CSF through cortical GM straight to WM instead
+            # deep GM's higher R2* folds the curve between the two GM classes at long TE,
+            # or leaves deep and cortical GM nearly alike (GM on both sides, so nothing of
+            # the segmentation depends on it): the curve from CSF through cortical GM
+            # straight to WM instead
             self._build(GAIN_CLASSES, simulate)
-        self.class_signal = self.curve_signal(torch.as_tensor(r1))
+            self._check_contrast(r1)
+
+    def _check_contrast(self, r1: np.ndarray) -> None:
+        """The class signals along the built curve; refused where neighbouring classes of
+        it differ by less than :data:`MIN_STEP` of the brightest."""
+        # the physics at the prior means (not the flattened curve the remap reads)
+        self.class_signal = torch.from_numpy(np.interp(np.asarray(r1), self._r1_raw,
+                                                       self._signal_raw))
         knots = self.class_signal[[CURVE_CLASSES.index(c) for c in self.curve_classes]]
         rel = np.abs(np.diff(knots.numpy())) / knots.abs().max().item()
         if rel.min() < MIN_STEP:
+            k = int(rel.argmin())
             raise HarmonisationError(
-                f"{self.sequence} {self._fmt()}: neighbouring tissues differ by "
-                f"{100 * rel.min():.1f} % of the brightest (< {100 * MIN_STEP:.0f} %), too "
-                "little contrast to invert")
+                f"{self.sequence} {self._fmt()}: {self.curve_classes[k]} and "
+                f"{self.curve_classes[k + 1]} differ by {100 * rel.min():.1f} % of the "
+                f"brightest tissue (< {100 * MIN_STEP:.0f} %), too little contrast to invert")
 
     def _build(self, classes: tuple, simulate) -> None:
         """The curve through the prior means of ``classes`` (in order of R1), its signal
@@ -117,8 +137,9 @@ class Harmoniser:
         self._knots = {k: np.array([self.classes[c][k] for c in classes])
                        for k in ("pd", "r1", "r2s", "mt")}
         r1 = self._knots["r1"]
-        self.r1 = torch.linspace(self.r1_range[0] * r1[0], self.r1_range[1] * r1[-1], self.n,
-                                 dtype=torch.float64)
+        # the class means are grid points: the curve's values there are the class signals
+        self.r1 = torch.from_numpy(np.union1d(
+            np.linspace(self.r1_range[0] * r1[0], self.r1_range[1] * r1[-1], self.n), r1))
         maps = self._maps(self.r1)
         one = {k: torch.as_tensor([float(v)], dtype=torch.float64) for k, v in self.params.items()}
         self.signal = simulate(self.sequence, maps, one)[0]
@@ -127,22 +148,49 @@ class Harmoniser:
                                                 for k, v in rpar.items()})[0]
         # monotone from the CSF to the WM prior mean, else refused; beyond them (the
         # within-class spread) the curve is kept as far as it stays monotone
-        x = self.r1.numpy()
-        lo, hi = int(np.searchsorted(x, r1[0])), int(np.searchsorted(x, r1[-1]))
-        steps = np.diff(self.signal.numpy())
-        core = steps[lo:hi]
-        self.monotone = 1 if np.all(core > 0) else -1 if np.all(core < 0) else 0
+        x, sig = self.r1.numpy(), self.signal.numpy()
+        self._r1_raw, self._signal_raw = x, sig
+        at = np.searchsorted(x, r1)  # grid points of the class means
+        knots = np.diff(sig[at])
+        self.monotone = 1 if np.all(knots > 0) else -1 if np.all(knots < 0) else 0
         if self.monotone == 0:
+            self.excursion = float("inf")
+        else:
+            # between neighbouring class means the curve is clipped to their signals and
+            # made non-decreasing (in the curve's direction): a shallow run-back there (a
+            # kink of the linear PD/R2* interpolation at a class mean) is flattened
+            t = self.monotone * sig
+            flat = t.copy()
+            for i, j in zip(at[:-1], at[1:], strict=True):
+                flat[i:j + 1] = np.maximum.accumulate(np.clip(t[i:j + 1], t[i], t[j]))
+            # how far that moved the curve, as a share of the brightest signal
+            self.excursion = float(np.abs(flat - t).max() / np.abs(sig).max())
+        if self.excursion > FOLD_TOLERANCE:
             raise HarmonisationError(
                 f"{self.sequence} {self._fmt()}: the magnitude signal is not monotone in R1 "
                 "from CSF to WM (it folds: two tissues give one intensity, e.g. near a "
                 "tissue's null), so intensities cannot be read as R1")
+        # a flattened stretch is one intensity for several R1: it is read at the class
+        # mean it touches (the kink's class), else at its middle
+        lo, hi = int(at[0]), int(at[-1])
+        keep = np.zeros(x.size, bool)
+        run_start = lo
+        for k in range(lo + 1, hi + 2):
+            if k <= hi and flat[k] == flat[run_start]:
+                continue
+            run = np.arange(run_start, k)
+            mean = run[np.isin(run, at)]
+            keep[mean[0] if mean.size else run[run.size // 2]] = True
+            run_start = k
+        sig = self.monotone * flat
+        steps = np.diff(sig)
         while lo > 0 and steps[lo - 1] * self.monotone > 0:
             lo -= 1
+            keep[lo] = True
         while hi < len(steps) and steps[hi] * self.monotone > 0:
             hi += 1
-        keep = slice(lo, hi + 1)
-        self.r1, self.signal, self.ref_signal = (self.r1[keep], self.signal[keep],
+            keep[hi] = True
+        self.r1, self.signal, self.ref_signal = (self.r1[keep], torch.from_numpy(sig[keep]),
                                                  self.ref_signal[keep])
 
     @classmethod

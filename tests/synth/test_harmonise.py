@@ -6,6 +6,7 @@ import torch
 
 from phys_bids.harmonise import (
     CURVE_CLASSES,
+    FOLD_TOLERANCE,
     GAIN_CLASSES,
     REFERENCE,
     HarmonisationError,
@@ -81,37 +82,68 @@ def test_remap_is_monotone_and_exact_on_the_curve():
         assert torch.allclose(y, want, rtol=1e-3, atol=1e-6)
         order = np.argsort(s.numpy())
         assert h.monotone == 1 and np.all(np.diff(y.numpy()[order]) >= -1e-12)
-    # no protocol measured so far gives a falling curve over the whole brain (PD/T2*
-    # weighting folds between deep GM and WM), so one is made: the mirror image of TI 0.7 s
-    h = Harmoniser("MPRAGE", {"ti": 0.7})
+    # PD-weighted SPGR (low flip angle, long TR) falls with R1 from CSF to WM
+    h = Harmoniser("SPGR", {"tr": 0.154, "te": 0.015, "fa": 8.76})
     s = h.curve_signal(r1)
-    h.signal, h.monotone = 1.0 - h.signal, -1
-    assert torch.allclose(h.remap(2.0 * (1.0 - s), gain=2.0), want, rtol=1e-3, atol=1e-6)
+    assert h.monotone == -1
+    inside = r1 <= h.r1[-1]  # it turns back past the WM mean, where the curve ends
+    assert 0.8 < float(inside.float().mean()) < 1.0
+    assert torch.allclose(h.remap(2.0 * s, gain=2.0)[inside], want[inside], rtol=1e-3,
+                          atol=1e-6)
 
 
 @pytest.mark.parametrize("sequence, params, why", [
     ("MPRAGE", {"ti": 0.42}, "not monotone"),
-    ("SPGR", {"tr": 0.0572, "te": 0.0094, "fa": 32.6}, "too little contrast"),
+    ("SPGR", {"tr": 0.0738, "te": 0.0074, "fa": 20.14}, "gm_cortex and wm differ by 1.9 %"),
 ])
 def test_a_curve_that_cannot_be_inverted_is_refused(sequence, params, why):
     """Near a tissue null (MPRAGE TI 0.42 s: CSF and GM fold) and where neighbouring
-    tissues are nearly alike (SPGR at the flip angle where GM meets WM) the intensity does
-    not say the R1: refused with the reason, not re-rendered."""
+    tissues are nearly alike (SPGR near the flip angle where GM meets WM) the intensity
+    does not say the R1: refused with the reason, not re-rendered."""
     with pytest.raises(HarmonisationError, match=why):
         Harmoniser(sequence, params)
 
 
-def test_a_fold_between_the_two_gm_classes_takes_the_curve_past_deep_gm():
-    """At long TE deep GM (higher R2*) is darker than cortical GM: the curve through it
-    folds with GM on both sides, so it runs from cortical GM straight to WM instead; a
-    fold with GM brighter than WM (GM and WM on one intensity) is still refused."""
+def test_deep_gm_that_folds_or_matches_the_cortex_takes_the_curve_past_it():
+    """At long TE deep GM (higher R2*) is darker than cortical GM, or nearly as bright:
+    through it the curve folds or has too little contrast, with GM on both sides, so it
+    runs from cortical GM straight to WM instead; a fold with GM brighter than WM (GM and
+    WM on one intensity) is still refused."""
     assert Harmoniser("MPRAGE", {"ti": 0.9}).curve_classes == CURVE_CLASSES
+    r1 = np.array([Harmoniser("MPRAGE", {"ti": 0.9}).classes[c]["r1"] for c in CURVE_CLASSES])
     h = Harmoniser("SPGR", {"tr": 0.0976, "te": 0.0085, "fa": 33.27})
     assert h.curve_classes == GAIN_CLASSES and h.monotone == 1
-    with pytest.raises(HarmonisationError, match="not monotone"):  # through deep GM: folds
-        h._build(CURVE_CLASSES, simulate)
+    h._build(CURVE_CLASSES, simulate)  # through deep GM: 0.7 % from the cortex
+    with pytest.raises(HarmonisationError, match="gm_cortex and gm_deep differ by 0.7 %"):
+        h._check_contrast(r1)
+    with pytest.raises(HarmonisationError, match="not monotone"):  # folds through deep GM
+        Harmoniser("SPGR", {"tr": 0.0969, "te": 0.0199, "fa": 41.0})._build(CURVE_CLASSES,
+                                                                           simulate)
     with pytest.raises(HarmonisationError, match="not monotone"):
         Harmoniser("SPGR", {"tr": 0.1389, "te": 0.0073, "fa": 21.27})
+
+
+@pytest.mark.parametrize("params", [{"tr": 0.183, "te": 0.019, "fa": 53.213},  # near WM
+                                    {"tr": 0.154, "te": 0.015, "fa": 8.76}])  # near CSF
+def test_a_shallow_run_back_at_a_class_mean_is_flattened_not_refused(params):
+    """SPGR curves that overshoot a class mean by 0.1-0.2 % of the brightest signal (a
+    kink of the tissue curve there) are re-rendered: the inverse is strictly monotone and
+    each class's signal still goes to the reference's signal of that class."""
+    h = Harmoniser("SPGR", params)
+    assert 0.0 < h.excursion <= FOLD_TOLERANCE
+    assert np.all(h.monotone * np.diff(h.signal.numpy()) > 0)
+    want = Harmoniser(*REFERENCE).class_signal
+    got = h.remap(5.0 * h.class_signal, gain=5.0)
+    on_curve = [CURVE_CLASSES.index(c) for c in h.curve_classes]
+    assert torch.allclose(got[on_curve], want[on_curve], rtol=1e-9)
+    # the same curve with the run-back 20 times deeper is a fold, refused
+    raw = h._signal_raw
+    t = h.monotone * raw
+    at = np.searchsorted(h._r1_raw, [h.classes[c]["r1"] for c in h.curve_classes])
+    flat = np.maximum.accumulate(np.clip(t[at[0]:at[-1] + 1], t[at[0]], t[at[-1]]))
+    assert np.abs(flat - t[at[0]:at[-1] + 1]).max() / np.abs(raw).max() == pytest.approx(
+        h.excursion, rel=0.2)
+    assert 20 * h.excursion > FOLD_TOLERANCE
 
 
 def test_too_few_brain_voxels_for_the_gain_are_refused():
