@@ -173,15 +173,13 @@ class Harmoniser:
         # a flattened stretch is one intensity for several R1: it is read at the class
         # mean it touches (the kink's class), else at its middle
         lo, hi = int(at[0]), int(at[-1])
+        core = flat[lo:hi + 1]
+        start = np.flatnonzero(np.r_[True, core[1:] != core[:-1]])  # runs of one value
+        end = np.r_[start[1:], core.size]
+        pick = start + (end - start) // 2
+        pick[np.searchsorted(start, at - lo, side="right") - 1] = at - lo
         keep = np.zeros(x.size, bool)
-        run_start = lo
-        for k in range(lo + 1, hi + 2):
-            if k <= hi and flat[k] == flat[run_start]:
-                continue
-            run = np.arange(run_start, k)
-            mean = run[np.isin(run, at)]
-            keep[mean[0] if mean.size else run[run.size // 2]] = True
-            run_start = k
+        keep[lo + pick] = True
         sig = self.monotone * flat
         steps = np.diff(sig)
         while lo > 0 and steps[lo - 1] * self.monotone > 0:

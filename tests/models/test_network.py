@@ -894,6 +894,36 @@ def test_consistency_benchmark_physics_clamp_tells_the_training_space(label_dir,
     assert merged["per_subject"] == runs["none"]["per_subject"]
 
 
+def test_harmonise_rescued_bench_measures_what_session_38_re_renders(label_dir, tmp_path):
+    """bench/bench_harmonise_rescued.py: the acquisitions the earlier rule refused and the
+    present one re-renders (a shallow run-back near WM, not a tissue null), each
+    segmented as acquired and re-rendered against the phantom at the reference protocol,
+    in a JSON and a table."""
+    from phys_bids.harmonise import Harmoniser
+
+    bench = bench_script("bench_harmonise_rescued")
+    assert bench.refused_before("SPGR", {"tr": 0.183, "te": 0.019, "fa": 53.213})
+    assert Harmoniser("SPGR", {"tr": 0.183, "te": 0.019, "fa": 53.213}).excursion > 0
+    assert not bench.refused_before("MPRAGE", {"ti": 0.9})
+    assert bench.refused_before("MPRAGE", {"ti": 0.42})
+    picks = bench.rescued(121, 0)
+    assert picks and all(c in bench.CONDITIONS for c, *_ in picks)
+    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
+    bench.main(["--data", str(label_dir), "--models", str(tmp_path / "phys"), "--subjects",
+                "head_b", "--n", "2", "--window", "16", "--threads", "1", "--out",
+                str(tmp_path / "out")])
+    res = json.loads((tmp_path / "out" / "harmonise_rescued.json").read_text())
+    assert res["meta"]["n_rescued"] == len(picks)
+    rows = res["subjects"]["head_b"]["rows"]
+    assert [(r["condition"], r["index"]) for r in rows] == [(c, i) for c, i, *_ in
+                                                           picks[::len(picks) // 2][:2]]
+    for r in rows:
+        assert all(np.isfinite(r["acquired_pct"] + r["harmonised_pct"]))
+        assert r["excursion"] <= 0.01
+    md = (tmp_path / "out" / "harmonise_rescued.md").read_text()
+    assert f"{len(picks)} of the 121 acquisitions" in md and "| head_b |" in md
+
+
 def test_consistency_benchmark_harmonise_re_renders_what_it_can(label_dir, tmp_path):
     """--harmonise re-renders every image whose tissue curve can be inverted at the
     reference protocol and tells the network that protocol (other volumes than the run
