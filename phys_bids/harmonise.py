@@ -72,7 +72,7 @@ MIN_STEP = 0.02
 #: brightest signal, that is flattened rather than refused: kinks of the piecewise-linear
 #: tissue curve at a class mean (SPGR near the Ernst angle of WM, PD-weighted SPGR near
 #: CSF) run back by 0.01-1 %, below the noise of a clinical image; a tissue null (MPRAGE
-#: TI 0.2-0.5 s) by 4-30 %
+#: TI 0.23-0.51 s) puts the class means out of order or runs back by 2-20 %
 FOLD_TOLERANCE = 0.01
 
 
