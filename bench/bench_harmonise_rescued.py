@@ -102,7 +102,8 @@ def main(argv=None) -> int:
     ap.add_argument("--n-conditions", type=int, default=121,
                     help="acquisitions per condition the rescued ones are taken from")
     ap.add_argument("--seed-conditions", type=int, default=0,
-                    help="seed of the SPGR draws (the consistency benchmark's: 0)")
+                    help="seed of the SPGR draws (default 0: another draw than the "
+                         "consistency benchmark's, whose seed is 2024)")
     ap.add_argument("--window", type=int, default=96)
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)

@@ -136,7 +136,8 @@ def test_a_shallow_run_back_at_a_class_mean_is_flattened_not_refused(params):
     got = h.remap(5.0 * h.class_signal, gain=5.0)
     on_curve = [CURVE_CLASSES.index(c) for c in h.curve_classes]
     assert torch.allclose(got[on_curve], want[on_curve], rtol=1e-9)
-    # the same curve with the run-back 20 times deeper is a fold, refused
+    # the run-back recorded is the one the raw curve has between its class means, and
+    # far inside the tolerance: 20 times deeper it would be refused
     raw = h._signal_raw
     t = h.monotone * raw
     at = np.searchsorted(h._r1_raw, [h.classes[c]["r1"] for c in h.curve_classes])
