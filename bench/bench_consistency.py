@@ -180,12 +180,15 @@ def main(argv=None):
                          "(ParameterSpace.clamp), contrast = the training acquisition with "
                          "the nearest reference-tissue contrast at 3 T "
                          "(nearest_training_acquisition)")
-    ap.add_argument("--harmonise", action="store_true",
+    ap.add_argument("--harmonise", nargs="?", const="landmarks", choices=("curve", "landmarks"),
                     help="re-render each image at the reference protocol (MPRAGE TI 0.9 s) by "
                          "the signal equation before segmenting it (phys_bids.harmonise; every "
                          "method), and tell the physics branch that protocol; images whose "
                          "tissue curve cannot be inverted are segmented as acquired (counted "
-                         "in the results: harmonised_share)")
+                         "in the results: harmonised_share). 'landmarks' (the default, what "
+                         "the application does) then moves the CSF/GM/WM peaks onto the "
+                         "reference signals; 'curve' stops at the tissue curve (what runs "
+                         "before session 39 measured as --harmonise)")
     ap.add_argument("--device", default="cpu",
                     help="where the networks run (cpu, cuda; float32, no TF32): the phantoms "
                          "and images are made on the CPU either way, so a device changes only "
@@ -229,7 +232,7 @@ def main(argv=None):
     # resumed or merged only when all of them agree
     now = {"n_images": args.n_images, "window": args.window, "seed": args.seed,
            "flip_tta": args.flip_tta, "physics_clamp": args.physics_clamp,
-           "harmonise": args.harmonise, "device": dev.type, "conditions": ",".join(conds),
+           "harmonise": args.harmonise or False, "device": dev.type, "conditions": ",".join(conds),
            "methods": ",".join(methods), "models": models_meta(models)}
     sources = ([out] if args.resume and (out / "consistency.json").exists() else []) + [
         Path(d) for d in args.merge]
@@ -331,7 +334,8 @@ def main(argv=None):
                 img = img / img[mask].mean()
                 told_seq, told = seq, told_acquisition(args.physics_clamp, seq, p)
                 if harmonisers[i] is not None:
-                    img, _ = harmonisers[i].apply(img, mask)
+                    img, _ = harmonisers[i].apply(img, mask,
+                                                  landmarks=args.harmonise == "landmarks")
                     img = img / img[mask].mean()
                     told_seq = REFERENCE[0]
                     told = {k: torch.tensor([v]) for k, v in REFERENCE[1].items()}
@@ -469,6 +473,8 @@ def earlier_run(path: Path, now: dict, option: str) -> dict:
                "device": "cpu",
                "conditions": conditions_of(results), "methods": ",".join(results)}
     other = {k: prev["meta"].get(k, missing.get(k, v)) for k, v in now.items()}
+    if other["harmonise"] is True:  # before session 39: the tissue curve alone
+        other["harmonise"] = "curve"
     theirs, ours = other["methods"].split(","), now["methods"].split(",")
     networks = [m for m in theirs if m != "atropos"]
 
@@ -504,7 +510,7 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
     summary = summarise(results)
     meta = {"n_images": args.n_images, "subjects": subjects, "complete": final,
             "window": args.window, "flip_tta": args.flip_tta,
-            "physics_clamp": args.physics_clamp, "harmonise": args.harmonise,
+            "physics_clamp": args.physics_clamp, "harmonise": args.harmonise or False,
             "harmonised_share": harmonised_share(curves),
             "device": torch.device(args.device).type,
             "conditions": conditions_of(results),
@@ -674,7 +680,10 @@ def markdown(summary, meta) -> str:
              + ("" if meta.get("device", "cpu") == "cpu"
                 else f"; networks on {meta['device']}")
              + ("" if not meta.get("harmonise") else
-                "; images re-rendered at MPRAGE TI 0.9 s by the signal equation (--harmonise; "
+                "; images re-rendered at MPRAGE TI 0.9 s by the signal equation"
+                + (", class peaks moved onto the reference signals"
+                   if meta["harmonise"] == "landmarks" else "")
+                + " (--harmonise; "
                 "share re-rendered per condition: " + ", ".join(
                     f"{c} {100 * v:.0f} %" for c, v in meta.get("harmonised_share", {}).items())
                 + ")")

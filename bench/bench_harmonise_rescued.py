@@ -15,7 +15,7 @@ protocol. Per image and tissue: the hard volume's deviation from the reference i
 in %; per subject the mean absolute deviation of both.
 
     python bench/bench_harmonise_rescued.py --models seg-physics --subjects head_12,head_13 \\
-        --n 10 --threads 1 --out docs/results/harmonise-rescued
+        --n 10 --threads 1 --harmonise curve --out docs/results/harmonise-rescued
 
 writes ``harmonise_rescued.json`` and ``.md`` under --out.
 """
@@ -105,6 +105,10 @@ def main(argv=None) -> int:
                     help="seed of the SPGR draws (default 0: another draw than the "
                          "consistency benchmark's, whose seed is 2024)")
     ap.add_argument("--window", type=int, default=96)
+    ap.add_argument("--harmonise", choices=("curve", "landmarks"), default="landmarks",
+                    help="the re-rendering: the tissue curve alone (what session 38 "
+                         "measured) or with the class peaks moved onto the reference "
+                         "signals (Harmoniser.apply's default since session 39)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -133,6 +137,7 @@ def main(argv=None) -> int:
 
     result = {"meta": {"model": models_meta(models), "subjects": subjects, "seed": args.seed,
                        "seed_conditions": args.seed_conditions, "n_rescued": len(picks),
+                       "harmonise": args.harmonise,
                        "n_conditions": args.n_conditions, "window": args.window,
                        "rescued_per_condition": {c: sum(p[0] == c for p in picks)
                                                  for c in CONDITIONS}},
@@ -149,7 +154,7 @@ def main(argv=None) -> int:
             img = gen.simulate_patch(seq, p, cmaps, frac)[0].abs() * mask
             img = img / img[mask].mean()
             h = Harmoniser(seq, q)
-            harm, _ = h.apply(img, mask)
+            harm, _ = h.apply(img, mask, landmarks=args.harmonise == "landmarks")
             dev_acq = 100 * (volumes(img, mask, seq, p) / v_ref - 1)
             dev_harm = 100 * (volumes(harm / harm[mask].mean(), mask, rseq, told_ref) / v_ref
                               - 1)
@@ -185,7 +190,9 @@ def markdown(result: dict) -> str:
              + ") are re-rendered now and were refused before session 38. Volume deviation "
              "from the same phantom imaged at the reference protocol, %, GM / WM / CSF "
              f"(model {', '.join(meta['model'])}, phantom seed {meta['seed']} + subject "
-             "index):", "",
+             "index; re-rendered along the tissue curve"
+             + (", class peaks then moved onto the reference signals"
+                if meta.get("harmonise", "curve") == "landmarks" else " alone") + "):", "",
              "| subject | condition | draw | parameters | run-back | curve | as acquired | "
              "re-rendered |", "| --- " * 8 + "|"]
     fmt = " / ".join(["{:+.1f}"] * 3)

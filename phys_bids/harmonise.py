@@ -31,6 +31,18 @@ PhyCHarm paper's "image of another protocol" but with the signal equation alone:
    between two of them (a kink at a class mean: SPGR near WM's Ernst angle, PD-weighted
    SPGR next to CSF) is flattened there instead, its flat stretch read at the class
    mean it touches, so that every class mean still goes to its reference signal.
+4. **Landmarks.** A subject's tissues are not the prior means: a PD or R1 off the curve
+   is read as another R1, by an amount that depends on the acquisition (the validation
+   phantom head_13, WM PD 0.705 against the prior's 0.69: re-rendered from TI 0.6 s its
+   WM is 0.8 % darker than the image acquired at the reference, from TI 1.2 s 0.6 %
+   brighter, and its GM and CSF volumes move with TI). The re-rendered brain's CSF, GM
+   and WM peaks (a Gaussian mixture with free means started at the reference class
+   signals, :data:`LANDMARK_CLASSES`) are moved onto the reference class signals by a
+   piecewise-linear map (the end segments' slopes beyond), so that every acquisition of
+   one subject has the same class peaks. The price: the subject's own tissue contrast
+   at the reference protocol becomes the prior's. Where the mixture's peaks are out of
+   order or further than :data:`LANDMARK_TOLERANCE` from their targets, the step is
+   left out and the result says why.
 
 The network is then told the reference acquisition. What the transform cannot
 restore: within-class variation of PD or R2* off the curve, and partial-volume
@@ -55,8 +67,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["CURVE_CLASSES", "FOLD_TOLERANCE", "GAIN_CLASSES", "MIN_STEP", "REFERENCE",
-           "HarmonisationError", "Harmoniser", "harmonise"]
+__all__ = ["CURVE_CLASSES", "FOLD_TOLERANCE", "GAIN_CLASSES", "LANDMARK_CLASSES",
+           "LANDMARK_TOLERANCE", "MIN_STEP", "REFERENCE", "HarmonisationError", "Harmoniser",
+           "harmonise"]
 
 #: the protocol every image is re-rendered at: static MPRAGE at the centre of the
 #: physics model's MPRAGE training range (TI 0.6-1.2 s)
@@ -74,6 +87,12 @@ MIN_STEP = 0.02
 #: CSF) run back by 0.01-1 %, below the noise of a clinical image; a tissue null (MPRAGE
 #: TI 0.23-0.51 s) puts the class means out of order or runs back by 2-20 %
 FOLD_TOLERANCE = 0.01
+#: the classes whose peaks in the re-rendered brain are pinned to the reference signals
+LANDMARK_CLASSES = GAIN_CLASSES
+#: largest distance of a re-rendered peak from its reference signal, as a share of the
+#: brightest, that the landmark step corrects; further, the mixture has found another
+#: population (a lesion, a bias field, a mask with skull) and the step is left out
+LANDMARK_TOLERANCE = 0.10
 
 
 class HarmonisationError(ValueError):
@@ -121,6 +140,8 @@ class Harmoniser:
         # the physics at the prior means (not the flattened curve the remap reads)
         self.class_signal = torch.from_numpy(np.interp(np.asarray(r1), self._r1_raw,
                                                        self._signal_raw))
+        self.ref_class_signal = torch.from_numpy(np.interp(np.asarray(r1), self._r1_raw,
+                                                           self._ref_raw))
         knots = self.class_signal[[CURVE_CLASSES.index(c) for c in self.curve_classes]]
         rel = np.abs(np.diff(knots.numpy())) / knots.abs().max().item()
         if rel.min() < MIN_STEP:
@@ -150,6 +171,7 @@ class Harmoniser:
         # within-class spread) the curve is kept as far as it stays monotone
         x, sig = self.r1.numpy(), self.signal.numpy()
         self._r1_raw, self._signal_raw = x, sig
+        self._ref_raw = self.ref_signal.numpy().copy()
         at = np.searchsorted(x, r1)  # grid points of the class means
         knots = np.diff(sig[at])
         self.monotone = 1 if np.all(knots > 0) else -1 if np.all(knots < 0) else 0
@@ -216,30 +238,31 @@ class Harmoniser:
                  ) -> float:
         """Scanner gain of brain intensities ``values`` (1-D): the scale of a Gaussian
         mixture whose means are the signals of :data:`GAIN_CLASSES` times the gain (EM)."""
-        x = values.double().flatten()
-        x = x[torch.isfinite(x)]
-        if x.numel() < 100:
-            raise HarmonisationError(f"{x.numel()} brain voxels: too few to fit the gain")
-        if x.numel() > max_voxels:  # a fixed stride: the same voxels every run
-            x = x[:: int(np.ceil(x.numel() / max_voxels))]
+        x = _brain_sample(values, max_voxels)
         m = self.class_signal.abs()[[CURVE_CLASSES.index(c) for c in GAIN_CLASSES]]
         g = float(x.median() / m.median())
-        var = torch.full_like(m, float((0.1 * x.std()) ** 2 + 1e-12))
-        w = torch.full_like(m, 1.0 / len(m))
-        for _ in range(iterations):
-            mu = g * m
-            ll = (-0.5 * (x[:, None] - mu) ** 2 / var - 0.5 * torch.log(var) + torch.log(w))
-            r = torch.softmax(ll, 1)
-            nk = r.sum(0) + 1e-9
-            g_new = float(((r * x[:, None]) * m / var).sum() / ((r * m ** 2) / var).sum())
-            w = nk / nk.sum()
-            var = ((r * (x[:, None] - g_new * m) ** 2).sum(0) / nk).clamp_min(
-                (1e-3 * g_new * float(m.max())) ** 2)
-            if abs(g_new - g) <= 1e-7 * abs(g):
-                g = g_new
-                break
-            g = g_new
-        return g
+        mu = _mixture(x, g * m, scale_only=True, iterations=iterations)
+        return float(mu.sum() / m.sum())
+
+    def landmarks(self, values: Tensor, *, max_voxels: int = 200_000) -> dict:
+        """The peaks of :data:`LANDMARK_CLASSES` in re-rendered brain intensities
+        ``values`` (reference units, 1-D) and their targets, the reference protocol's
+        class signals: ``{"classes", "peaks", "targets"}``, with ``"skipped"`` (why)
+        where the peaks cannot be trusted (out of order, or further from their targets
+        than :data:`LANDMARK_TOLERANCE` of the brightest)."""
+        t = self.ref_class_signal.abs()[[CURVE_CLASSES.index(c) for c in LANDMARK_CLASSES]]
+        peaks = _mixture(_brain_sample(values, max_voxels), t, scale_only=False)
+        out = {"classes": list(LANDMARK_CLASSES), "peaks": [round(float(v), 6) for v in peaks],
+               "targets": [round(float(v), 6) for v in t]}
+        order = np.sign(np.diff(t.numpy()))
+        off = (peaks - t).abs().max() / t.abs().max()
+        if not np.all(np.sign(np.diff(peaks.numpy())) == order):
+            out["skipped"] = "the re-rendered tissue peaks are out of order"
+        elif off > LANDMARK_TOLERANCE:
+            out["skipped"] = (f"a re-rendered tissue peak lies {100 * off:.0f} % of the "
+                              f"brightest from its reference signal (> "
+                              f"{100 * LANDMARK_TOLERANCE:.0f} %)")
+        return out
 
     def remap(self, image: Tensor, *, gain: float) -> Tensor:
         """Intensities of ``image`` (acquired, gain ``gain``) at the reference protocol,
@@ -250,14 +273,79 @@ class Harmoniser:
         x = image.detach().cpu().double().numpy() / gain
         return torch.from_numpy(np.interp(x, s, ref)).to(image.dtype)
 
-    def apply(self, image: Tensor, mask: Tensor) -> tuple[Tensor, dict]:
+    def apply(self, image: Tensor, mask: Tensor, *, landmarks: bool = True
+              ) -> tuple[Tensor, dict]:
         """``image`` re-rendered at the reference protocol (zero outside ``mask``), with
-        the gain fitted on its brain and the reference protocol (what to tell the
-        physics branch)."""
+        the gain fitted on its brain, the reference protocol (what to tell the physics
+        branch) and, with ``landmarks``, the class peaks moved onto the reference class
+        signals (:meth:`landmarks`; ``info["landmarks"]`` says what was done)."""
         gain = self.fit_gain(image[mask])
-        out = self.remap(image, gain=gain) * mask
-        return out, {"gain": gain, "reference": {"sequence": self.reference[0],
-                                                 **self.reference[1]}}
+        out = self.remap(image, gain=gain)
+        info = {"gain": gain, "reference": {"sequence": self.reference[0],
+                                            **self.reference[1]}}
+        if landmarks:
+            lm = self.landmarks(out[mask])
+            if "skipped" not in lm:
+                out = _piecewise_linear(out, torch.tensor(lm["peaks"], dtype=torch.float64),
+                                        torch.tensor(lm["targets"], dtype=torch.float64))
+            info["landmarks"] = lm
+        return out * mask, info
+
+
+def _brain_sample(values: Tensor, max_voxels: int) -> Tensor:
+    """The finite values of ``values`` as float64, at most ``max_voxels`` of them by a
+    fixed stride (the same voxels every run); refused where under 100."""
+    x = values.double().flatten()
+    x = x[torch.isfinite(x)]
+    if x.numel() < 100:
+        raise HarmonisationError(f"{x.numel()} brain voxels: too few to fit the gain")
+    if x.numel() > max_voxels:
+        x = x[:: int(np.ceil(x.numel() / max_voxels))]
+    return x
+
+
+def _mixture(x: Tensor, means: Tensor, *, scale_only: bool, iterations: int = 200) -> Tensor:
+    """The means of a 1-D Gaussian mixture fitted to ``x`` by EM, started at ``means``:
+    with ``scale_only`` they keep their ratios (one common scale is fitted), else each is
+    free. Weights and widths are free."""
+    m = means.double().clone()
+    mu = m.clone()
+    var = torch.full_like(m, float((0.1 * x.std()) ** 2 + 1e-12))
+    w = torch.full_like(m, 1.0 / len(m))
+    for _ in range(iterations):
+        ll = (-0.5 * (x[:, None] - mu) ** 2 / var - 0.5 * torch.log(var) + torch.log(w))
+        r = torch.softmax(ll, 1)
+        nk = r.sum(0) + 1e-9
+        if scale_only:  # the means are g * m: the least-squares g of the weighted data
+            g = ((r * x[:, None]) * m / var).sum() / ((r * m ** 2) / var).sum()
+            new = g * m
+        else:
+            new = (r * x[:, None]).sum(0) / nk
+        w = nk / nk.sum()
+        var = ((r * (x[:, None] - new) ** 2).sum(0) / nk).clamp_min(
+            (1e-3 * float(new.abs().max())) ** 2)
+        done = float((new - mu).abs().max()) <= 1e-7 * float(mu.abs().max())
+        mu = new
+        if done:
+            break
+    return mu
+
+
+def _piecewise_linear(image: Tensor, xs: Tensor, ys: Tensor) -> Tensor:
+    """``image`` through the increasing or decreasing map with ``xs -> ys`` (linear in
+    between, the end segments' slopes beyond), clipped at zero (a magnitude).
+
+    >>> _piecewise_linear(torch.tensor([0.0, 1.0, 2.0, 3.0, 5.0]),
+    ...                   torch.tensor([1.0, 2.0, 4.0]), torch.tensor([1.5, 2.0, 5.0]))
+    tensor([1.0000, 1.5000, 2.0000, 3.5000, 6.5000])
+    """
+    x = image.detach().cpu().double()
+    if xs[0] > xs[-1]:
+        xs, ys = xs.flip(0), ys.flip(0)
+    slope = (ys[1:] - ys[:-1]) / (xs[1:] - xs[:-1])
+    i = (torch.searchsorted(xs, x.contiguous()) - 1).clamp(0, len(xs) - 2)
+    out = ys[i] + slope[i] * (x - xs[i])
+    return out.clamp_min(0).to(image.dtype)
 
 
 def harmonise(image: Tensor, mask: Tensor, sequence: str, params: dict, *,
