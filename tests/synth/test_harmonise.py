@@ -220,18 +220,22 @@ def test_landmarks_give_every_acquisition_of_a_subject_off_the_prior_the_same_ti
 
 
 def test_landmarks_that_cannot_be_trusted_are_left_out(head_phantom, monkeypatch):
-    """Peaks further from their reference signals than LANDMARK_TOLERANCE (another
-    population, a bias field) are not moved: the result says why and the image is the
-    tissue curve's alone."""
+    """Peaks further from their reference signals than LANDMARK_MAX_SD subject SDs
+    (another population, a bias field) are not moved: the result says why and the image
+    is the tissue curve's alone. A subject SD moves each reference signal by a few % of
+    it (CSF more: it is small)."""
     import phys_bids.harmonise as hm
 
     mask = head_phantom[3]
     h = Harmoniser("MPRAGE", {"ti": 0.7})
     img = _image(head_phantom, "MPRAGE", {"ti": 0.7}, 4.0)
     curve, _ = h.apply(img, mask, landmarks=False)
-    lm = h.landmarks(1.3 * curve[mask])
-    assert "from its reference signal" in lm["skipped"]
-    monkeypatch.setattr(hm, "LANDMARK_TOLERANCE", 0.0)
+    spread = (h.reference_spread() / h.ref_class_signal.abs()[[0, 1, 3]]).numpy()
+    assert np.all((spread > 0.03) & (spread < 0.2))
+    lm = h.landmarks(1.5 * curve[mask])
+    assert "subject SDs from its reference signal" in lm["skipped"]
+    assert "skipped" not in h.landmarks(curve[mask])
+    monkeypatch.setattr(hm, "LANDMARK_MAX_SD", 0.0)
     out, info = h.apply(img, mask)
     assert "skipped" in info["landmarks"]
     assert torch.equal(out, curve)
