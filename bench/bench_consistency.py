@@ -180,15 +180,15 @@ def main(argv=None):
                          "(ParameterSpace.clamp), contrast = the training acquisition with "
                          "the nearest reference-tissue contrast at 3 T "
                          "(nearest_training_acquisition)")
-    ap.add_argument("--harmonise", nargs="?", const="landmarks", choices=("curve", "landmarks"),
+    ap.add_argument("--harmonise", nargs="?", const="curve", choices=("curve", "landmarks"),
                     help="re-render each image at the reference protocol (MPRAGE TI 0.9 s) by "
                          "the signal equation before segmenting it (phys_bids.harmonise; every "
                          "method), and tell the physics branch that protocol; images whose "
                          "tissue curve cannot be inverted are segmented as acquired (counted "
-                         "in the results: harmonised_share). 'landmarks' (the default, what "
-                         "the application does) then moves the CSF/GM/WM peaks onto the "
-                         "reference signals; 'curve' stops at the tissue curve (what runs "
-                         "before session 39 measured as --harmonise)")
+                         "in the results: harmonised_share). 'curve' (the default, what the "
+                         "application does and what runs before session 39 measured) stops "
+                         "at the tissue curve; 'landmarks' then moves the CSF/GM/WM peaks "
+                         "onto the reference signals (Harmoniser.apply's opt-in step)")
     ap.add_argument("--device", default="cpu",
                     help="where the networks run (cpu, cuda; float32, no TF32): the phantoms "
                          "and images are made on the CPU either way, so a device changes only "

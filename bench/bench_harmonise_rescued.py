@@ -15,7 +15,7 @@ protocol. Per image and tissue: the hard volume's deviation from the reference i
 in %; per subject the mean absolute deviation of both.
 
     python bench/bench_harmonise_rescued.py --models seg-physics --subjects head_12,head_13 \\
-        --n 10 --threads 1 --harmonise curve --out docs/results/harmonise-rescued
+        --n 10 --threads 1 --out docs/results/harmonise-rescued
 
 writes ``harmonise_rescued.json`` and ``.md`` under --out.
 """
@@ -105,10 +105,10 @@ def main(argv=None) -> int:
                     help="seed of the SPGR draws (default 0: another draw than the "
                          "consistency benchmark's, whose seed is 2024)")
     ap.add_argument("--window", type=int, default=96)
-    ap.add_argument("--harmonise", choices=("curve", "landmarks"), default="landmarks",
-                    help="the re-rendering: the tissue curve alone (what session 38 "
-                         "measured) or with the class peaks moved onto the reference "
-                         "signals (Harmoniser.apply's default since session 39)")
+    ap.add_argument("--harmonise", choices=("curve", "landmarks"), default="curve",
+                    help="the re-rendering: the tissue curve alone (what the application "
+                         "does and session 38 measured) or with the class peaks then moved "
+                         "onto the reference signals (Harmoniser.apply's opt-in step)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")

@@ -147,9 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--harmonise-contrast", action="store_true",
                    help="re-render each T1w at the reference protocol (MPRAGE, TI 0.9 s) by "
                         "the signal equation along the prior tissue curve, cut the brain "
-                        "mask from the re-rendered head and segment it, its CSF/GM/WM "
-                        "peaks moved onto the reference's tissue signals, telling the "
-                        "physics branch that protocol; an acquisition whose "
+                        "mask from the re-rendered head and segment it, telling the physics "
+                        "branch that protocol; an acquisition whose "
                         "tissue curve folds or is too flat (MPRAGE TI about 0.2-0.5 s, "
                         "SPGR where GM meets WM) is segmented as acquired, with a warning. "
                         "Off by default "

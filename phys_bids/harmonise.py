@@ -43,6 +43,10 @@ PhyCHarm paper's "image of another protocol" but with the signal equation alone:
    at the reference protocol becomes the prior's. Where the mixture's peaks are out of
    order or further from their targets than :data:`LANDMARK_MAX_SD` times the spread
    that subjects' tissues give them, the step is left out and the result says why.
+   Opt-in (``apply(..., landmarks=True)``, ``bench_consistency.py --harmonise
+   landmarks``): on the validation phantoms it steadied the volumes, on the test
+   phantoms' MPRAGE TI series it was mixed (WM CoV lower on all three, GM and CSF
+   higher on two or three; docs/segmentation.md), so the application does not use it.
 
 The network is then told the reference acquisition. What the transform cannot
 restore: within-class variation of PD or R2* off the curve, and partial-volume
@@ -298,7 +302,7 @@ class Harmoniser:
         x = image.detach().cpu().double().numpy() / gain
         return torch.from_numpy(np.interp(x, s, ref)).to(image.dtype)
 
-    def apply(self, image: Tensor, mask: Tensor, *, landmarks: bool = True
+    def apply(self, image: Tensor, mask: Tensor, *, landmarks: bool = False
               ) -> tuple[Tensor, dict]:
         """``image`` re-rendered at the reference protocol (zero outside ``mask``), with
         the gain fitted on its brain, the reference protocol (what to tell the physics

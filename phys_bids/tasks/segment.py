@@ -26,8 +26,7 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
 
     With ``harmonise_from`` (``{"sequence", "params", "field_strength"}`` of the
     acquisition) the brain is first re-rendered at the reference protocol by the signal
-    equation (:meth:`phys_bids.harmonise.Harmoniser.apply`, its tissue peaks moved onto
-    the reference signals, or a warning says why not) and ``sequence``/``params`` are
+    equation (:meth:`phys_bids.harmonise.Harmoniser.apply`) and ``sequence``/``params`` are
     that protocol's.
 
     With ``mc_samples`` > 0 the probabilities are the Monte-Carlo mean, ``sd`` their
@@ -59,15 +58,9 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
             from phys_bids.harmonise import REFERENCE, Harmoniser
 
             sequence, params = REFERENCE[0], dict(REFERENCE[1])
-            t, info = Harmoniser.from_spec(harmonise_from).apply(torch.from_numpy(data),
-                                                                 torch.from_numpy(mdata))
+            t, _ = Harmoniser.from_spec(harmonise_from).apply(torch.from_numpy(data),
+                                                              torch.from_numpy(mdata))
             data = t.numpy().astype(np.float32)
-            if "skipped" in info["landmarks"]:
-                import logging
-
-                logging.getLogger("phys_bids").warning(
-                    "%s: contrast harmonisation kept the tissue curve's intensities (%s)",
-                    name, info["landmarks"]["skipped"])
         res = segment_brain(loaded, data, mdata, sequence, params,
                             threads=threads, device=device, mc_samples=mc_samples, seed=seed)
         probs = np.moveaxis(res.probabilities, 0, -1)

@@ -437,8 +437,7 @@ def _provenance(p: PreparedRun, settings: Settings, template, model, digest: str
                           "Parameters": p.segmentation_params if p.harmonise_from else None},
             "Description": "image re-rendered at the reference protocol by the signal "
                            "equation along the prior tissue curve before the skull strip's "
-                           "mask and, its CSF/GM/WM peaks then moved onto the reference "
-                           "signals, before segmentation (--harmonise-contrast; "
+                           "mask and before segmentation (--harmonise-contrast; "
                            "docs/segmentation.md)"}}
            if settings.harmonise_contrast else {}),
         "PredictedContrast": None if p.wm_gm_contrast is None else {

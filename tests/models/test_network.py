@@ -913,7 +913,7 @@ def test_harmonise_rescued_bench_measures_what_session_38_re_renders(label_dir, 
                 "head_b", "--n", "2", "--window", "16", "--threads", "1", "--out",
                 str(tmp_path / "out")])
     res = json.loads((tmp_path / "out" / "harmonise_rescued.json").read_text())
-    assert res["meta"]["n_rescued"] == len(picks) and res["meta"]["harmonise"] == "landmarks"
+    assert res["meta"]["n_rescued"] == len(picks) and res["meta"]["harmonise"] == "curve"
     rows = res["subjects"]["head_b"]["rows"]
     assert [(r["condition"], r["index"]) for r in rows] == [(c, i) for c, i, *_ in
                                                            picks[::len(picks) // 2][:2]]
@@ -929,7 +929,7 @@ def test_consistency_benchmark_harmonise_re_renders_what_it_can(label_dir, tmp_p
     reference protocol and tells the network that protocol (other volumes than the run
     without it); the MPRAGE TI where tissues fold (0.42 s of 7 OOD images) is segmented
     as acquired and flagged per image; the share is recorded and printed, and a run
-    without --harmonise, or with the tissue curve alone, is not resumed with it."""
+    without --harmonise, or with the landmark step, is not resumed with it."""
     bench, phys, common = _one_model_consistency_args(label_dir, tmp_path,
                                                       "mprage-id,mprage-ood")
     common = [a if a != "3" else "7" for a in common]  # 7 images: TI 0.1, 0.42, ..., 2.0
@@ -944,7 +944,7 @@ def test_consistency_benchmark_harmonise_re_renders_what_it_can(label_dir, tmp_p
     assert ood["harmonised"] == [
         bench.harmoniser_for("MPRAGE", {"ti": torch.tensor([t])}) is not None for t in ood["ti"]]
     assert ood["harmonised"][1] is False and sum(ood["harmonised"]) >= 4
-    assert meta["harmonise"] == "landmarks" and meta["harmonised_share"] == {
+    assert meta["harmonise"] == "curve" and meta["harmonised_share"] == {
         "mprage-id": 1.0, "mprage-ood": round(sum(ood["harmonised"]) / 7, 4)}
     soft = {k: r["per_subject"][phys]["mprage-id"][0]["soft_volume_error_pct"]
             for k, r in runs.items()}
@@ -952,10 +952,10 @@ def test_consistency_benchmark_harmonise_re_renders_what_it_can(label_dir, tmp_p
     assert "re-rendered at MPRAGE TI 0.9 s" in (tmp_path / "on" / "consistency.md").read_text()
     with pytest.raises(SystemExit, match="harmonise False"):
         bench.main(common + ["--harmonise", "--resume", "--out", str(tmp_path / "off")])
-    # the tissue curve alone (what --harmonise measured before the landmark step) is
-    # another setting: not resumed from a landmarks run
-    with pytest.raises(SystemExit, match="harmonise landmarks"):
-        bench.main(common + ["--harmonise", "curve", "--resume", "--out", str(tmp_path / "on")])
+    # the opt-in landmark step is another setting: not resumed from a run without it
+    with pytest.raises(SystemExit, match="harmonise curve"):
+        bench.main(common + ["--harmonise", "landmarks", "--resume", "--out",
+                             str(tmp_path / "on")])
     # bench/compare_harmonise.py: the CoV over the re-rendered images of each run
     compare = bench_script("compare_harmonise")
     compare.main(["--control", str(tmp_path / "off"), "--harmonised", str(tmp_path / "on"),

@@ -236,6 +236,6 @@ def test_landmarks_that_cannot_be_trusted_are_left_out(head_phantom, monkeypatch
     assert "subject SDs from its reference signal" in lm["skipped"]
     assert "skipped" not in h.landmarks(curve[mask])
     monkeypatch.setattr(hm, "LANDMARK_MAX_SD", 0.0)
-    out, info = h.apply(img, mask)
+    out, info = h.apply(img, mask, landmarks=True)
     assert "skipped" in info["landmarks"]
     assert torch.equal(out, curve)
