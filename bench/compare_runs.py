@@ -16,7 +16,10 @@ new setting is compared with a stored 121-image one on exactly the same images:
 
 writes ``compare_runs.md`` and ``.json`` under --out. Runs of different phantom seeds
 are refused (their images are of other phantoms); a subject whose runs share fewer
-than 3 images is left out and named.
+than 3 images is left out and named. Where both runs harmonised (``--harmonise``) and
+flag the same shared images as re-rendered, the CoV over those images is given too
+(``rendered``: the others were segmented as acquired in both). ``--conditions`` keeps
+some of the conditions.
 """
 
 from __future__ import annotations
@@ -42,15 +45,17 @@ def _keys(row: dict) -> list[tuple]:
     return [tuple(round(float(row[p][i]), 6) for p in PARAMS if p in row) for i in range(n)]
 
 
-def compare(a: dict, b: dict) -> dict:
-    """``{network: {condition: {"subjects": {subj: {"n", "a", "b"}}, "a": mean/sd,
-    "b": mean/sd, "left_out": [...]}}}``."""
+def compare(a: dict, b: dict, conditions: list[str] | None = None) -> dict:
+    """``{network: {condition: {"subjects": {subj: {"n", "a", "b"[, "rendered"]}},
+    "a": mean/sd, "b": mean/sd, "left_out": [...]}}}``; a subject's ``rendered`` holds
+    the count and both CoVs over the images both runs re-rendered."""
     if a["meta"].get("seed") != b["meta"].get("seed"):
         raise SystemExit(f"the runs' seeds differ ({a['meta'].get('seed')} and "
                          f"{b['meta'].get('seed')}): their phantoms are not the same")
     out: dict = {}
     for m in (m for m in a["curves"] if m in b["curves"]):
-        for c in (c for c in a["curves"][m] if c in b["curves"][m]):
+        for c in (c for c in a["curves"][m] if c in b["curves"][m]
+                  and (conditions is None or c in conditions)):
             ra = {r["subject"]: r for r in a["curves"][m][c]}
             cell: dict = {"subjects": {}, "left_out": []}
             for rb in b["curves"][m][c]:
@@ -66,6 +71,15 @@ def compare(a: dict, b: dict) -> dict:
                 vb = np.array(rb["volumes"], dtype=np.float64)[[kb.index(k) for k in shared]]
                 cell["subjects"][s] = {"n": len(shared), "a": cov(va).round(3).tolist(),
                                        "b": cov(vb).round(3).tolist()}
+                fa, fb = ra[s].get("harmonised"), rb.get("harmonised")
+                if fa and fb:
+                    fa = [fa[ka.index(k)] for k in shared]
+                    fb = [fb[kb.index(k)] for k in shared]
+                    both = np.array(fa) & np.array(fb)
+                    if fa == fb and 3 <= both.sum() < len(shared):
+                        cell["subjects"][s]["rendered"] = {
+                            "n": int(both.sum()), "a": cov(va[both]).round(3).tolist(),
+                            "b": cov(vb[both]).round(3).tolist()}
             if not cell["subjects"]:
                 continue
             for run in ("a", "b"):
@@ -86,6 +100,10 @@ def markdown(res: dict, labels: tuple[str, str]) -> str:
                       "| --- | --- | --- | --- |"]
             for s, v in cell["subjects"].items():
                 lines.append(f"| {s} | {v['n']} | {fmt.format(*v['a'])} | {fmt.format(*v['b'])} |")
+                if "rendered" in v:
+                    r = v["rendered"]
+                    lines.append(f"| {s}, the {r['n']} re-rendered by both | {r['n']} | "
+                                 f"{fmt.format(*r['a'])} | {fmt.format(*r['b'])} |")
             pm = " / ".join(["{:.2f} +- {:.2f}"] * 3)
 
             def both(run, cell=cell, pm=pm):
@@ -105,10 +123,12 @@ def main(argv=None) -> int:
     ap.add_argument("--b", required=True, help="folder of the second run's consistency.json")
     ap.add_argument("--a-label", default="a")
     ap.add_argument("--b-label", default="b")
+    ap.add_argument("--conditions", default=None,
+                    help="comma-separated conditions to compare (default: all both hold)")
     ap.add_argument("--out", required=True)
     args = ap.parse_args(argv)
     runs = [json.loads((Path(d) / "consistency.json").read_text()) for d in (args.a, args.b)]
-    res = compare(*runs)
+    res = compare(*runs, args.conditions.split(",") if args.conditions else None)
     if not res:
         raise SystemExit("the runs share no network, condition and subject")
     out = Path(args.out)

@@ -8,10 +8,11 @@ import pytest
 from tests.scripts import bench_script
 
 
-def _run(tmp_path, name, ti, volumes, seed=2024):
+def _run(tmp_path, name, ti, volumes, seed=2024, flags=None):
     doc = {"meta": {"seed": seed},
            "curves": {"seg-physics": {"mprage-id": [
-               {"subject": s, "ti": list(ti), "volumes": v.tolist()}
+               {"subject": s, "ti": list(ti), "volumes": v.tolist(),
+                **({"harmonised": flags} if flags else {})}
                for s, v in volumes.items()]}}}
     (tmp_path / name).mkdir()
     (tmp_path / name / "consistency.json").write_text(json.dumps(doc))
@@ -60,3 +61,31 @@ def test_the_cov_of_each_run_is_taken_over_the_images_both_hold(tmp_path):
     dd = _run(tmp_path, "d", ti31, b, seed=0)
     with pytest.raises(SystemExit, match="seeds differ"):
         compare.main(["--a", da, "--b", dd, "--out", str(tmp_path / "out3")])
+
+
+def test_the_images_both_runs_re_rendered_are_compared_apart(tmp_path):
+    """Two harmonised runs that flag the same images as re-rendered: the CoV over those
+    is given too (the rest were segmented as acquired in both); --conditions keeps the
+    conditions asked for."""
+    compare = bench_script("compare_runs")
+    rng = np.random.default_rng(1)
+    ti = np.linspace(0.1, 2.0, 7)
+    flags = [True, False, True, True, True, True, True]
+    a = {"h1": 1000 + rng.normal(0, 5, (7, 3))}
+    b = {"h1": a["h1"].copy()}
+    b["h1"][flags] = 1000 + rng.normal(0, 1, (6, 3))
+    da = _run(tmp_path, "a", ti, a, flags=flags)
+    db = _run(tmp_path, "b", ti, b, flags=flags)
+    compare.main(["--a", da, "--b", db, "--conditions", "mprage-id", "--out",
+                  str(tmp_path / "out")])
+    res = json.loads((tmp_path / "out" / "compare_runs.json").read_text())["cov_x1e3"]
+    r = res["seg-physics"]["mprage-id"]["subjects"]["h1"]["rendered"]
+    keep = np.array(flags)
+    assert r["n"] == 6
+    assert r["a"] == pytest.approx(compare.cov(a["h1"][keep]), abs=1e-3)
+    assert r["b"] == pytest.approx(compare.cov(b["h1"][keep]), abs=1e-3)
+    assert "| h1, the 6 re-rendered by both | 6 |" in (
+        tmp_path / "out" / "compare_runs.md").read_text()
+    with pytest.raises(SystemExit, match="share no network"):
+        compare.main(["--a", da, "--b", db, "--conditions", "spgr-id", "--out",
+                      str(tmp_path / "out2")])
