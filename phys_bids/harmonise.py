@@ -46,7 +46,8 @@ PhyCHarm paper's "image of another protocol" but with the signal equation alone:
    Opt-in (``apply(..., landmarks=True)``, ``bench_consistency.py --harmonise
    landmarks``): on the validation phantoms it steadied the volumes, on the test
    phantoms' MPRAGE TI series it was mixed (WM CoV lower on all three, GM and CSF
-   higher on two or three; docs/segmentation.md), so the application does not use it.
+   higher on two or three) and their SPGR draws varied more with it
+   (docs/segmentation.md), so the application does not use it.
 
 The network is then told the reference acquisition. What the transform cannot
 restore: within-class variation of PD or R2* off the curve, and partial-volume
