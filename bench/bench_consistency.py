@@ -180,7 +180,8 @@ def main(argv=None):
                          "(ParameterSpace.clamp), contrast = the training acquisition with "
                          "the nearest reference-tissue contrast at 3 T "
                          "(nearest_training_acquisition)")
-    ap.add_argument("--harmonise", nargs="?", const="curve", choices=("curve", "landmarks"),
+    ap.add_argument("--harmonise", nargs="?", const="curve", default=False,
+                    choices=("curve", "landmarks"),
                     help="re-render each image at the reference protocol (MPRAGE TI 0.9 s) by "
                          "the signal equation before segmenting it (phys_bids.harmonise; every "
                          "method), and tell the physics branch that protocol; images whose "
@@ -232,7 +233,7 @@ def main(argv=None):
     # resumed or merged only when all of them agree
     now = {"n_images": args.n_images, "window": args.window, "seed": args.seed,
            "flip_tta": args.flip_tta, "physics_clamp": args.physics_clamp,
-           "harmonise": args.harmonise or False, "device": dev.type, "conditions": ",".join(conds),
+           "harmonise": args.harmonise, "device": dev.type, "conditions": ",".join(conds),
            "methods": ",".join(methods), "models": models_meta(models)}
     sources = ([out] if args.resume and (out / "consistency.json").exists() else []) + [
         Path(d) for d in args.merge]
@@ -510,7 +511,7 @@ def write_results(out, results, curves, models, args, subjects, t0, *, final: bo
     summary = summarise(results)
     meta = {"n_images": args.n_images, "subjects": subjects, "complete": final,
             "window": args.window, "flip_tta": args.flip_tta,
-            "physics_clamp": args.physics_clamp, "harmonise": args.harmonise or False,
+            "physics_clamp": args.physics_clamp, "harmonise": args.harmonise,
             "harmonised_share": harmonised_share(curves),
             "device": torch.device(args.device).type,
             "conditions": conditions_of(results),

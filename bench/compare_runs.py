@@ -29,14 +29,9 @@ import json
 from pathlib import Path
 
 import numpy as np
+from compare_harmonise import cov  # bench/, beside this script: the same CoV
 
-TISSUES = ("GM", "WM", "CSF")
 PARAMS = ("ti", "tr", "te", "fa")
-
-
-def cov(v: np.ndarray) -> np.ndarray:
-    """10^3 SD / mean per tissue of an (images, 3) volume array (population SD)."""
-    return 1e3 * v.std(0) / v.mean(0)
 
 
 def _keys(row: dict) -> list[tuple]:
@@ -62,21 +57,23 @@ def compare(a: dict, b: dict, conditions: list[str] | None = None) -> dict:
                 s = rb["subject"]
                 if s not in ra:
                     continue
-                ka, kb = _keys(ra[s]), _keys(rb)
-                shared = [k for k in kb if k in set(ka)]
-                if len(shared) < 3:
+                at_a = {k: i for i, k in enumerate(_keys(ra[s]))}
+                # (index in a, index in b) of each image both hold, in b's order
+                pairs = [(at_a[k], i) for i, k in enumerate(_keys(rb)) if k in at_a]
+                if len(pairs) < 3:
                     cell["left_out"].append(s)
                     continue
-                va = np.array(ra[s]["volumes"], dtype=np.float64)[[ka.index(k) for k in shared]]
-                vb = np.array(rb["volumes"], dtype=np.float64)[[kb.index(k) for k in shared]]
-                cell["subjects"][s] = {"n": len(shared), "a": cov(va).round(3).tolist(),
+                ia, ib = [i for i, _ in pairs], [j for _, j in pairs]
+                va = np.array(ra[s]["volumes"], dtype=np.float64)[ia]
+                vb = np.array(rb["volumes"], dtype=np.float64)[ib]
+                cell["subjects"][s] = {"n": len(pairs), "a": cov(va).round(3).tolist(),
                                        "b": cov(vb).round(3).tolist()}
                 fa, fb = ra[s].get("harmonised"), rb.get("harmonised")
                 if fa and fb:
-                    fa = [fa[ka.index(k)] for k in shared]
-                    fb = [fb[kb.index(k)] for k in shared]
+                    fa = [fa[i] for i in ia]
+                    fb = [fb[i] for i in ib]
                     both = np.array(fa) & np.array(fb)
-                    if fa == fb and 3 <= both.sum() < len(shared):
+                    if fa == fb and 3 <= both.sum() < len(pairs):
                         cell["subjects"][s]["rendered"] = {
                             "n": int(both.sum()), "a": cov(va[both]).round(3).tolist(),
                             "b": cov(vb[both]).round(3).tolist()}
