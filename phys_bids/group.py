@@ -274,9 +274,11 @@ def proxy_a_distance(features: list[np.ndarray], sites: list[str]) -> dict:
     mr-acquisition-invariant-representation section 3.1): a linear classifier (logistic
     regression on standardised features) tells site A's patches from site B's; with its
     cross-validated error, d = 2 (1 - 2 err), clipped to [0, 2]. Folds are grouped by
-    scan, so patches of one scan never train and test the same classifier."""
+    scan, so patches of one scan never train and test the same classifier, and
+    stratified by site, so that every training set holds both sites (with two scans
+    per site, plain grouped folds can put both of one site's scans in one fold)."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import GroupKFold, cross_val_score
+    from sklearn.model_selection import StratifiedGroupKFold, cross_val_score
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
@@ -293,7 +295,7 @@ def proxy_a_distance(features: list[np.ndarray], sites: list[str]) -> dict:
             groups = np.concatenate([[k] * len(features[k]) for k in idx])
             folds = min(3, min(n_scans.values()))
             clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
-            acc = cross_val_score(clf, x, y, groups=groups, cv=GroupKFold(folds)).mean()
+            acc = cross_val_score(clf, x, y, groups=groups, cv=StratifiedGroupKFold(folds)).mean()
             out[f"{a} | {b}"] = float(np.clip(2 * (1 - 2 * (1 - acc)), 0, 2))
     return out
 

@@ -56,15 +56,19 @@ def test_combat_removes_a_site_offset_and_keeps_the_raw_volumes():
     assert combat(_rows({"A": 0})) is None  # one site: nothing to harmonise
 
 
-def test_proxy_a_distance_separates_shifted_sites_only():
+@pytest.mark.parametrize("scans_per_site", [3, 2])
+def test_proxy_a_distance_separates_shifted_sites_only(scans_per_site):
+    """Two scans per site (two travelling subjects) used to leave a cross-validation
+    fold with one site only, and the classifier refused to fit: folds are now
+    stratified by site."""
     from phys_bids.group import image_features, proxy_a_distance
 
     rng = np.random.default_rng(1)
     mask = np.zeros((40, 40, 40), bool)
     mask[5:35, 5:35, 5:35] = True
     feats, sites = [], []
-    for site, contrast in (("A", 1.0), ("B", 1.0), ("C", 3.0)):
-        for _ in range(3):
+    for _ in range(scans_per_site):  # subject by subject, as the volumes table lists scans
+        for site, contrast in (("A", 1.0), ("B", 1.0), ("C", 3.0)):
             img = np.where(rng.random(mask.shape) < 0.5, 1.0, 1.0 + contrast) \
                 + rng.normal(0, 0.05, mask.shape)
             feats.append(image_features(img * mask, mask, rng, patches=32))
