@@ -12,6 +12,8 @@
 #     (torch from the local wheel when pip has one, else the PyTorch CPU index);
 #  3. `docker run --network none` on the demo dataset: participant + group levels, as
 #     the image's non-root user; checks the derivatives (docker/check-outputs.py).
+#     PARTICIPANTS (default 01) and SESSIONS (default: all three sites) choose what the
+#     participant level processes; .ci/run passes SESSIONS=siteA (one scan) for time.
 # Timings go to stdout; the last result is recorded in docs/installation.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -74,7 +76,8 @@ t1=$(date +%s)
 say "participant level (docker run --network none, non-root)"
 docker run --rm --network none -v "$WORK/demo":/data:ro -v "$WORK/out":/out \
   -v "$WORK/scratch":/scratch phys-bids:latest /data /out participant \
-  --participant-label ${PARTICIPANTS:-01} -w /scratch --seed 0 2>&1 | tail -n 3
+  --participant-label ${PARTICIPANTS:-01} ${SESSIONS:+--session-label $SESSIONS} \
+  -w /scratch --seed 0 2>&1 | tail -n 3
 say "group level"
 docker run --rm --network none -v "$WORK/demo":/data:ro -v "$WORK/out":/out \
   -v "$WORK/scratch":/scratch phys-bids:latest /data /out group -w /scratch 2>&1 | tail -n 2
