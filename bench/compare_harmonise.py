@@ -2,9 +2,10 @@
 """The consistency benchmark with and without contrast harmonisation, side by side.
 
 Reads ``consistency.json`` files of ``bench/bench_consistency.py`` measured on the
-same images (subjects, image count, phantom seed, window, weights; else it refuses):
-``--control`` without ``--harmonise`` (repeatable: each condition is taken from the
-first control folder whose file has its per-image volumes) and ``--harmonised`` with it
+same images (image count, seed, window, weights, and the same phantom seed for every
+subject two files share, in whatever order they list them; else it refuses):
+``--control`` without ``--harmonise`` (repeatable: each subject's per-image volumes are
+taken from the first control folder that holds them) and ``--harmonised`` with it
 (repeatable: runs of other conditions).
 For every network and condition it gives the CoV of the volumes (x10^3, mean +- SD over
 subjects) of both runs, over every image and over the images the harmonised run
@@ -32,8 +33,24 @@ import numpy as np
 TISSUES = ("GM", "WM", "CSF")
 #: settings both runs must share (a file from before flip TTA and the clamp were
 #: recorded ran without them)
-SAME = {"n_images": None, "seed": None, "window": None, "subjects": None,
+SAME = {"n_images": None, "seed": None, "window": None,
         "flip_tta": "none", "physics_clamp": "none"}
+
+
+def phantom_seeds(doc: dict) -> dict[str, int]:
+    """``{subject: phantom seed}`` of a benchmark file: as recorded per subject, or, in a
+    file from before the seed was recorded, by the benchmark's rule (a subject's place
+    in the test split, else its place in the file's ``--subjects``), so that runs of the
+    same phantoms listed in another order (one subject per process, then merged) compare."""
+    from phys_bids.synth.evaluation import benchmark_split
+
+    seeds = {r["subject"]: r["phantom_seed"]
+             for conds in doc["per_subject"].values() for rows in conds.values()
+             for r in rows if "phantom_seed" in r}
+    listed, test = doc["meta"]["subjects"], benchmark_split({}).get("test", [])
+    return {s: seeds.get(s, doc["meta"]["seed"] + (test.index(s) if s in test
+                                                    else listed.index(s)))
+            for s in listed}
 
 
 def cov(v: np.ndarray) -> np.ndarray:
@@ -42,40 +59,53 @@ def cov(v: np.ndarray) -> np.ndarray:
     return 1e3 * v.std(0) / v.mean(0)
 
 
+def _row(docs: list[dict], part: str, m: str, c: str, subject: str) -> tuple[dict, dict]:
+    """``(row, doc)``: ``subject``'s row of ``doc[part][m][c]`` in the first of ``docs`` that
+    holds it (``curves``: per-image volumes; ``per_subject``: Dice and volume errors)."""
+    for d in docs:
+        for r in d.get(part, {}).get(m, {}).get(c, []):
+            if r["subject"] == subject:
+                return r, d
+    raise SystemExit(f"no --control holds the {part.replace('_', ' ')} of {m} {c} {subject}")
+
+
 def compare(controls: list[dict], harmonised_runs: list[dict]) -> dict:
     """Per network and condition: the CoV over every image and over the re-rendered ones
-    (mean and SD over subjects, both runs), Dice and hard volume error (both runs)."""
+    (mean and SD over subjects, both runs), Dice and hard volume error (both runs, mean
+    over the harmonised run's subjects). Each subject's control is the first
+    ``--control`` that holds its per-image volumes (a merged file may lack a subject's
+    curve that an earlier single-subject run kept)."""
     out: dict = {}
     for harmonised, m, per in ((h, m, per) for h in harmonised_runs
                                for m, per in h["curves"].items()):
         for c, rows in per.items():
-            held = [d for d in controls if c in d["curves"].get(m, {})]
-            if not held:
-                raise SystemExit(f"no --control holds the per-image volumes of {m} {c}")
-            control = held[0]
             cells: dict = {"all": {"control": [], "harmonised": []},
                            "rendered": {"control": [], "harmonised": []}}
-            ctrl_rows = {r["subject"]: r for r in control["curves"][m][c]}
+            scores: dict = {k: {"control": [], "harmonised": []}
+                            for k in ("dice_anatomy", "volume_error_pct")}
             share = []
             for r in rows:
                 flags = np.array(r["harmonised"], dtype=bool)
                 share.append(flags.mean())
-                for run, vols in (("control", ctrl_rows[r["subject"]]["volumes"]),
+                ctrl_curve, _ = _row(controls, "curves", m, c, r["subject"])
+                for run, vols in (("control", ctrl_curve["volumes"]),
                                   ("harmonised", r["volumes"])):
                     v = np.asarray(vols, dtype=np.float64)
                     cells["all"][run].append(cov(v))
                     if flags.sum() >= 2:
                         cells["rendered"][run].append(cov(v[flags]))
+                for run, docs in (("control", controls), ("harmonised", [harmonised])):
+                    row, _ = _row(docs, "per_subject", m, c, r["subject"])
+                    for k, x in scores.items():
+                        x[run].append([row[k][t] for t in TISSUES])
             summary = {k: {run: None if not x else {
                 "mean": dict(zip(TISSUES, np.mean(x, 0).round(2).tolist(), strict=True)),
                 "sd": dict(zip(TISSUES, np.std(x, 0).round(2).tolist(), strict=True))}
                 for run, x in d.items()} for k, d in cells.items()}
-            for run, doc in (("control", control), ("harmonised", harmonised)):
-                s = doc["summary"][m][c]
-                summary.setdefault("dice_anatomy", {})[run] = {
-                    t: round(s["dice_anatomy"][t][0], 3) for t in TISSUES}
-                summary.setdefault("volume_error_pct", {})[run] = {
-                    t: round(s["volume_error_pct"][t][0], 1) for t in TISSUES}
+            for k, digits in (("dice_anatomy", 3), ("volume_error_pct", 1)):
+                summary[k] = {run: dict(zip(TISSUES, np.mean(x, 0).round(digits).tolist(),
+                                            strict=True))
+                              for run, x in scores[k].items()}
             summary["rendered_share"] = round(float(np.mean(share)), 3)
             out.setdefault(m, {})[c] = summary
     return out
@@ -118,6 +148,9 @@ def main(argv=None) -> int:
             zip(args.control, ctrls, strict=True), zip(args.harmonised, harms, strict=True)):
         differs = [k for k, missing in SAME.items()
                    if ctrl["meta"].get(k, missing) != harm["meta"].get(k, missing)]
+        cs, hs = phantom_seeds(ctrl), phantom_seeds(harm)
+        if any(cs[s] != hs[s] for s in set(cs) & set(hs)):
+            differs.append("phantom seeds")
         for m in harm["curves"]:
             a = ctrl["meta"]["models"].get(m, {}).get("weights_sha256")
             if a != harm["meta"]["models"][m]["weights_sha256"]:
