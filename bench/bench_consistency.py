@@ -76,6 +76,7 @@ from phys_bids.synth.evaluation import (  # noqa: F401 - re-exported
     model_benchmark_parser,
     models_meta,
     phantom,
+    phantom_seed,
 )
 from phys_bids.synth.tissues import nearest_training_acquisition, wm_gm_contrast
 from phys_bids.workflows.participant import LOW_CONTRAST_SPGR
@@ -215,8 +216,7 @@ def main(argv=None):
     test_split = benchmark_split(models).get("test", [])
 
     def seed_of(subj: str, listed: list[str] = subjects) -> int:
-        return args.seed + (test_split.index(subj) if subj in test_split
-                            else listed.index(subj))
+        return phantom_seed(subj, args.seed, test_split, listed)
     methods = list(models) + ([] if args.no_atropos else ["atropos"])
     if not methods:
         raise SystemExit("nothing to measure: --models '' with --no-atropos")

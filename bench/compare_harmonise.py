@@ -39,17 +39,16 @@ SAME = {"n_images": None, "seed": None, "window": None,
 
 def phantom_seeds(doc: dict) -> dict[str, int]:
     """``{subject: phantom seed}`` of a benchmark file: as recorded per subject, or, in a
-    file from before the seed was recorded, by the benchmark's rule (a subject's place
-    in the test split, else its place in the file's ``--subjects``), so that runs of the
-    same phantoms listed in another order (one subject per process, then merged) compare."""
-    from phys_bids.synth.evaluation import benchmark_split
+    file from before the seed was recorded, by the benchmark's rule
+    (:func:`~phys_bids.synth.evaluation.phantom_seed`), so that runs of the same phantoms
+    listed in another order (one subject per process, then merged) compare."""
+    from phys_bids.synth.evaluation import benchmark_split, phantom_seed
 
     seeds = {r["subject"]: r["phantom_seed"]
              for conds in doc["per_subject"].values() for rows in conds.values()
              for r in rows if "phantom_seed" in r}
     listed, test = doc["meta"]["subjects"], benchmark_split({}).get("test", [])
-    return {s: seeds.get(s, doc["meta"]["seed"] + (test.index(s) if s in test
-                                                    else listed.index(s)))
+    return {s: seeds.get(s, phantom_seed(s, doc["meta"]["seed"], test, listed))
             for s in listed}
 
 
@@ -59,13 +58,13 @@ def cov(v: np.ndarray) -> np.ndarray:
     return 1e3 * v.std(0) / v.mean(0)
 
 
-def _row(docs: list[dict], part: str, m: str, c: str, subject: str) -> tuple[dict, dict]:
-    """``(row, doc)``: ``subject``'s row of ``doc[part][m][c]`` in the first of ``docs`` that
-    holds it (``curves``: per-image volumes; ``per_subject``: Dice and volume errors)."""
+def _row(docs: list[dict], part: str, m: str, c: str, subject: str) -> dict:
+    """``subject``'s row of ``doc[part][m][c]`` in the first of ``docs`` that holds it
+    (``curves``: per-image volumes; ``per_subject``: Dice and volume errors)."""
     for d in docs:
         for r in d.get(part, {}).get(m, {}).get(c, []):
             if r["subject"] == subject:
-                return r, d
+                return r
     raise SystemExit(f"no --control holds the {part.replace('_', ' ')} of {m} {c} {subject}")
 
 
@@ -87,7 +86,7 @@ def compare(controls: list[dict], harmonised_runs: list[dict]) -> dict:
             for r in rows:
                 flags = np.array(r["harmonised"], dtype=bool)
                 share.append(flags.mean())
-                ctrl_curve, _ = _row(controls, "curves", m, c, r["subject"])
+                ctrl_curve = _row(controls, "curves", m, c, r["subject"])
                 for run, vols in (("control", ctrl_curve["volumes"]),
                                   ("harmonised", r["volumes"])):
                     v = np.asarray(vols, dtype=np.float64)
@@ -95,7 +94,7 @@ def compare(controls: list[dict], harmonised_runs: list[dict]) -> dict:
                     if flags.sum() >= 2:
                         cells["rendered"][run].append(cov(v[flags]))
                 for run, docs in (("control", controls), ("harmonised", [harmonised])):
-                    row, _ = _row(docs, "per_subject", m, c, r["subject"])
+                    row = _row(docs, "per_subject", m, c, r["subject"])
                     for k, x in scores.items():
                         x[run].append([row[k][t] for t in TISSUES])
             summary = {k: {run: None if not x else {

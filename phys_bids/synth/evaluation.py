@@ -180,6 +180,14 @@ def benchmark_split(models: dict) -> dict:
     return json.loads((model_folder(SPLIT_MODEL) / "manifest.json").read_text())["split"]
 
 
+def phantom_seed(subject: str, seed: int, test_split: list[str], listed: list[str]) -> int:
+    """The seed of a benchmark subject's phantom: ``seed`` plus its place in the test
+    split, so that ``--subjects head_15`` measures the images of head_15 in a full run;
+    a subject outside the split, its place in ``listed`` (the run's ``--subjects``)."""
+    return seed + (test_split.index(subject) if subject in test_split
+                   else listed.index(subject))
+
+
 def benchmark_models(args) -> tuple[dict, list[str]]:
     """``({name: loaded model}, subjects)`` for parsed :func:`model_benchmark_parser`
     arguments (``--models ''``: none); the subjects default to the test split of
