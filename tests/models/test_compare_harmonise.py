@@ -11,7 +11,7 @@ from tests.scripts import bench_script
 TISSUES = ("GM", "WM", "CSF")
 
 
-def _run(tmp_path, name, listed, curves, harmonise=False, seeds=None, dice=0.8):
+def _run(tmp_path, name, listed, curves, harmonise=False, seeds=None, dice=0.8, fa=None):
     """A consistency.json of one network and condition: ``listed`` its --subjects,
     ``curves`` {subject: (images, 3) volumes} (a merged file may lack some), ``seeds``
     {subject: recorded phantom seed} (files from before the seed was recorded: none)."""
@@ -20,7 +20,7 @@ def _run(tmp_path, name, listed, curves, harmonise=False, seeds=None, dice=0.8):
                     "models": {"seg-physics": {"weights_sha256": "abc"}},
                     **({"harmonise": "curve"} if harmonise else {})},
            "curves": {"seg-physics": {"spgr-id": [
-               {"subject": s, "volumes": v.tolist(),
+               {"subject": s, "volumes": v.tolist(), **({"fa": fa} if fa else {}),
                 **({"harmonised": [True] * 4 + [False] * 2} if harmonise else {})}
                for s, v in curves.items()]}},
            "per_subject": {"seg-physics": {"spgr-id": [
@@ -71,4 +71,45 @@ def test_subjects_in_another_order_and_curves_from_a_second_control(tmp_path):
                  seeds={**seeds, "head_15": 2031})
     with pytest.raises(SystemExit, match="phantom seeds"):
         compare.main(["--control", merged, "--control", single, "--harmonised", other,
+                      "--out", str(tmp_path / "y")])
+
+
+def test_bands_and_refused_images_get_their_own_cov_per_subject(tmp_path):
+    """--band PARAM:LO:HI gives the CoV over the images whose parameter lies in the
+    band (ends inclusive), the refused images (not re-rendered) get theirs, per subject
+    and as mean +- SD; a parameter the curves lack, or a malformed band, is refused in
+    one line."""
+    compare = bench_script("compare_harmonise")
+    rng = np.random.default_rng(1)
+    subjects = ("head_14", "head_15")
+    fa = [10.0, 20.0, 30.0, 40.0, 50.0, 60.0]
+    vol = {s: 1000 + rng.normal(0, 20, (6, 3)) for s in subjects}
+    harm = {s: 1000 + rng.normal(0, 3, (6, 3)) for s in subjects}
+    ctrl = _run(tmp_path, "ctrl", list(subjects), vol, fa=fa)
+    h = _run(tmp_path, "harm", list(subjects), harm, harmonise=True, fa=fa)
+    compare.main(["--control", ctrl, "--harmonised", h, "--band", "fa:20:40",
+                  "--band", "fa:5:15", "--out", str(tmp_path / "cmp")])
+    cell = json.loads((tmp_path / "cmp" / "harmonise_vs_control.json").read_text())[
+        "seg-physics"]["spgr-id"]
+    assert cell["images"] == {"all": [6, 6], "rendered": [4, 4], "refused": [2, 2],
+                              "fa 20-40": [3, 3], "fa 5-15": [1, 1]}
+    for run, v in (("control", vol), ("harmonised", harm)):
+        for key, rows in (("fa 20-40", slice(1, 4)), ("refused", slice(4, 6))):
+            per = {s: compare.cov(v[s][rows]) for s in subjects}
+            for s in subjects:
+                assert [cell[key][run]["subjects"][s][t] for t in TISSUES] == pytest.approx(
+                    per[s], abs=6e-3)
+            assert [cell[key][run]["mean"][t] for t in TISSUES] == pytest.approx(
+                np.mean(list(per.values()), 0), abs=6e-3)
+        assert cell["fa 5-15"][run] is None  # one image: no CoV
+    md = (tmp_path / "cmp" / "harmonise_vs_control.md").read_text()
+    assert "| seg-physics | spgr-id | fa 20-40 (3/3) |" in md
+    # the refused images are segmented as acquired in both runs of a real benchmark;
+    # here they differ, and the table says what each run holds
+    assert "| seg-physics | spgr-id | fa 5-15 (1/1) | n/a | n/a |" in md
+    with pytest.raises(SystemExit, match="curves hold no 'ti'"):
+        compare.main(["--control", ctrl, "--harmonised", h, "--band", "ti:0.6:1.2",
+                      "--out", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="expected PARAM:LO:HI"):
+        compare.main(["--control", ctrl, "--harmonised", h, "--band", "fa:40:20",
                       "--out", str(tmp_path / "y")])
