@@ -110,7 +110,6 @@ def compare(controls: list[dict], harmonised_runs: list[dict],
             subsets = ("all", "rendered", "refused", *map(band_key, bands))
             cells: dict = {k: {"control": [], "harmonised": []} for k in subsets}
             counts: dict = {k: [] for k in subsets}
-            who: dict = {k: [] for k in subsets}
             scores: dict = {k: {"control": [], "harmonised": []}
                             for k in ("dice_anatomy", "volume_error_pct")}
             share = []
@@ -136,12 +135,13 @@ def compare(controls: list[dict], harmonised_runs: list[dict],
                     for k, sel in pick.items():
                         if sel.sum() >= 2:
                             cells[k][run].append(cov(v[sel]))
-                            if run == "control":
-                                who[k].append(r["subject"])
                 for run, docs in (("control", controls), ("harmonised", [harmonised])):
                     row = _row(docs, "per_subject", m, c, r["subject"])
                     for k, x in scores.items():
                         x[run].append([row[k][t] for t in TISSUES])
+            # the subjects each subset's CoV list holds: those with two images or more there
+            who = {k: [r["subject"] for r, n in zip(rows, counts[k], strict=True) if n >= 2]
+                   for k in subsets}
             summary = {k: {run: None if not x else {
                 "mean": dict(zip(TISSUES, np.mean(x, 0).round(2).tolist(), strict=True)),
                 "sd": dict(zip(TISSUES, np.std(x, 0).round(2).tolist(), strict=True)),
@@ -153,7 +153,7 @@ def compare(controls: list[dict], harmonised_runs: list[dict],
                                             strict=True))
                               for run, x in scores[k].items()}
             summary["rendered_share"] = round(float(np.mean(share)), 3)
-            summary["images"] = {k: n for k, n in counts.items()}
+            summary["images"] = counts
             out.setdefault(m, {})[c] = summary
     return out
 

@@ -104,8 +104,7 @@ def test_bands_and_refused_images_get_their_own_cov_per_subject(tmp_path):
         assert cell["fa 5-15"][run] is None  # one image: no CoV
     md = (tmp_path / "cmp" / "harmonise_vs_control.md").read_text()
     assert "| seg-physics | spgr-id | fa 20-40 (3/3) |" in md
-    # the refused images are segmented as acquired in both runs of a real benchmark;
-    # here they differ, and the table says what each run holds
+    # a subset of one image has no CoV, and the table says so
     assert "| seg-physics | spgr-id | fa 5-15 (1/1) | n/a | n/a |" in md
     with pytest.raises(SystemExit, match="curves hold no 'ti'"):
         compare.main(["--control", ctrl, "--harmonised", h, "--band", "ti:0.6:1.2",
