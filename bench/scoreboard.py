@@ -15,8 +15,9 @@ issue's goals for each physics row:
 
 A cell is the mean over the subjects that measured it (from each file's
 ``per_subject``, so a folder of some subjects is used as it is). A cell measured on
-fewer subjects than the others is marked, its goals are given as "partial", and cells
-no folder holds are listed as not measured:
+fewer subjects than the others is marked; a method is compared with another over the
+subjects both measured, and a goal judged on fewer than all says on which. Cells no
+folder holds are listed as not measured:
 
     python bench/scoreboard.py --results docs/results/consistency-121 \\
         --results docs/results/consistency-121-spgr-id ... --out docs/results/scoreboard
@@ -106,10 +107,18 @@ def summarise(cells: dict) -> dict:
     return {"subjects": everyone, "rows": out}
 
 
-def goals(summary: dict, physics: list[str], baseline: str, classical: str) -> dict:
+def _mean_cov(cell: dict, subjects: list[str]) -> dict:
+    """A cell's mean CoV per tissue over ``subjects``."""
+    cov = np.nanmean([cell[s]["cov"] for s in subjects], 0)
+    return dict(zip(TISSUES, cov.tolist(), strict=True))
+
+
+def goals(cells: dict, summary: dict, physics: list[str], baseline: str,
+          classical: str) -> dict:
     """Per physics row and condition: each goal as ``True`` / ``False`` / ``None`` (not
     measured), the tissues where a comparison fails, and ``partial``: the goals judged
-    on a cell of fewer subjects than the others hold."""
+    on fewer subjects than the board holds. Two methods are compared over the subjects
+    both measured (``compared_on``), never a mean of some subjects against another's."""
     rows = summary["rows"]
     out: dict = {}
     for p in physics:
@@ -121,17 +130,22 @@ def goals(summary: dict, physics: list[str], baseline: str, classical: str) -> d
             g = {"paper": all(cov[t] < b for t, b in zip(("GM", "WM"), PAPER_BEST[cond],
                                                       strict=True)),
                  "dice": all(dice[t] >= DICE_GOAL for t in TISSUES)}
-            # the goals judged on a cell of fewer subjects than the others hold
             partial = [] if cell["complete"] else ["paper", "dice"]
             for name, other in (("baseline", baseline), ("classical", classical)):
-                theirs = rows.get(other, {}).get(cond)
-                if theirs is None:
+                if cond not in cells.get(other, {}):
                     g[name] = None
                     continue
-                worse = [t for t in TISSUES if not cov[t] < theirs["cov_x1e3"][t]]
+                common = sorted(set(cells[p][cond]) & set(cells[other][cond]))
+                if not common:
+                    g[name] = None
+                    continue
+                ours = _mean_cov(cells[p][cond], common)
+                theirs = _mean_cov(cells[other][cond], common)
+                worse = [t for t in TISSUES if not ours[t] < theirs[t]]
                 g[name] = not worse
                 g[f"{name}_not_below"] = worse
-                if not (cell["complete"] and theirs["complete"]):
+                g[f"{name}_compared_on"] = common
+                if common != summary["subjects"]:
                     partial.append(name)
             g["partial"] = partial
             out.setdefault(p, {})[cond] = g
@@ -172,7 +186,8 @@ def markdown(summary: dict, verdict: dict, order: list[str], settings: dict,
     lines += ["", "### The goals", "",
               f"Each physics row against the paper's best (GM, WM), Dice >= {DICE_GOAL} "
               f"(every tissue), and the CoV of `{baseline}` and `{classical}` (every "
-              "tissue; the tissues where it is not below are named).", "",
+              "tissue; the tissues where it is not below are named; two methods are "
+              "compared over the subjects both measured).", "",
               "| row | condition | CoV below the paper's best | Dice >= 0.93 | "
               f"CoV below {baseline} | CoV below {classical} |", "|---|---|---|---|---|---|"]
 
@@ -183,7 +198,10 @@ def markdown(summary: dict, verdict: dict, order: list[str], settings: dict,
         text = "yes" if v else "no"
         if v is False and g.get(f"{name}_not_below"):
             text += f" ({', '.join(g[name + '_not_below'])})"
-        return text + (" (partial)" if name in g["partial"] else "")
+        if name in g["partial"]:
+            text += (f" (on {', '.join(g[name + '_compared_on'])})"
+                     if name + "_compared_on" in g else " (partial)")
+        return text
 
     met = total = 0
     for p, conds in verdict.items():
@@ -222,7 +240,7 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"--physics {args.physics}: no folder holds it (rows: "
                          f"{', '.join(sorted(cells))})")
     order = sorted(cells, key=lambda r: (r not in physics, r != args.baseline, r))
-    verdict = goals(summary, physics, args.baseline, args.classical)
+    verdict = goals(cells, summary, physics, args.baseline, args.classical)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "scoreboard.json").write_text(json.dumps(
         {"settings": settings, "folders": [str(f) for f in args.results],
