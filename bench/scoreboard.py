@@ -23,8 +23,9 @@ folder holds are listed as not measured:
         --results docs/results/consistency-121-spgr-id ... --out docs/results/scoreboard
 
 writes ``scoreboard.md`` and ``scoreboard.json`` under --out. Folders of another image
-count or phantom seed than the rest are refused, and so is a cell that two folders
-both hold (which one counts would be a guess).
+count, phantom seed, window, flip TTA or physics clamp than the rest (the settings
+``bench/compare_harmonise.py`` requires alike) are refused, and so is a cell that two
+folders both hold (which one counts would be a guess).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from compare_harmonise import SAME  # bench/, beside this script: the settings runs share
 
 CONDITIONS = ("mprage-id", "mprage-ood", "spgr-id", "spgr-ood")
 TISSUES = ("GM", "WM", "CSF")
@@ -67,11 +69,12 @@ def gather(folders: list[Path]) -> tuple[dict, dict]:
                              "(a bench/bench_consistency.py --out folder)")
         doc = json.loads(path.read_text())
         meta = doc["meta"]
-        for key in ("n_images", "seed"):
-            seen = settings.setdefault(key, (meta[key], folder))
-            if seen[0] != meta[key]:
-                raise SystemExit(f"--results {folder}: {key} {meta[key]} where {seen[1]} "
-                                 f"has {seen[0]}; the cells would be of other images")
+        for key, missing in SAME.items():  # compare_harmonise's: images and settings
+            value = meta.get(key, missing)
+            seen = settings.setdefault(key, (value, folder))
+            if seen[0] != value:
+                raise SystemExit(f"--results {folder}: {key} {value} where {seen[1]} "
+                                 f"has {seen[0]}; the cells would not compare")
         for method, conds in doc["per_subject"].items():
             row = row_name(method, meta)
             for cond, subjects in conds.items():
