@@ -35,7 +35,7 @@ import json
 import shutil
 from pathlib import Path
 
-from bench_demo_sites import (  # the same runner of the phys-bids command, the same errors
+from common import (  # the same runner of the phys-bids command, the same errors
     TISSUES,
     clear,
     error_vs_truth,

@@ -9,7 +9,7 @@ with ``--mc-samples`` Monte-Carlo samples (dropout + aleatoric logit noise,
 volume (label counts, mL) lies inside the sample [Q1, Q3] (nominal 50 %) and
 [2.5, 97.5] percentiles (nominal 95 %). Also: IQR width in vs out of distribution,
 and the time per Monte-Carlo sample. ``--rescore`` re-applies the model's current
-margins to the stored rows (after ``workflows/calibrate_bounds.py`` refitted them).
+margins to the stored rows (after ``training/calibrate_bounds.py`` refitted them).
 
     python bench/bench_calibration.py --subjects head_14 --n-images 3 --samples 8 \
         --out docs/results/calibration-preview
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from phys_bids.models.calibration import calibration_rows, coverage_summary
+from phys_bids.models.evaluation import development_data
 from phys_bids.models.registry import load_model
 from phys_bids.synth import load_head
-from phys_bids.synth.evaluation import development_data
 
 
 def main(argv=None) -> int:
@@ -98,7 +98,7 @@ def report(meta: dict, summary: dict, cal: dict | None) -> str:
     if cal:
         lines += ["", f"Calibrated (conformal margins fitted on {', '.join(cal['subjects'])} "
                   f"with {cal['mc_samples']} samples, {cal['n_per_tissue']} images per "
-                  "tissue inside/outside the training space; workflows/calibrate_bounds.py):",
+                  "tissue inside/outside the training space; training/calibrate_bounds.py):",
                   "",
                   "| condition | truth in calibrated 50 % interval | in calibrated 95 % | "
                   "50 % width, % of volume | 95 % width, % of volume |",

@@ -60,13 +60,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import atropos_labels  # bench/, beside this script
 
-from phys_bids.classical import ClassicalSegmentationError
-from phys_bids.harmonise import REFERENCE, HarmonisationError, Harmoniser
-from phys_bids.models.inference import FLIP_TTA, sliding_window_logits
-from phys_bids.physics.spaces import SPACES, TRAINING_SPACES
-from phys_bids.synth import load_head
-from phys_bids.synth.evaluation import (  # noqa: F401 - re-exported
+from phys_bids.models.classical import ClassicalSegmentationError
+from phys_bids.models.evaluation import (  # noqa: F401 - re-exported
     BRAIN,
     benchmark_models,
     benchmark_split,
@@ -78,8 +75,12 @@ from phys_bids.synth.evaluation import (  # noqa: F401 - re-exported
     phantom,
     phantom_seed,
 )
-from phys_bids.synth.tissues import nearest_training_acquisition, wm_gm_contrast
-from phys_bids.workflows.participant import LOW_CONTRAST_SPGR
+from phys_bids.models.inference import FLIP_TTA, sliding_window_logits
+from phys_bids.physics.spaces import SPACES, TRAINING_SPACES
+from phys_bids.physics.tissues import nearest_training_acquisition, wm_gm_contrast
+from phys_bids.preproc.harmonise import REFERENCE, HarmonisationError, Harmoniser
+from phys_bids.synth import load_head
+from phys_bids.workflows.acquisition import LOW_CONTRAST_SPGR
 
 log = logging.getLogger("bench.consistency")
 TISSUES = {1: "GM", 2: "WM", 3: "CSF"}
@@ -108,35 +109,13 @@ def told_acquisition(clamp: str, sequence: str, params: dict) -> dict:
 
 def harmoniser_for(sequence: str, params: dict) -> Harmoniser | None:
     """The transform ``--harmonise`` re-renders an image of this acquisition with, or
-    None where its tissue curve cannot be inverted (phys_bids.harmonise) and the image
+    None where its tissue curve cannot be inverted (phys_bids.preproc.harmonise) and the image
     is segmented as acquired."""
     try:
         return Harmoniser(sequence, {k: float(v.reshape(-1)[0]) for k, v in params.items()})
     except HarmonisationError:
         return None
 
-
-def atropos_labels(image: torch.Tensor, mask: torch.Tensor, anatomy: torch.Tensor,
-                   restarts: list | None = None):
-    """Atropos k-means (phys_bids.classical), its 3 clusters then re-assigned to
-    GM/WM/CSF by best total overlap with the anatomy (an oracle that favours Atropos);
-    ``restarts`` gets the centres of a k-means started again from the brain's
-    percentiles (phys_bids.classical.atropos_labels)."""
-    import itertools
-
-    from phys_bids.classical import atropos_labels as classical_labels
-
-    lab = torch.from_numpy(classical_labels(image.numpy(), mask.numpy(),
-                                            restarts=restarts).astype(np.int64))
-    best, out = -1.0, None
-    for perm in itertools.permutations((1, 2, 3)):
-        cand = torch.zeros_like(lab)
-        for c, t in zip((1, 2, 3), perm, strict=True):
-            cand[lab == c] = t
-        score = sum(dice(cand, anatomy, k) for k in (1, 2, 3))
-        if score > best:
-            best, out = score, cand
-    return out
 
 
 def partial_path(out: Path, subj: str, cname: str) -> Path:
@@ -184,8 +163,9 @@ def main(argv=None):
     ap.add_argument("--harmonise", nargs="?", const="curve", default=False,
                     choices=("curve", "landmarks"),
                     help="re-render each image at the reference protocol (MPRAGE TI 0.9 s) by "
-                         "the signal equation before segmenting it (phys_bids.harmonise; every "
-                         "method), and tell the physics branch that protocol; images whose "
+                         "the signal equation before segmenting it "
+                         "(phys_bids.preproc.harmonise; every method), and tell the physics branch "
+                         "that protocol; images whose "
                          "tissue curve cannot be inverted are segmented as acquired (counted "
                          "in the results: harmonised_share). 'curve' (the default, what the "
                          "application does and what runs before session 39 measured) stops "

@@ -14,7 +14,7 @@ compares, per tissue:
     python bench/bench_demo_sites.py --out docs/results/demo-sites --omp-nthreads 2
 
 ``--harmonise-contrast`` runs participant with that option (each image re-rendered at
-the reference protocol by the signal equation before segmentation, phys_bids.harmonise).
+the reference protocol by the signal equation before segmentation, phys_bids.preproc.harmonise).
 
 writes ``demo_sites.json`` and ``demo_sites.md``; every step's time is in the
 runs' ``logs/*/steps.tsv``.
@@ -25,50 +25,11 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import shutil
-import subprocess
-import sys
-import time
 from pathlib import Path
 
+from common import TISSUES, clear, error_vs_truth, run  # bench/, beside this script
+
 from phys_bids.demo import demo_truth, write_demo_dataset
-
-TISSUES = ("GM", "WM", "CSF")
-
-
-def run(cmd: list[str]) -> float:
-    t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "phys_bids", *cmd], capture_output=True,
-                       text=True)
-    if r.returncode != 0:
-        sys.exit(f"phys-bids failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    return time.time() - t0
-
-
-def error_vs_truth(rows: list[dict], truth: dict, column: str = "{t}_ml") -> dict:
-    """Mean signed and mean absolute % error of the ``volumes.tsv`` rows' ``column``
-    (``{t}`` is the tissue: ``{t}_ml`` the model, ``{t}_atropos_ml`` Atropos) against
-    ``truth[participant_id][tissue]`` (mL), per tissue, over the ``n`` rows that have a
-    volume (a scan whose classical segmentation failed reads ``n/a``; none: ``None``)."""
-    if not rows:
-        raise ValueError("no volume rows to compare with the truth")
-    err = {}
-    for t in TISSUES:
-        col = column.format(t=t)
-        rel = [100 * (float(r[col]) - truth[r["participant_id"]][t])
-               / truth[r["participant_id"]][t] for r in rows if r[col] not in ("n/a", "")]
-        err[t] = {"n": len(rel),
-                  "mean_signed_pct": sum(rel) / len(rel) if rel else None,
-                  "mean_abs_pct": sum(abs(x) for x in rel) / len(rel) if rel else None}
-    return err
-
-
-def clear(*scratch: Path) -> None:
-    """Remove the bench's own scratch folders: outputs or a Pydra cache of an earlier
-    run (other weights are refused by the participant level) would make it stop or
-    time a resume instead of a run."""
-    for path in scratch:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def main(argv=None) -> int:

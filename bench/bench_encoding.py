@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from phys_bids.physics import SPACES, PhysicsEncoder
-from phys_bids.synth.tissues import reference_tissues
+from phys_bids.physics.tissues import reference_tissues
 
 CONDITIONS = (("MPRAGE", "mprage-id"), ("MPRAGE", "mprage-ood"), ("SPGR", "spgr-id"),
               ("SPGR", "spgr-ood"))

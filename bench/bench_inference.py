@@ -18,7 +18,7 @@ import sys
 import time
 
 import torch
-from bench_physics import best  # bench/, beside this script
+from common import best  # bench/, beside this script
 
 from phys_bids.models.inference import sliding_window_logits
 from phys_bids.models.registry import load_model

@@ -27,7 +27,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from phys_bids.synth.evaluation import development_data
+from phys_bids.models.evaluation import development_data
 
 DATA = development_data()
 

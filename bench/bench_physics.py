@@ -16,10 +16,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import time
 from functools import partial
 
 import torch
+from common import best  # bench/, beside this script
 
 from phys_bids.physics import SEQUENCES, SPACES, simulate
 
@@ -33,15 +33,6 @@ PARAMS = {
     "FSE": lambda g: {"tr": torch.linspace(3.0, 5.0, 8), "te": torch.linspace(0.08, 0.12, 8)},
 }
 
-
-def best(fn, repeats):
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-        del out
-    return min(times)
 
 
 def main(argv=None):

@@ -23,7 +23,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from phys_bids.synth.evaluation import development_data
+from phys_bids.models.evaluation import development_data
 
 DATA = development_data()
 

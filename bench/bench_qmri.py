@@ -37,16 +37,18 @@ import numpy as np
 import torch
 
 from phys_bids.bids.protocol import load_reference_protocol
+from phys_bids.models.evaluation import development_data
 from phys_bids.models.qmri_net import MAPS, estimate_maps, qmri_metrics, synthesise
 from phys_bids.models.registry import load_model
 from phys_bids.physics import rician_noise
-from phys_bids.synth import CLASSES, load_head
-from phys_bids.synth.evaluation import development_data
+from phys_bids.physics.tissues import CLASSES, priors_at
+from phys_bids.synth import load_head
 from phys_bids.synth.generator import true_maps
-from phys_bids.synth.tissues import priors_at
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_consistency import atropos_labels, conditions, phantom  # noqa: E402
+from common import atropos_labels  # noqa: E402
+
+from phys_bids.models.evaluation import conditions, phantom  # noqa: E402
 
 KEYS = ("pd", "r1", "r2s", "mt")
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Compare two calibration files of one model on the images they share.
 
-Two ``calibration.json`` files (``workflows/calibrate_bounds.py``) that scored the same
+Two ``calibration.json`` files (``training/calibrate_bounds.py``) that scored the same
 images - same subjects, conditions, seed - with different Monte-Carlo samplers: per
 tissue, how far the median volume moved, how wide the raw [Q1, Q3] and 95 % intervals
 are before and after, and the conformal margins each set of rows gives. Session 16

@@ -35,20 +35,17 @@ import json
 from pathlib import Path
 
 import numpy as np
+from common import SAME  # bench/, beside this script: the settings both runs must share
 
 TISSUES = ("GM", "WM", "CSF")
-#: settings both runs must share (a file from before flip TTA and the clamp were
-#: recorded ran without them)
-SAME = {"n_images": None, "seed": None, "window": None,
-        "flip_tta": "none", "physics_clamp": "none"}
 
 
 def phantom_seeds(doc: dict) -> dict[str, int]:
     """``{subject: phantom seed}`` of a benchmark file: as recorded per subject, or, in a
     file from before the seed was recorded, by the benchmark's rule
-    (:func:`~phys_bids.synth.evaluation.phantom_seed`), so that runs of the same phantoms
+    (:func:`~phys_bids.models.evaluation.phantom_seed`), so that runs of the same phantoms
     listed in another order (one subject per process, then merged) compare."""
-    from phys_bids.synth.evaluation import benchmark_split, phantom_seed
+    from phys_bids.models.evaluation import benchmark_split, phantom_seed
 
     seeds = {r["subject"]: r["phantom_seed"]
              for conds in doc["per_subject"].values() for rows in conds.values()

@@ -35,7 +35,7 @@ import json
 from pathlib import Path
 
 import numpy as np
-from compare_harmonise import SAME  # bench/, beside this script: the settings runs share
+from common import SAME  # bench/, beside this script: the settings runs share
 
 CONDITIONS = ("mprage-id", "mprage-ood", "spgr-id", "spgr-ood")
 TISSUES = ("GM", "WM", "CSF")

@@ -21,6 +21,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from . import __version__
+from .errors import UsageError
 
 log = logging.getLogger("phys_bids")
 
@@ -90,7 +91,7 @@ def _qmri_model(value: str) -> str | None:
         log.info("no qMRI model installed: no qMRI maps or harmonised images")
         return None
     if value not in found:
-        raise CliError(f"--qmri-model {value}: unknown; available: "
+        raise UsageError(f"--qmri-model {value}: unknown; available: "
                        f"{', '.join(found) or 'none installed'}, or none")
     return value
 
@@ -227,10 +228,6 @@ def build_parser() -> argparse.ArgumentParser:
     return ap
 
 
-class CliError(Exception):
-    """Input that cannot be processed at all: one line, exit status 2."""
-
-
 def _pin_threads(n: int) -> None:
     for var in _THREAD_VARS:
         os.environ[var] = str(n)
@@ -259,7 +256,7 @@ def _validator() -> str | None:
 
 
 def validate_bids(root: Path) -> str:
-    """Run bids-validator-deno; raise CliError on errors; return a one-line summary."""
+    """Run bids-validator-deno; raise UsageError on errors; return a one-line summary."""
     import collections
     import subprocess
 
@@ -277,7 +274,7 @@ def validate_bids(root: Path) -> str:
     warns = collections.Counter(i["code"] for i in issues if i.get("severity") == "warning")
     if errors:
         first = errors[0]
-        raise CliError(f"BIDS_DIR fails BIDS validation with {len(errors)} error(s), first: "
+        raise UsageError(f"BIDS_DIR fails BIDS validation with {len(errors)} error(s), first: "
                        f"{first['code']} at {first.get('location', '?')}; fix them (run "
                        "bids-validator-deno) or pass --skip-bids-validation")
     top = ", ".join(f"{c} x{n}" for c, n in warns.most_common(3))
@@ -291,7 +288,7 @@ def _device(choice: str) -> str:
     if choice == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if choice == "cuda" and not torch.cuda.is_available():
-        raise CliError("--device cuda: no CUDA device is available; use --device cpu or auto")
+        raise UsageError("--device cuda: no CUDA device is available; use --device cpu or auto")
     return choice
 
 
@@ -335,31 +332,29 @@ def run(args, argv: list[str]) -> int:
         bids_filter = load_filter_file(args.bids_filter_file) if args.bids_filter_file else None
         if args.protocol_file:
             Protocol.load(args.protocol_file)  # fail early on a malformed file
-        from .models.registry import load_model
-        from .preproc.templates import get_template
-
         models = _models()
         if args.model not in models:
-            raise CliError(f"--model {args.model}: unknown; available: {', '.join(models)}")
+            raise UsageError(f"--model {args.model}: unknown; available: {', '.join(models)}")
         qmri_model = _qmri_model(args.qmri_model)
         from .bids.protocol import load_reference_protocol
 
         load_reference_protocol(args.reference_protocol)  # a bad value fails early, always
         device = _device(args.device)
         if args.pydra_worker == "slurm" and shutil.which("sbatch") is None:
-            raise CliError("--pydra-worker slurm: sbatch not found on PATH; run on a SLURM "
+            raise UsageError("--pydra-worker slurm: sbatch not found on PATH; run on a SLURM "
                            "login node or use --pydra-worker serial or cf")
         if not args.skip_bids_validation:
             log.info("%s", validate_bids(root))
         layout = index_dataset(root, work_dir)
         selection = select_t1w(layout, participants=args.participant_label,
                                sessions=args.session_label, bids_filter=bids_filter)
-    except (DatasetError, ProtocolFileError, CliError) as err:
-        raise CliError(str(err)) from None
+    except (DatasetError, ProtocolFileError, UsageError) as err:
+        raise UsageError(str(err)) from None
 
-    from .bids.derivatives import DerivativesWriter
+    from .config import Settings
+    from .errors import SubjectError
     from .progress import PROGRESS_ENV, ProgressDisplay, read_events
-    from .workflows.participant import Settings, SubjectError, run_subject
+    from .workflows.run import run_subject, subject_context
 
     settings = Settings(model=args.model, skull_strip=args.skull_strip, seed=args.seed,
                         omp_nthreads=args.omp_nthreads, nprocs=args.nprocs, device=device,
@@ -371,12 +366,8 @@ def run(args, argv: list[str]) -> int:
                         if args.protocol_file else None, qmri_model=qmri_model,
                         reference_protocol=str(Path(args.reference_protocol).resolve())
                         if Path(args.reference_protocol).is_file() else args.reference_protocol)
-    work_dir.mkdir(parents=True, exist_ok=True)
-    template = get_template(work_dir / "templateflow"
-                            if not os.environ.get("TEMPLATEFLOW_HOME") else None)
-    model = load_model(args.model, device=device)
-    qmri = load_model(qmri_model, device=device) if qmri_model else None
-    writer = DerivativesWriter(out_dir, root, version=__version__, container=_container())
+    ctx = subject_context(settings, bids_root=root, out_dir=out_dir, work_dir=work_dir,
+                          container=_container())
     n_runs = sum(len(v) for v in selection.values())
     log.info("%d subject(s), %d T1w run(s) selected: %s", len(selection), n_runs,
              "; ".join(f"sub-{s}: {', '.join(r.name for r in runs) or 'none'}"
@@ -408,8 +399,7 @@ def run(args, argv: list[str]) -> int:
         for subject, runs in selection.items():
             try:
                 yield subject, run_subject(subject, runs, settings=settings, bids_root=root,
-                                           work_dir=work_dir, writer=writer,
-                                           template=template, model=model, qmri=qmri), None
+                                           work_dir=work_dir, **ctx.as_kwargs()), None
             except SubjectError as err:
                 if args.verbose:
                     log.exception("traceback")
@@ -482,7 +472,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.set_num_threads(args.omp_nthreads)
         return run(args, argv)
-    except CliError as err:
+    except UsageError as err:
         print(f"phys-bids: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

@@ -36,8 +36,8 @@ import torch
 
 from .physics import bias_field, rician_noise
 from .physics.simulate import SEQUENCES
+from .physics.tissues import CLASSES, PRIORS, label_to_class
 from .synth.phantom import phantom_labels
-from .synth.tissues import CLASSES, PRIORS, label_to_class
 
 __all__ = ["SITES", "write_demo_dataset", "demo_truth"]
 

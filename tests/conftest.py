@@ -4,7 +4,7 @@ import pytest
 
 
 def data_dir() -> Path:
-    from phys_bids.synth.evaluation import development_data
+    from phys_bids.models.evaluation import development_data
 
     return development_data()
 

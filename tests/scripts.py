@@ -1,4 +1,4 @@
-"""Loading the repository's bench/ and workflows/ scripts in tests."""
+"""Loading the repository's bench/ and training/ scripts in tests."""
 
 import importlib.util
 import sys
@@ -24,6 +24,6 @@ def bench_script(name: str, folder: str = "bench"):
     return module
 
 
-def workflow_script(name: str):
-    """A script of workflows/ as a module."""
-    return bench_script(name, folder="workflows")
+def training_script(name: str):
+    """A script of training/ as a module."""
+    return bench_script(name, folder="training")

@@ -1,5 +1,4 @@
 import hashlib
-import json
 
 import nibabel as nib
 import numpy as np
@@ -76,7 +75,7 @@ def test_mni_demo_anatomy_leaves_no_empty_space_inside_the_brain():
     from nilearn.datasets import load_mni152_gm_template, load_mni152_wm_template
 
     from phys_bids.demo import _mni_anatomy
-    from phys_bids.synth.tissues import CLASSES
+    from phys_bids.physics.tissues import CLASSES
 
     frac, _ = _mni_anatomy()
     assert frac.min() >= 0 and np.allclose(frac.sum(0), 1, atol=1e-5)
@@ -95,52 +94,3 @@ def test_mni_demo_anatomy_leaves_no_empty_space_inside_the_brain():
     # the template's GM volume, not less: about a litre at 1 mm
     assert 950 < gm[inside].sum() / 1000 < 1100
 
-
-def test_demo_mask_bench_accounts_for_the_true_brain(tmp_path):
-    """bench/bench_demo_mask.py: what a brain mask leaves out of the demo's true brain
-    and what non-brain it holds add up to the mask's volume, and the left-out CSF by
-    distance to what is left out; a full mask leaves nothing out; with --bids, the
-    relative intensities are those the image was made of; a run on another grid is
-    refused."""
-    from phys_bids.demo import _mni_subjects
-    from phys_bids.synth.tissues import CLASSES
-
-    from .scripts import bench_script
-
-    bench = bench_script("bench_demo_mask")
-    frac, affine, _ = next(_mni_subjects(1, 4.0, 0))
-    brain = sum(frac[CLASSES.index(c)] for c in ("gm_cortex", "wm", "csf"))
-    masks = {"siteA": brain > 0.5, "siteB": brain > 0.9, "siteC": np.ones_like(brain, bool)}
-    # an image of known tissue signals (WM 1, GM 0.6, CSF 0.2, skull 0.4)
-    signal = {"wm": 1.0, "gm_cortex": 0.6, "gm_deep": 0.6, "csf": 0.2, "skull": 0.4}
-    image = sum(v * frac[CLASSES.index(c)] for c, v in signal.items())
-    for site, mask in masks.items():
-        anat = tmp_path / "run" / "sub-01" / f"ses-{site}" / "anat"
-        anat.mkdir(parents=True)
-        nib.save(nib.Nifti1Image(mask.astype(np.uint8), affine),
-                 anat / f"sub-01_ses-{site}_desc-brain_mask.nii.gz")
-        raw = tmp_path / "bids" / "sub-01" / f"ses-{site}" / "anat"
-        raw.mkdir(parents=True)
-        nib.save(nib.Nifti1Image(image.astype(np.float32), affine),
-                 raw / f"sub-01_ses-{site}_T1w.nii.gz")
-    assert bench.main(["--run", str(tmp_path / "run"), "--subjects", "1", "--voxel", "4",
-                       "--bids", str(tmp_path / "bids"), "--out", str(tmp_path / "out")]) == 0
-    rows = {r["site"]: r for r in json.loads((tmp_path / "out" / "demo_mask.json").read_text())}
-    ml = 4.0 ** 3 / 1000
-    for r in rows.values():
-        assert r["true_brain_ml"] == pytest.approx(float(brain.sum()) * ml, rel=1e-6)
-        left = sum(r["left_out_ml"].values())
-        assert r["mask_ml"] == pytest.approx(r["true_brain_ml"] - left + r["non_brain_inside_ml"],
-                                             rel=1e-5)
-        by = r["csf_left_out_by_distance_ml"]
-        assert sum(by.values()) == pytest.approx(r["left_out_ml"]["CSF"], rel=1e-5, abs=1e-9)
-        rel = r["relative_intensity"]
-        assert rel["CSF in the mask"] == pytest.approx(0.2, abs=0.01)
-        assert rel["skull"] == pytest.approx(0.4, abs=0.01)
-    assert rows["siteB"]["csf_left_out_by_distance_ml"]["1 voxel"] > 0
-    assert sum(rows["siteC"]["left_out_ml"].values()) == 0  # the whole grid
-    assert sum(rows["siteB"]["left_out_ml"].values()) > sum(rows["siteA"]["left_out_ml"].values())
-    assert "| sub-01 | siteA | MPRAGE |" in (tmp_path / "out" / "demo_mask.md").read_text()
-    with pytest.raises(SystemExit, match="grid"):
-        bench.main(["--run", str(tmp_path / "run"), "--subjects", "1", "--voxel", "2",
-                    "--out", str(tmp_path / "x")])

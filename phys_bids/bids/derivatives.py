@@ -18,7 +18,7 @@ import shutil
 from pathlib import Path
 
 from ..io import atomic_write, sha256
-from ..synth.tissues import TARGETS
+from ..physics.tissues import TARGETS
 
 __all__ = ["DerivativesWriter", "BIDSIGNORE", "dataset_description", "json_text",
            "holds_other_dataset"]

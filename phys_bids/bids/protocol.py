@@ -40,6 +40,16 @@ ALLOWED_FIELDS = frozenset(SIDECAR_FIELDS) | {
 }
 
 
+#: Named reference protocols for the harmonised image (BIDS sidecar fields, SI units);
+#: ``--reference-protocol`` takes one of these names or a JSON file of the same form.
+REFERENCE_PROTOCOLS = {
+    "mprage-3t": {"PulseSequenceType": "MPRAGE", "InversionTime": 0.9,
+                  "RepetitionTime": 2.3, "MagneticFieldStrength": 3},
+    "spgr-3t": {"PulseSequenceType": "SPGR", "RepetitionTime": 0.02, "EchoTime": 0.005,
+                "FlipAngle": 25, "MagneticFieldStrength": 3},
+}
+
+
 class ProtocolFileError(ValueError):
     """The protocol file is malformed (one actionable line)."""
 
@@ -96,7 +106,6 @@ def load_reference_protocol(value: str) -> dict:
     >>> ref["sequence"], ref["params"]
     ('MPRAGE', {'ti': 0.9})
     """
-    from ..models.qmri_net import REFERENCE_PROTOCOLS
     from ..physics.sidecar import acquisition_from_sidecar
 
     if value in REFERENCE_PROTOCOLS:

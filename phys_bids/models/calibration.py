@@ -13,7 +13,7 @@ and widen every later interval by the ``ceil((n + 1) level) / n`` empirical quan
 of the scores, per tissue and nominal level. With calibration and test images
 exchangeable, the widened intervals cover the truth with probability >= level.
 The margins belong to one model and one sample count; they live next to the weights
-in ``calibration.json``, written by ``workflows/calibrate_bounds.py``.
+in ``calibration.json``, written by ``training/calibrate_bounds.py``.
 
 >>> rows = [{"tissue": "GM", "truth_ml": 100.0, "median": 90.0, "q1": 89.0, "q3": 91.0,
 ...          "p2_5": 88.0, "p97_5": 92.0}] * 3
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..synth.tissues import TARGETS
+from ..physics.tissues import TARGETS
 
 __all__ = ["LEVELS", "conformal_margins", "fit_margins", "margins_for", "widen",
            "load_calibration", "calibration_rows", "training_space_flags", "coverage_summary"]
@@ -78,9 +78,9 @@ def margins_for(calibration: dict | None, tissue: str, inside: bool) -> dict | N
 
 def training_space_flags(rows: list[dict], n_images: int, seed: int) -> None:
     """Set ``in_training_space`` on calibration rows from their condition and image index
-    (the parameters are those of :func:`phys_bids.synth.evaluation.conditions`)."""
+    (the parameters are those of :func:`phys_bids.models.evaluation.conditions`)."""
     from ..physics.spaces import in_training_space
-    from ..synth.evaluation import conditions
+    from .evaluation import conditions
 
     conds = conditions(n_images, seed)
     for r in rows:
@@ -156,14 +156,14 @@ def calibration_rows(model, heads: dict, *, condition_names, n_images: int, samp
     """Monte-Carlo volume summaries and the truth, per image and tissue, on 1 mm phantoms
     of ``heads`` ({subject: Head}) under the named conditions; also the seconds per sample.
 
-    Each image: :func:`phys_bids.synth.evaluation.noisy_image` (SNR 30), segmented with
+    Each image: :func:`phys_bids.models.evaluation.noisy_image` (SNR 30), segmented with
     ``samples`` Monte-Carlo samples (seed ``seed + image``); truth = label voxel counts.
     """
     import time
 
     import torch
 
-    from ..synth.evaluation import conditions, noisy_image, phantom
+    from .evaluation import conditions, noisy_image, phantom
     from .segment import segment_brain, volume_summary
 
     conds = {k: v for k, v in conditions(n_images, seed).items() if k in condition_names}

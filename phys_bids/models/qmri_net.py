@@ -130,16 +130,6 @@ def qmri_metrics(maps: Tensor, target: Tensor, mask: Tensor) -> dict:
     return out
 
 
-#: Named reference protocols for the harmonised image (BIDS sidecar fields, SI units);
-#: ``--reference-protocol`` takes one of these names or a JSON file of the same form.
-REFERENCE_PROTOCOLS = {
-    "mprage-3t": {"PulseSequenceType": "MPRAGE", "InversionTime": 0.9,
-                  "RepetitionTime": 2.3, "MagneticFieldStrength": 3},
-    "spgr-3t": {"PulseSequenceType": "SPGR", "RepetitionTime": 0.02, "EchoTime": 0.005,
-                "FlipAngle": 25, "MagneticFieldStrength": 3},
-}
-
-
 @torch.no_grad()
 def estimate_maps(model, image, mask, sequence: str, params: dict, *,
                   threads: int | None = None, device: str = "cpu", window: int = 96,
@@ -151,13 +141,14 @@ def estimate_maps(model, image, mask, sequence: str, params: dict, *,
     """
     import numpy as np
 
+    from ..threads import thread_limit
     from .inference import sliding_window_logits
     from .segment import network_input
 
     mask = np.asarray(mask, bool)
-    box, x, m, phys = network_input(model, image, mask, sequence, params, threads=threads,
-                                    device=device)
-    raw = sliding_window_logits(model.network, x, phys, window=window, overlap=overlap)
+    with thread_limit(threads):
+        box, x, m, phys = network_input(model, image, mask, sequence, params, device=device)
+        raw = sliding_window_logits(model.network, x, phys, window=window, overlap=overlap)
     maps = raw_to_maps(raw)[0].cpu().numpy()
     maps[:, ~m.numpy()] = 0.0
     out = np.zeros((4, *mask.shape), np.float32)

@@ -2,7 +2,7 @@
 
 The input is what the networks were trained on: a skull-stripped, bias-corrected
 image on the model grid (1 mm, MNI-aligned), zero outside the brain, divided by its
-mean inside the brain mask (:func:`phys_bids.synth.generator.normalise_image`). The
+mean inside the brain mask (:func:`phys_bids.intensity.normalise_image`). The
 volume is cropped to the bounding box of the mask (plus a margin) before the
 sliding-window pass, which is where the time goes.
 """
@@ -14,7 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..synth.generator import normalise_image
+from ..intensity import normalise_image
+from ..threads import thread_limit
 from .inference import sliding_window_logits
 from .registry import LoadedModel
 
@@ -64,14 +65,12 @@ class _AleatoricDraw(torch.nn.Module):
 
 
 def network_input(model: LoadedModel, image: np.ndarray, mask: np.ndarray, sequence: str,
-                  params: dict, *, threads: int | None = None, device: str = "cpu"):
+                  params: dict, *, device: str = "cpu"):
     """What the networks take: the image cropped to the mask's box, zero outside the mask,
     divided by its brain mean, and the encoded acquisition (None for a baseline model).
 
     Returns ``(box, x (1, 1, ...), mask in the box, physics (1, D) or None)``.
     """
-    if threads:
-        torch.set_num_threads(threads)
     mask = np.asarray(mask, bool)
     box = bounding_box(mask)
     x = torch.from_numpy(np.ascontiguousarray(image[box], dtype=np.float32))
@@ -121,8 +120,15 @@ def segment_brain(model: LoadedModel, image: np.ndarray, mask: np.ndarray, seque
     seed : int
         Seeds the Monte-Carlo draws (dropout masks and logit noise).
     """
-    box, x, m, phys = network_input(model, image, mask, sequence, params, threads=threads,
-                                    device=device)
+    with thread_limit(threads):
+        return _segment_brain(model, image, mask, sequence, params, device=device,
+                              window=window, overlap=overlap, flip_axes=flip_axes,
+                              mc_samples=mc_samples, seed=seed)
+
+
+def _segment_brain(model, image, mask, sequence, params, *, device, window, overlap,
+                   flip_axes, mc_samples, seed) -> SegmentationResult:
+    box, x, m, phys = network_input(model, image, mask, sequence, params, device=device)
     inside = m.numpy()
     encoded = None if phys is None else phys[0].cpu().tolist()
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from ..threads import thread_limit
+
 __all__ = ["reference_prediction"]
 
 
@@ -15,8 +17,8 @@ def reference_prediction(model, *, seed: int = 0, shape=(32, 32, 32), ti: float 
     g = torch.Generator().manual_seed(seed)
     x = torch.rand((1, 1, *shape), generator=g)
     p = model.encoder.encode("MPRAGE", {"ti": [ti]}) if model.physics else None
-    torch.set_num_threads(1)  # the reduction order must not depend on the machine
-    out = model.network(x, p)[0]
+    with thread_limit(1):  # the reduction order must not depend on the machine
+        out = model.network(x, p)[0]
     if model.manifest.get("kind") == "qmri":
         from .qmri_net import raw_to_maps
 

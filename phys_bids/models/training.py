@@ -35,8 +35,8 @@ import torch
 
 from ..io import atomic_write, sha256
 from ..physics import PhysicsEncoder
+from ..physics.tissues import reference_tissues
 from ..synth import SynthConfig, SynthGenerator, load_head
-from ..synth.tissues import reference_tissues
 from .losses import (
     contrastive_loss,
     soft_dice_loss,
@@ -95,7 +95,7 @@ class TrainConfig:
     cycles: tuple[int, ...] = ()
     restart_lr: float | None = None  # peak of the later cycles (default lr / 2)
     #: from this step on, train on the label maps rigidly aligned to MNI
-    #: (workflows/labels_to_mni.py), the pose and grid the application segments in;
+    #: (training/labels_to_mni.py), the pose and grid the application segments in;
     #: None = the label maps in their own space throughout
     aligned_from_step: int | None = None
     lr: float = 2e-3
@@ -409,7 +409,7 @@ def run_validation_batches(manifest: dict, data_dir, aligned_dir=None) -> list[d
     if _aligned_at(cfg, manifest["steps"]):
         if aligned_dir is None:
             raise ValueError(f"{manifest['name']} ended on the MNI-aligned label maps: "
-                             "give their folder (workflows/labels_to_mni.py)")
+                             "give their folder (training/labels_to_mni.py)")
         data_dir = aligned_dir
     heads = [load_head(p) for p in _label_paths(data_dir, cfg.val_subjects).values()]
     gen = SynthGenerator(heads, make_synth(cfg), make_encoder(cfg))
@@ -599,8 +599,8 @@ def train(cfg: TrainConfig, data_dir, out_dir, *, resume: bool = True, device: s
             "steps": step, "complete": step >= cfg.max_steps, "code_commit": code_commit,
             "torch": torch.__version__, "history": history, "validation": last_val,
             "weights_sha256": sha256(weights), "weights_file": "weights.pt",
-            "reproduce": f"python workflows/train_segmentation.py --config "
-                         f"workflows/configs/{cfg.name}.json --out <dir>"
+            "reproduce": f"python training/train_segmentation.py --config "
+                         f"training/configs/{cfg.name}.json --out <dir>"
                          + (f" --init-from {initialised_from['model']} --data <the label maps "
                             "whose sha256 are in 'data'>" if initialised_from else ""),
         })

@@ -80,7 +80,7 @@ class PhysicsEncoder:
         ``"contrast"`` (reference tissue levels, :data:`CONTRAST_TISSUES`).
     tissues : dict, for ``mode="contrast"``
         ``{"gm"|"wm"|"csf": {"pd", "r1", "r2s", "r2", "mt": value}}`` in SI units
-        (the caller's priors, e.g. :func:`phys_bids.synth.tissues.reference_tissues`;
+        (the caller's priors, e.g. :func:`phys_bids.physics.tissues.reference_tissues`;
         frozen in a model's manifest).
     """
 

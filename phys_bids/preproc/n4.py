@@ -8,11 +8,12 @@ convergence 1e-6.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import nibabel as nib
 import numpy as np
+
+from ..threads import thread_limit
 
 __all__ = ["N4Result", "n4_correct", "N4_DEFAULTS"]
 
@@ -41,18 +42,17 @@ def n4_correct(img: nib.Nifti1Image, mask: nib.Nifti1Image | None = None, *,
     """
     import ants
 
-    if threads:
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
-    p = {**N4_DEFAULTS, **params}
-    data = np.asanyarray(img.dataobj).astype(np.float32)
-    m = (data != 0) if mask is None else np.asanyarray(mask.dataobj).astype(bool)
-    a_img, a_mask = _to_ants(data, img), _to_ants(m.astype(np.float32), img)
-    field = ants.n4_bias_field_correction(
-        a_img, mask=a_mask, shrink_factor=p["shrink_factor"], return_bias_field=True,
-        convergence={"iters": list(p["iters"]), "tol": p["tol"]},
-        spline_param=p["spline_param"], verbose=False).numpy()
-    field = np.where(field > 0, field, 1.0).astype(np.float32)
-    hdr = img.header.copy()
-    hdr.set_data_dtype(np.float32)
-    return N4Result(nib.Nifti1Image(data / field, img.affine, hdr),
-                    nib.Nifti1Image(field, img.affine, hdr))
+    with thread_limit(threads):
+        p = {**N4_DEFAULTS, **params}
+        data = np.asanyarray(img.dataobj).astype(np.float32)
+        m = (data != 0) if mask is None else np.asanyarray(mask.dataobj).astype(bool)
+        a_img, a_mask = _to_ants(data, img), _to_ants(m.astype(np.float32), img)
+        field = ants.n4_bias_field_correction(
+            a_img, mask=a_mask, shrink_factor=p["shrink_factor"], return_bias_field=True,
+            convergence={"iters": list(p["iters"]), "tol": p["tol"]},
+            spline_param=p["spline_param"], verbose=False).numpy()
+        field = np.where(field > 0, field, 1.0).astype(np.float32)
+        hdr = img.header.copy()
+        hdr.set_data_dtype(np.float32)
+        return N4Result(nib.Nifti1Image(data / field, img.affine, hdr),
+                        nib.Nifti1Image(field, img.affine, hdr))

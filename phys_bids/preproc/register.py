@@ -9,7 +9,6 @@ space to the moving (native) space, ITK's convention; the BIDS name is
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ import nibabel as nib
 import numpy as np
 
 from ..io import atomic_write
+from ..threads import thread_limit
 
 __all__ = ["nib_to_ants", "ants_to_nib", "RegistrationResult", "register_to_template",
            "to_template", "to_native", "REGISTRATION_DEFAULTS"]
@@ -84,20 +84,19 @@ def register_to_template(moving: nib.Nifti1Image, template: nib.Nifti1Image, tra
 
     if mode not in ("Rigid", "Affine"):
         raise ValueError(f"mode must be Rigid or Affine, not {mode!r}")
-    if threads:
-        os.environ["ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"] = str(threads)
-    p = {**REGISTRATION_DEFAULTS, **params}
-    fixed, mov = nib_to_ants(template), nib_to_ants(moving)
-    # antspyx reads the seed of the metric's random sampling from its config (a
-    # ``random_seed=`` keyword is silently ignored), and ANTs takes seed 0 to mean "the
-    # clock": seed + 1 makes every --seed, 0 included, repeatable
-    ants.config._random_seed = int(seed) + 1
-    reg = ants.registration(fixed, mov, type_of_transform=mode, verbose=False, **p)
-    out = Path(transform_out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, lambda tmp: shutil.copyfile(reg["fwdtransforms"][0], tmp))
-    warped = ants.apply_transforms(fixed, mov, [str(out)], interpolator="linear")
-    return RegistrationResult(out, ants_to_nib(warped))
+    with thread_limit(threads):
+        p = {**REGISTRATION_DEFAULTS, **params}
+        fixed, mov = nib_to_ants(template), nib_to_ants(moving)
+        # antspyx reads the seed of the metric's random sampling from its config (a
+        # ``random_seed=`` keyword is silently ignored), and ANTs takes seed 0 to mean "the
+        # clock": seed + 1 makes every --seed, 0 included, repeatable
+        ants.config._random_seed = int(seed) + 1
+        reg = ants.registration(fixed, mov, type_of_transform=mode, verbose=False, **p)
+        out = Path(transform_out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write(out, lambda tmp: shutil.copyfile(reg["fwdtransforms"][0], tmp))
+        warped = ants.apply_transforms(fixed, mov, [str(out)], interpolator="linear")
+        return RegistrationResult(out, ants_to_nib(warped))
 
 
 def to_template(img: nib.Nifti1Image, template: nib.Nifti1Image, transform, *,

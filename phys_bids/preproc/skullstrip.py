@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 import nibabel as nib
 import numpy as np
 
+from ..threads import thread_limit
+
 __all__ = ["SkullStripResult", "skull_strip", "looks_skull_stripped", "METHODS"]
 
 log = logging.getLogger("phys_bids.skullstrip")
@@ -96,7 +98,7 @@ def skull_strip(img: nib.Nifti1Image, *, method: str = "deepbet", threshold: flo
     threshold : mask probability threshold (deepbet)
     threads : torch threads to use (None: leave as set by the caller)
     device : "cpu" or "cuda"
-    harmoniser : a :class:`phys_bids.harmonise.Harmoniser` of the image's acquisition, or
+    harmoniser : a :class:`phys_bids.preproc.harmonise.Harmoniser` of the image's acquisition, or
         None. Given, the network runs twice: on the image as acquired, whose mask only
         fits the scanner gain, and on the whole head re-rendered at the reference
         protocol (``harmoniser.remap``, in the image's units), whose mask is returned,
@@ -120,11 +122,10 @@ def skull_strip(img: nib.Nifti1Image, *, method: str = "deepbet", threshold: flo
             log.warning(msg)
         import torch
 
-        if threads:
-            torch.set_num_threads(threads)
-        mask = _cnn_mask(data, img, method, threshold, device)
+        with thread_limit(threads):
+            mask = _cnn_mask(data, img, method, threshold, device)
         if harmoniser is not None:
-            from ..harmonise import HarmonisationError
+            from .harmonise import HarmonisationError
 
             try:
                 gain = harmoniser.fit_gain(torch.from_numpy(data[mask]))
@@ -134,7 +135,8 @@ def skull_strip(img: nib.Nifti1Image, *, method: str = "deepbet", threshold: flo
                 log.warning(msg)
             else:
                 head = harmoniser.remap(torch.from_numpy(data), gain=gain).numpy() * gain
-                again = _cnn_mask(head.astype(np.float32), img, method, threshold, device)
+                with thread_limit(threads):
+                    again = _cnn_mask(head.astype(np.float32), img, method, threshold, device)
                 if again.sum() < 0.5 * mask.sum():
                     msg = (f"skull strip kept the as-acquired mask: the re-rendered head's "
                            f"mask holds {again.sum()} voxels against {mask.sum()}")

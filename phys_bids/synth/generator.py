@@ -12,7 +12,7 @@ imperfection. This is the augmentation layer of the paper, in torch, on any devi
 
 Images are normalised by the mean signal inside the brain mask of the *whole*
 subject (computed exactly from the class volumes), which is what inference
-computes on a skull-stripped, bias-corrected image (:func:`normalise_image`).
+computes on a skull-stripped, bias-corrected image (:func:`phys_bids.intensity.normalise_image`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ from torch.nn import functional as F
 
 from ..physics import SPACES, PhysicsEncoder, rician_noise, smooth_random_field
 from ..physics.simulate import SEQUENCES
-from .tissues import CLASSES, TARGET_OF_CLASS, priors_at
+from ..physics.tissues import CLASSES, TARGET_OF_CLASS, priors_at
 
-__all__ = ["Head", "SynthGenerator", "normalise_image", "load_head", "true_maps"]
+__all__ = ["Head", "SynthGenerator", "load_head", "true_maps"]
 
 _BRAIN_CLASSES = [CLASSES.index(c) for c in ("gm_cortex", "gm_deep", "wm", "csf")]
 
@@ -38,7 +38,7 @@ def load_head(path) -> Head:
     """Load a label map, reorient it to RAS at its own resolution, map to classes."""
     import nibabel as nib
 
-    from .tissues import label_to_class
+    from ..physics.tissues import label_to_class
 
     img = nib.as_closest_canonical(nib.load(str(path)))
     zooms = img.header.get_zooms()[:3]
@@ -77,14 +77,6 @@ def true_maps(cmaps: dict[str, Tensor], fractions: Tensor) -> Tensor:
     mean of its tissues' values (``cmaps[p]``: (K, ...) per present class)."""
     w = fractions / fractions.sum(0).clamp_min(1e-6)
     return torch.stack([(cmaps[k] * w).sum(0) for k in ("pd", "r1", "r2s", "mt")])
-
-
-def normalise_image(image: Tensor, mask: Tensor) -> Tensor:
-    """Divide by the mean intensity inside the brain mask (the model's input scaling)."""
-    m = mask.to(image.dtype)
-    dims = tuple(range(image.ndim - mask.ndim, image.ndim))
-    mean = (image * m).sum(dims, keepdim=True) / m.sum().clamp_min(1.0)
-    return image / mean.clamp_min(1e-12)
 
 
 @dataclass

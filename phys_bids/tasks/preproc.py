@@ -33,7 +33,7 @@ def SkullStrip(in_file: File, method: str = "deepbet", threads: int = 1, label: 
 
     harmoniser = None
     if harmonise_from:
-        from phys_bids.harmonise import Harmoniser
+        from phys_bids.preproc.harmonise import Harmoniser
 
         harmoniser = Harmoniser.from_spec(harmonise_from)
     with step(label or Path(in_file).name, "skull strip"):
@@ -72,6 +72,33 @@ def RegisterToTemplate(in_file: File, template: File, mode: str = "Rigid", threa
                                    Path.cwd() / (f"{label}_xfm.mat" if label else "xfm.mat"),
                                    mode=mode, threads=threads, seed=seed)
     return save_output(res.in_template, "in_template.nii.gz", label), res.transform
+
+
+@python.define(outputs=["out_file"])
+def HarmoniseContrast(in_template: File, mask: File, transform: File, template: File,
+                      harmonise_from: dict, label: str = "") -> File:
+    """Re-render a template-space brain at the reference protocol by the signal equation
+    (:meth:`phys_bids.preproc.harmonise.Harmoniser.apply`), from the acquisition
+    ``harmonise_from`` (``{"sequence", "params", "field_strength"}``) that
+    :func:`phys_bids.workflows.acquisition.prepare_run` decided to re-render."""
+    import nibabel as nib
+    import numpy as np
+    import torch
+
+    from phys_bids.preproc.harmonise import Harmoniser
+    from phys_bids.preproc.register import to_template
+    from phys_bids.progress import step
+
+    with step(label or Path(in_template).name, "contrast harmonisation"):
+        tpl = nib.load(str(template))
+        img = nib.load(str(in_template))
+        m = to_template(nib.load(str(mask)), tpl, transform, interpolation="nearestNeighbor")
+        mdata = np.asanyarray(m.dataobj) > 0
+        data = img.get_fdata(dtype=np.float32)
+        t, _ = Harmoniser.from_spec(harmonise_from).apply(torch.from_numpy(data),
+                                                          torch.from_numpy(mdata))
+        out = nib.Nifti1Image(t.numpy().astype(np.float32), img.affine, img.header)
+    return save_output(out, "harmonised_template.nii.gz", label)
 
 
 @python.define(outputs=["out_files", "transforms"])

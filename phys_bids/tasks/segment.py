@@ -7,7 +7,7 @@ from pathlib import Path
 from fileformats.generic import File
 from pydra.compose import python
 
-from phys_bids.synth.tissues import TARGETS
+from phys_bids.physics.tissues import TARGETS
 
 from . import save_output
 
@@ -20,14 +20,13 @@ TISSUES = {k: name for k, name in enumerate(TARGETS) if k}
 @python.define(outputs=["probseg", "dseg", "mask", "sd", "mc_volumes"])
 def Segment(in_template: File, mask: File, transform: File, template: File, model: str,
             model_sha256: str, sequence: str, params: dict, threads: int = 1,
-            device: str = "cpu", mc_samples: int = 0, seed: int = 0, label: str = "",
-            harmonise_from: dict | None = None) -> tuple[File, File, File, File, list]:
+            device: str = "cpu", mc_samples: int = 0, seed: int = 0, label: str = ""
+            ) -> tuple[File, File, File, File, list]:
     """Tissue probabilities (background, GM, WM, CSF) of a template-space brain.
 
-    With ``harmonise_from`` (``{"sequence", "params", "field_strength"}`` of the
-    acquisition) the brain is first re-rendered at the reference protocol by the signal
-    equation (:meth:`phys_bids.harmonise.Harmoniser.apply`) and ``sequence``/``params`` are
-    that protocol's.
+    ``sequence`` and ``params`` are what the physics branch is told, as the caller
+    decided (:func:`phys_bids.workflows.acquisition.prepare_run`); this task never
+    changes them.
 
     With ``mc_samples`` > 0 the probabilities are the Monte-Carlo mean, ``sd`` their
     per-voxel standard deviation and ``mc_volumes`` the per-sample GM, WM, CSF volumes
@@ -52,15 +51,6 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
         m = to_template(nib.load(str(mask)), tpl, transform, interpolation="nearestNeighbor")
         mdata = np.asanyarray(m.dataobj) > 0
         data = img.get_fdata(dtype=np.float32)
-        if harmonise_from:
-            import torch
-
-            from phys_bids.harmonise import REFERENCE, Harmoniser
-
-            sequence, params = REFERENCE[0], dict(REFERENCE[1])
-            t, _ = Harmoniser.from_spec(harmonise_from).apply(torch.from_numpy(data),
-                                                              torch.from_numpy(mdata))
-            data = t.numpy().astype(np.float32)
         res = segment_brain(loaded, data, mdata, sequence, params,
                             threads=threads, device=device, mc_samples=mc_samples, seed=seed)
         probs = np.moveaxis(res.probabilities, 0, -1)
@@ -93,9 +83,9 @@ def ToNative(probseg: File, native: File, mask: File, transform: File, sd: File,
     import nibabel as nib
     import numpy as np
 
+    from phys_bids.physics.tissues import TARGETS
     from phys_bids.preproc.register import channels_to_native
     from phys_bids.progress import step
-    from phys_bids.synth.tissues import TARGETS
 
     with step(label or Path(native).name, "back to native space"):
         ref = nib.load(str(native))

@@ -1,7 +1,7 @@
 """``--pydra-worker slurm``: one SLURM job per subject, through Pydra's SLURM worker.
 
 :class:`SubjectJob` is a Pydra task that processes one subject end to end
-(:func:`~phys_bids.workflows.participant.run_subject`, its tasks run serially inside
+(:func:`~phys_bids.workflows.run.run_subject`, its tasks run serially inside
 the job, cached in the shared work directory) and writes that subject's outputs.
 :func:`run_subjects_on_slurm` splits it over the selected subjects and submits the
 split with ``Submitter(worker="slurm")``: every subject is one ``sbatch`` job, all
@@ -32,27 +32,20 @@ def SubjectJob(subject: str, runs: list, settings: dict, bids_root: str, out_dir
                work_dir: str, container: dict | None = None) -> dict:
     """One subject, end to end, inside one job: ``{"subject", "summaries"}`` or
     ``{"subject", "error"}`` (one actionable line)."""
-    from phys_bids import __version__
-    from phys_bids.bids.derivatives import DerivativesWriter
     from phys_bids.bids.layout import T1wRun
-    from phys_bids.models.registry import load_model
-    from phys_bids.preproc.templates import get_template
-    from phys_bids.workflows.participant import Settings, SubjectError, run_subject
+    from phys_bids.config import Settings
+    from phys_bids.errors import SubjectError
+    from phys_bids.workflows.run import run_subject, subject_context
 
     cfg = Settings(**settings)
     work = Path(work_dir)
     try:
-        template = get_template(work / "templateflow"
-                                if not os.environ.get("TEMPLATEFLOW_HOME") else None)
-        model = load_model(cfg.model, device=cfg.device)
-        qmri = load_model(cfg.qmri_model, device=cfg.device) if cfg.qmri_model else None
-        writer = DerivativesWriter(Path(out_dir), Path(bids_root), version=__version__,
-                                   container=container)
+        ctx = subject_context(cfg, bids_root=Path(bids_root), out_dir=Path(out_dir),
+                              work_dir=work, container=container)
         t1w = [T1wRun(Path(r["path"]), r["subject"], r["session"], dict(r["entities"]))
                for r in runs]
         summaries = run_subject(subject, t1w, settings=cfg, bids_root=Path(bids_root),
-                                work_dir=work, writer=writer, template=template, model=model,
-                                qmri=qmri, worker="serial")
+                                work_dir=work, worker="serial", **ctx.as_kwargs())
     except SubjectError as err:
         return {"subject": subject, "error": str(err)}
     except Exception as err:  # noqa: BLE001 - reported per subject, the others go on

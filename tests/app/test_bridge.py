@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from phys_bids.bids.protocol import Protocol
-from phys_bids.bridge import (
+from phys_bids.group.bridge import (
     BridgeError,
     bridge_pairs,
     evaluate,
@@ -20,7 +20,7 @@ from phys_bids.bridge import (
     split_pairs,
     sweep_volumes,
 )
-from phys_bids.classical import ClassicalSegmentationError, atropos_labels
+from phys_bids.models.classical import ClassicalSegmentationError, atropos_labels
 from phys_bids.models.registry import available_models, load_model
 
 GRID_A = np.linspace(0.6, 1.2, 13)
@@ -136,7 +136,7 @@ def test_atropos_repeats_exactly_across_calls_processes_and_threads():
     mask = np.ones(img.shape, bool)
     first = atropos_labels(img, mask)
     assert np.array_equal(first, atropos_labels(img, mask))
-    code = ("import numpy as np, sys; from phys_bids.classical import atropos_labels; "
+    code = ("import numpy as np, sys; from phys_bids.models.classical import atropos_labels; "
             "img = np.random.default_rng(0).normal(size=(40, 40, 40)).cumsum(0); "
             "sys.stdout.buffer.write(atropos_labels(img, np.ones(img.shape, bool)).tobytes())")
     env = {**os.environ, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "2"}

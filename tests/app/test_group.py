@@ -61,7 +61,7 @@ def test_proxy_a_distance_separates_shifted_sites_only(scans_per_site):
     """Two scans per site (two travelling subjects) used to leave a cross-validation
     fold with one site only, and the classifier refused to fit: folds are now
     stratified by site."""
-    from phys_bids.group import image_features, proxy_a_distance
+    from phys_bids.group.domains import image_features, proxy_a_distance
 
     rng = np.random.default_rng(1)
     mask = np.zeros((40, 40, 40), bool)
@@ -79,7 +79,7 @@ def test_proxy_a_distance_separates_shifted_sites_only(scans_per_site):
 
 
 def test_classical_columns_give_their_own_site_statistics_and_the_report_plots_them():
-    from phys_bids.group import _report, _site_effect_plot
+    from phys_bids.group.report import group_report, site_effect_plot
 
     rows = _rows({"A": 0, "B": 5})
     for r in rows:  # a classical segmentation with a 60 mL site offset on GM
@@ -94,11 +94,11 @@ def test_classical_columns_give_their_own_site_statistics_and_the_report_plots_t
             > 5 * effects["tissues"]["GM"]["within_subject"]["mean_cov_x1e3"])
     for t in ("GM", "WM", "CSF"):
         effects["tissues"][t]["classical"] = clas[t]
-    png = _site_effect_plot(effects)
+    png = site_effect_plot(effects)
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
-    html = _report(effects, site_plot=True)
+    html = group_report(effects, site_plot=True)
     assert "site_effects.png" in html and "classical (Atropos)" in html
-    assert "site_effects.png" not in _report(effects)
+    assert "site_effects.png" not in group_report(effects)
 
 
 def test_within_subject_cov_has_a_bootstrap_interval_around_its_mean():
@@ -111,7 +111,7 @@ def test_within_subject_cov_has_a_bootstrap_interval_around_its_mean():
 def test_a_scan_atropos_cannot_segment_stays_n_a(tmp_path, monkeypatch):
     import nibabel as nib
 
-    import phys_bids.classical as classical
+    import phys_bids.models.classical as classical
     from phys_bids.group import classical_volumes
 
     rows = []

@@ -161,7 +161,7 @@ def test_help_explains_every_option(capsys):
 def test_out_of_training_space_is_flagged_not_refused(tmp_path):
     from phys_bids.bids.layout import T1wRun
     from phys_bids.bids.protocol import Protocol
-    from phys_bids.workflows.participant import prepare_run
+    from phys_bids.workflows.acquisition import prepare_run
 
     root = write_demo_dataset(tmp_path / "bids", subjects=1, size=24, anatomy="phantom")
     path = root / "sub-01/ses-siteA/anat/sub-01_ses-siteA_T1w.nii.gz"
@@ -195,13 +195,10 @@ def test_a_low_contrast_spgr_protocol_is_flagged_from_its_parameters(tmp_path):
 
     from phys_bids.bids.layout import T1wRun
     from phys_bids.bids.protocol import Protocol
-    from phys_bids.synth.tissues import wm_gm_contrast
-    from phys_bids.workflows.participant import (
-        LOW_CONTRAST_SPGR,
-        Settings,
-        _provenance,
-        prepare_run,
-    )
+    from phys_bids.config import Settings
+    from phys_bids.physics.tissues import wm_gm_contrast
+    from phys_bids.workflows.acquisition import LOW_CONTRAST_SPGR, prepare_run
+    from phys_bids.workflows.outputs import _provenance
 
     root = write_demo_dataset(tmp_path / "bids", subjects=1, size=24, anatomy="phantom")
     run = T1wRun(root / "sub-01/ses-siteC/anat/sub-01_ses-siteC_T1w.nii.gz", "01", "siteC")
@@ -223,7 +220,7 @@ def test_a_low_contrast_spgr_protocol_is_flagged_from_its_parameters(tmp_path):
     assert prov["PredictedContrast"]["Low"] is True
     assert prov["PredictedContrast"]["WMGM"] == pytest.approx(low.wm_gm_contrast, abs=1e-4)
     # the report's summary marks it
-    from phys_bids.report import _contrast_cell
+    from phys_bids.workflows.report import _contrast_cell
 
     cell = _contrast_cell({"wm_gm_contrast": low.wm_gm_contrast, "low_contrast": True})
     assert cell == f"{low.wm_gm_contrast:+.2f} (LOW)"

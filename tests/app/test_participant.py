@@ -140,7 +140,7 @@ def test_sidecars_and_description_carry_provenance(study):
     assert prov["InTrainingSpace"] is True and prov["Seed"] == 0
     assert prov["PhysicsClamp"] == "none" and prov["PhysicsToldParameters"] == {"ti": 0.9}
     # the protocol's predicted contrast, at the sidecar's 3 T: MPRAGE, not flagged
-    from phys_bids.synth.tissues import wm_gm_contrast
+    from phys_bids.physics.tissues import wm_gm_contrast
 
     contrast = prov["PredictedContrast"]
     assert contrast["FieldStrength"] == 3.0 and contrast["Low"] is False
@@ -363,7 +363,7 @@ def test_harmonise_contrast_re_renders_what_it_can_and_says_what_it_did(tmp_path
     provenance); the one a
     protocol file puts at TI 0.3 s, where tissues fold, is segmented as acquired with a
     warning; the setting is part of the configuration digest."""
-    from phys_bids.harmonise import REFERENCE
+    from phys_bids.preproc.harmonise import REFERENCE
 
     bids, common = _demo_at_ti_0_3(tmp_path, "siteA", "siteB")
     runs = {}
@@ -443,7 +443,7 @@ def test_qmri_maps_are_plausible_estimates_and_the_harmonised_image_has_its_prot
 
 
 def test_session_qmri_acquisitions_are_fitted_and_compared_with_the_estimates(study):
-    from phys_bids.synth.tissues import PRIORS
+    from phys_bids.physics.tissues import PRIORS
 
     anat = study["out"] / "sub-01/ses-siteA/anat"
     side = json.loads((anat / "sub-01_ses-siteA_desc-despot1_R1map.json").read_text())

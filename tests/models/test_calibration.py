@@ -53,9 +53,9 @@ def test_widen_grows_both_ends_by_the_margin_times_the_median():
 
 
 def test_calibration_heads_never_include_the_test_subjects():
-    from ..scripts import workflow_script
+    from ..scripts import training_script
 
-    subjects = workflow_script("calibrate_bounds")._subjects
+    subjects = training_script("calibrate_bounds")._subjects
     split = {"train": ["a", "b"], "val": ["c"], "test": ["d"]}
     assert subjects("val", split) == ["c"]
     assert subjects("train+val", split) == ["a", "b", "c"]

@@ -12,7 +12,7 @@ from phys_bids.models.inference import sliding_window_logits
 from phys_bids.models.losses import soft_dice_loss, stochastic_cross_entropy
 from phys_bids.models.registry import ModelCorruptError, available_models, load_model
 from phys_bids.models.training import TrainConfig, train
-from phys_bids.synth.tissues import wm_gm_contrast
+from phys_bids.physics.tissues import wm_gm_contrast
 
 from ..phantoms import write_phantom
 from ..scripts import bench_script
@@ -234,11 +234,11 @@ def test_a_switch_to_aligned_label_maps_equals_resuming_there(label_dir, tmp_pat
 
 @pytest.mark.parametrize("name", available_models(kind=None))
 def test_each_shipped_model_is_what_its_config_trains(name):
-    """The documented command (config in workflows/configs) reproduces the shipped
+    """The documented command (config in training/configs) reproduces the shipped
     model: same configuration, schedule complete, and the data it says it used."""
     from pathlib import Path
 
-    config = Path(__file__).resolve().parents[2] / "workflows" / "configs" / f"{name}.json"
+    config = Path(__file__).resolve().parents[2] / "training" / "configs" / f"{name}.json"
     if not config.is_file():
         pytest.skip(f"{config} not in this checkout (installed package only)")
     manifest = load_model(name).manifest
@@ -249,7 +249,7 @@ def test_each_shipped_model_is_what_its_config_trains(name):
         assert set(manifest["aligned_data"]) == set(manifest["data"])
 
 
-CONFIGS = sorted((Path(__file__).resolve().parents[2] / "workflows" / "configs").glob("*.json"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "training" / "configs").glob("*.json"))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda c: c.stem)
@@ -288,7 +288,7 @@ SHIPPED = [m for m in ("seg-physics", "seg-physics-film", "seg-physics-film-nono
 
 @pytest.mark.parametrize("name", SHIPPED)
 def test_shipped_model_reproduces_its_stored_prediction(name, tmp_path):
-    """The fixture is written by workflows/ship_model.py when a model is shipped."""
+    """The fixture is written by training/ship_model.py when a model is shipped."""
     from pathlib import Path
 
     from phys_bids.models.registry import MODELS_DIR
@@ -558,67 +558,6 @@ def test_a_run_stopped_before_the_aligned_phase_does_not_need_the_aligned_maps()
     cfg.max_steps = 1500
     assert not needs_aligned(cfg)
     assert not needs_aligned(TrainConfig(max_steps=2700, aligned_from_step=None))
-
-
-def test_window_benchmark_reports_each_model_and_window(label_dir, tmp_path):
-    """bench/bench_window.py on tiny models: a row per model and window; the baseline is
-    not told the parameters (sensitivity 0), the physics model is."""
-    bench = bench_script("bench_window")
-    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
-    train(_tiny_cfg(max_steps=2, physics=False), label_dir, tmp_path / "base")
-    bench.main(["--data", str(label_dir), "--models", f"{tmp_path / 'phys'},{tmp_path / 'base'}",
-                "--subjects", "head_b", "--windows", "16,32", "--threads", "1",
-                "--out", str(tmp_path / "out")])
-    result = json.loads((tmp_path / "out" / "window.json").read_text())
-    assert len(result["per_subject"]) == 4
-    phys, base = (result["summary"][str(tmp_path / m)] for m in ("phys", "base"))
-    assert set(phys) == set(base) == {"16", "32"}
-    assert all(base[w]["physics_sensitivity"] == 0.0 for w in base)
-    assert all(phys[w]["physics_sensitivity"] > 0.0 for w in phys)
-    assert all(0.0 <= phys[w]["dice_anatomy"] <= 1.0 for w in phys)
-    assert (tmp_path / "out" / "window.md").read_text().count("| 16 |") == 2
-
-
-def test_partial_volume_probe_grows_the_mixed_share_and_reports_each_model(label_dir, tmp_path):
-    """bench/bench_partial_volume.py on tiny models: the unsmoothed phantom has no mixed
-    voxels, smoothing makes them, the true volumes are conserved by the smoothing, and
-    there is a row per model and sigma."""
-    bench = bench_script("bench_partial_volume")
-    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
-    train(_tiny_cfg(max_steps=2, norm="none", input_transform="log-contrast"), label_dir,
-          tmp_path / "logc")
-    bench.main(["--data", str(label_dir), "--models", f"{tmp_path / 'phys'},{tmp_path / 'logc'}",
-                "--subjects", "head_b", "--sigmas", "0,1.5", "--window", "16",
-                "--threads", "1", "--out", str(tmp_path / "out")])
-    result = json.loads((tmp_path / "out" / "partial_volume.json").read_text())
-    assert len(result["per_subject"]) == 4
-    for per in result["summary"].values():
-        assert per["0.0"]["mixed_share"] == 0.0 < per["1.5"]["mixed_share"] < 1.0
-        assert all(np.isfinite(list(v["hard_error_pct"].values())).all() for v in per.values())
-    for row in result["per_subject"]:  # the regions partition the soft WM error
-        assert sum(row["wm_soft_error_pct_by_region"].values()) == pytest.approx(
-            row["soft_error_pct"]["WM"], abs=1e-3)
-    md = (tmp_path / "out" / "partial_volume.md").read_text()
-    assert md.count("| 1.5 |") == 6 and "WM >=4" in md
-    # every depth cell holds at least the wrong voxels it counts, and GM has voxels
-    for row in result["per_subject"]:
-        cells = row["hard_error_by_depth"]
-        assert all(c["wrong"] <= c["n"] for t in cells.values() for c in t.values())
-        assert sum(c["n"] for c in cells["GM"].values()) > 0
-    # smoothing moves tissue between voxels but keeps its total
-    from phys_bids.synth import load_head
-    from phys_bids.synth.evaluation import phantom
-
-    _, _, frac, present, _, _, _ = phantom(load_head(label_dir / "head_b.nii.gz"), 0)
-    sharp = bench.smoothed_phantom(frac, present, 0.0)[2].sum(axis=(1, 2, 3))
-    smooth = bench.smoothed_phantom(frac, present, 1.5)[2].sum(axis=(1, 2, 3))
-    assert np.allclose(sharp, smooth, rtol=0.02)
-    # a perfect WM probability has no error anywhere; calling pure GM all WM puts it there
-    _, mask, tissue, _ = bench.smoothed_phantom(frac, present, 0.0)
-    mask = mask.numpy()
-    assert set(bench.wm_error_by_region(tissue[1], tissue, mask).values()) == {0.0}
-    where = bench.wm_error_by_region(np.where(tissue[0] > 0.9, 1.0, tissue[1]), tissue, mask)
-    assert where["gm_pure"] > 0 and where["wm_pure"] == where["other"] == 0.0
 
 
 def _no_nan(token):
@@ -894,36 +833,6 @@ def test_consistency_benchmark_physics_clamp_tells_the_training_space(label_dir,
     assert merged["per_subject"] == runs["none"]["per_subject"]
 
 
-def test_harmonise_rescued_bench_measures_what_session_38_re_renders(label_dir, tmp_path):
-    """bench/bench_harmonise_rescued.py: the acquisitions the earlier rule refused and the
-    present one re-renders (a shallow run-back near WM, not a tissue null), each
-    segmented as acquired and re-rendered against the phantom at the reference protocol,
-    in a JSON and a table."""
-    from phys_bids.harmonise import Harmoniser
-
-    bench = bench_script("bench_harmonise_rescued")
-    assert bench.refused_before("SPGR", {"tr": 0.183, "te": 0.019, "fa": 53.213})
-    assert Harmoniser("SPGR", {"tr": 0.183, "te": 0.019, "fa": 53.213}).excursion > 0
-    assert not bench.refused_before("MPRAGE", {"ti": 0.9})
-    assert bench.refused_before("MPRAGE", {"ti": 0.42})
-    picks = bench.rescued(121, 0)
-    assert picks and all(c in bench.CONDITIONS for c, *_ in picks)
-    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
-    bench.main(["--data", str(label_dir), "--models", str(tmp_path / "phys"), "--subjects",
-                "head_b", "--n", "2", "--window", "16", "--threads", "1", "--out",
-                str(tmp_path / "out")])
-    res = json.loads((tmp_path / "out" / "harmonise_rescued.json").read_text())
-    assert res["meta"]["n_rescued"] == len(picks) and res["meta"]["harmonise"] == "curve"
-    rows = res["subjects"]["head_b"]["rows"]
-    assert [(r["condition"], r["index"]) for r in rows] == [(c, i) for c, i, *_ in
-                                                           picks[::len(picks) // 2][:2]]
-    for r in rows:
-        assert all(np.isfinite(r["acquired_pct"] + r["harmonised_pct"]))
-        assert r["excursion"] <= 0.01
-    md = (tmp_path / "out" / "harmonise_rescued.md").read_text()
-    assert f"{len(picks)} of the 121 acquisitions" in md and "| head_b |" in md
-
-
 def test_consistency_benchmark_harmonise_re_renders_what_it_can(label_dir, tmp_path):
     """--harmonise re-renders every image whose tissue curve can be inverted at the
     reference protocol and tells the network that protocol (other volumes than the run
@@ -1075,7 +984,7 @@ def test_spgr_draws_are_split_by_their_wm_gm_contrast():
     assert r["cov_low_x1e3"]["WM"] == pytest.approx(1e3 * low.std() / low.mean())
     assert r["low_contrast_range"] == pytest.approx([c[0], c[1]])
     # the draws the application does not flag
-    from phys_bids.workflows.participant import LOW_CONTRAST_SPGR
+    from phys_bids.workflows.acquisition import LOW_CONTRAST_SPGR
 
     kept = vols[c >= LOW_CONTRAST_SPGR]
     assert r["unflagged"] == len(kept) and 2 <= len(kept) < 8
@@ -1097,51 +1006,6 @@ def test_spgr_draws_are_split_by_their_wm_gm_contrast():
     assert bins[0]["contrast"][1] <= 0.05 and bins[0]["max_abs_dev_pct"]["GM"] > 15
     assert bins[-1]["contrast"][1] is None and bins[-1]["max_abs_dev_pct"]["WM"] < 1.0
     assert md.count("| m | spgr-id | s | ") == 1 + len(bins)
-
-
-def test_input_level_probe_reads_the_run_and_scales_the_input(label_dir, tmp_path):
-    """bench/bench_input_level.py on a tiny model and a participant-style run folder: the
-    acquisition comes from the sidecar, the volumes lie within the brain mask, scale 1 is
-    the plain network pass on the application's input, and only a network without a
-    norm reads the input level."""
-    import nibabel as nib
-
-    bench = bench_script("bench_input_level")
-    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "phys")
-    train(_tiny_cfg(max_steps=2, norm="none"), label_dir, tmp_path / "nonorm")
-    anat = tmp_path / "run" / "sub-01" / "ses-a" / "anat"
-    anat.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    image = rng.uniform(0.5, 1.5, (24, 24, 24)).astype(np.float32)
-    dseg = np.zeros((24, 24, 24), np.uint8)
-    dseg[4:20, 4:20, 4:20] = rng.integers(1, 4, (16, 16, 16))
-    stem = "sub-01_ses-a_space-MNI152NLin2009aSym"
-    nib.save(nib.Nifti1Image(image, np.eye(4)), anat / f"{stem}_desc-preproc_T1w.nii.gz")
-    nib.save(nib.Nifti1Image(dseg, np.eye(4)), anat / f"{stem}_dseg.nii.gz")
-    (anat / f"{stem}_desc-preproc_T1w.json").write_text(json.dumps(
-        {"PhysBIDS": {"Acquisition": {"Sequence": "MPRAGE", "Parameters": {"ti": 0.9}}}}))
-    bench.main(["--run", str(tmp_path / "run"), "--subject", "sub-01", "--session", "ses-a",
-                "--models", str(tmp_path / "phys"), "--scales", "0.5,1,2", "--threads", "1",
-                "--out", str(tmp_path / "out")])
-    result = json.loads((tmp_path / "out" / "input_level.json").read_text())
-    assert result["meta"]["sequence"] == "MPRAGE" and result["meta"]["parameters"] == {"ti": 0.9}
-    rows = result["volumes_ml"][str(tmp_path / "phys")]
-    assert list(rows) == ["0.5", "1", "2"]
-    brain = float((dseg > 0).sum()) / 1000.0
-    assert all(0.0 <= sum(v) <= brain + 1e-9 for v in rows.values())
-    model = load_model(tmp_path / "phys")
-    assert bench.volumes_at_scales(model, image, dseg > 0, "MPRAGE", {"ti": 0.9}, [1.0])["1"] \
-        == rows["1"]
-    # instance norm removes a global scale of the input (up to its epsilon); without a
-    # norm the level reaches the output
-    nonorm = bench.volumes_at_scales(load_model(tmp_path / "nonorm"), image, dseg > 0,
-                                     "MPRAGE", {"ti": 0.9}, [0.5, 2.0])
-    assert np.abs(np.subtract(rows["0.5"], rows["2"])).max() <= 0.002
-    assert np.abs(np.subtract(nonorm["0.5"], nonorm["2"])).max() > 0.01
-    # a run folder without the images is one clear error
-    with pytest.raises(SystemExit):
-        bench.main(["--run", str(tmp_path / "run"), "--subject", "sub-02",
-                    "--models", str(tmp_path / "phys"), "--out", str(tmp_path / "out2")])
 
 
 def test_a_log_contrast_model_trains_and_loads_with_its_input_transform(label_dir, tmp_path):
@@ -1301,7 +1165,7 @@ def test_a_config_extends_another_and_names_only_what_it_changes(tmp_path):
 def test_every_training_config_resolves():
     from pathlib import Path
 
-    folder = Path(__file__).resolve().parents[2] / "workflows" / "configs"
+    folder = Path(__file__).resolve().parents[2] / "training" / "configs"
     if not folder.is_dir():
         pytest.skip(f"{folder} not in this checkout (installed package only)")
     names = set()
@@ -1311,153 +1175,3 @@ def test_every_training_config_resolves():
         names.add(cfg.name)
     assert {"seg-physics", "seg-baseline", "seg-physics-vdrop"} <= names
 
-
-def test_arm_comparison_counts_only_differences_beyond_the_seed_spread(tmp_path):
-    """bench/compare_arms.py: an arm is better/worse than the reference only where it
-    differs by more than the replicate does; runs on other images are refused."""
-    bench = bench_script("compare_arms")
-    meta = {"n_images": 7, "subjects": ["a", "b"], "seed": 2024, "window": 96}
-    conditions = ("mprage-id", "mprage-ood", "spgr-id", "spgr-ood")
-
-    def summary(cov, dice, vol):
-        return {c: {"cov_x1e3": {t: [cov, 1.0] for t in ("GM", "WM", "CSF")},
-                    "dice_anatomy": {t: [dice, 0.01] for t in ("GM", "WM", "CSF")},
-                    "volume_error_pct": {t: [vol, 1.0] for t in ("GM", "WM", "CSF")}}
-                for c in conditions}
-
-    def write(name, model, s, name_the_model=False, **extra):
-        folder = tmp_path / name
-        folder.mkdir()
-        (folder / "consistency.json").write_text(json.dumps(
-            {"meta": {**meta, **extra}, "summary": {model: s}}))
-        return f"{folder}:{model}" if name_the_model else str(folder)
-
-    ref = write("ref", "ref", summary(10.0, 0.85, 5.0))
-    rep = write("rep", "rep", summary(12.0, 0.84, -6.0))   # spread: 2 / 0.01 / 1
-    good = write("good", "good", summary(7.0, 0.90, -5.5))  # CoV, Dice beyond; |vol| within
-    bad = write("bad", "bad", summary(11.0, 0.80, 9.0))     # CoV within; Dice, vol worse
-    base = write("base", "base", summary(11.5, 0.80, 1.0))
-    res = bench.compare(bench.load(ref), bench.load(rep), [bench.load(good), bench.load(bad)],
-                        bench.load(base))
-    counts = {m: res["metrics"][m]["counts"] for m in bench.METRICS}
-    assert counts["cov_x1e3"]["good"] == {"better": 12, "worse": 0, "within": 0}
-    assert counts["cov_x1e3"]["bad"] == {"better": 0, "worse": 0, "within": 12}
-    assert counts["dice_anatomy"]["good"]["better"] == 12
-    assert counts["dice_anatomy"]["bad"]["worse"] == 12
-    assert counts["volume_error_pct"]["good"]["within"] == 12  # |-5.5| vs 5, spread 1
-    assert counts["volume_error_pct"]["bad"]["worse"] == 12
-    assert res["metrics"]["cov_x1e3"]["cells"][0]["spread"] == pytest.approx(2.0)
-    assert res["metrics"]["cov_x1e3"]["median_relative_spread"] == pytest.approx(0.2)
-    # lower CoV than the baseline's 11.5: ref, good and bad yes; the replicate (12) no
-    assert res["cov_below_baseline"] == {"ref": 12, "rep": 0, "good": 12, "bad": 12}
-    # ... but only `good` (7 against 11.5) is lower by more than the spread of 2
-    vs = res["cov_vs_baseline_beyond_spread"]
-    assert vs["good"] == {"lower": 12, "higher": 0, "within": 0}
-    assert vs["ref"] == vs["rep"] == vs["bad"] == {"lower": 0, "higher": 0, "within": 12}
-    # against a baseline of 7 the reference (10) and replicate (12) are higher beyond it
-    vs = bench.compare(bench.load(ref), bench.load(rep), [],
-                       bench.load(good))["cov_vs_baseline_beyond_spread"]
-    assert vs == {"ref": {"lower": 0, "higher": 12, "within": 0},
-                  "rep": {"lower": 0, "higher": 12, "within": 0}}
-    text = bench.markdown(res)
-    assert "| mprage-id GM | 10 | 12 | 2 | **7** | 11 = |" in text
-    assert "Median spread over the 12 cells" in text
-    # the command line writes both files; a run on other images is refused in one line
-    out = tmp_path / "out"
-    assert bench.main(["--reference", ref, "--replicate", rep, "--arms", f"{good},{bad}",
-                       "--out", str(out)]) == 0
-    assert json.loads((out / "arm_spread.json").read_text())["arms"] == ["good", "bad"]
-    other = write("two", "other", summary(9.0, 0.9, 1.0), name_the_model=True, seed=7)
-    assert bench.main(["--reference", ref, "--replicate", other]) == 2
-    with pytest.raises(ValueError, match="seed=7"):
-        bench.compare(bench.load(ref), bench.load(other), [])
-    partial = summary(9.0, 0.9, 1.0)
-    del partial["spgr-ood"]
-    with pytest.raises(ValueError, match="no spgr-ood"):
-        bench.compare(bench.load(ref), ("partial", partial, meta), [])
-    with pytest.raises(ValueError, match="no model 'x'"):
-        bench.load(f"{tmp_path / 'ref'}:x")
-
-
-def test_validation_consistency_splits_the_cov_from_the_volume_error(label_dir, tmp_path):
-    """bench/validation_consistency.py: per validation batch the volume error and the CoV
-    across acquisitions, from the batches the run was scored on; a network that
-    outputs the truth has neither, and the table is written for a trained model."""
-    from types import SimpleNamespace
-
-    from phys_bids.models.training import run_validation_batches
-
-    bench = bench_script("validation_consistency")
-    train(_tiny_cfg(max_steps=2), label_dir, tmp_path / "m")
-    manifest = load_model(tmp_path / "m").manifest
-    batches = run_validation_batches(manifest, label_dir)
-
-    class Oracle(torch.nn.Module):
-        def forward(self, image, physics):
-            target = next(b["target"] for b in batches if b["image"] is image)
-            logits = target.clamp_min(1e-12).log()  # softmax gives the fractions back
-            return (logits[None].expand(image.shape[0], -1, -1, -1, -1), None, None)
-
-    exact = bench.score(SimpleNamespace(network=Oracle(), physics=True), batches)
-    assert exact["median_abs_error_pct"] == pytest.approx(0.0, abs=1e-6)
-    assert exact["median_cov_x1e3"] == pytest.approx(0.0, abs=1e-6)
-    assert exact["disagreement_mean"] == pytest.approx(0.0, abs=1e-9)
-    assert bench.main(["--models", str(tmp_path / "m"), "--data", str(label_dir),
-                       "--threads", "1", "--out", str(tmp_path / "out")]) == 0
-    res = json.loads((tmp_path / "out" / "validation_consistency.json").read_text())["tiny"]
-    assert len(res["batches"]) == len(batches) and res["steps"] == 2
-    b = res["batches"][0]
-    v, t = np.array(b["volumes_voxels"]), np.array(b["truth_voxels"])
-    assert b["mean_error_pct"] == pytest.approx((100 * (v - t) / t).mean(0))
-    assert b["cov_x1e3"] == pytest.approx(1e3 * v.std(0) / v.mean(0))
-    assert "| tiny | 2 |" in (tmp_path / "out" / "validation_consistency.md").read_text()
-
-
-def test_demo_anatomy_bench_scores_the_demo_fractions_without_preprocessing(label_dir,
-                                                                            tmp_path):
-    """bench/bench_demo_anatomy.py: the demo's own tissue fractions, segmented as
-    simulated; the truth is the fractions inside the mask and the errors follow from the
-    volumes; a non-MPRAGE site is refused."""
-    bench = bench_script("bench_demo_anatomy")
-    train(_tiny_cfg(max_steps=1), label_dir, tmp_path / "m")
-    # one window over the whole demo volume: the tiny network's overlapping 64^3 windows
-    # cost 2.3x the voxels (40 s a pass on this CPU), and nothing below depends on them
-    assert bench.main(["--models", str(tmp_path / "m"), "--sites", "siteA", "--threads", "1",
-                       "--window", "256", "--out", str(tmp_path / "out")]) == 0
-    res = json.loads((tmp_path / "out" / "demo_anatomy.json").read_text())
-    assert 900 < res["truth_ml"]["GM"] < 1100 and 500 < res["truth_ml"]["WM"] < 800
-    assert 0.3 < res["mixed_share"] < 0.9  # the population average is mostly mixed
-    row = res["models"]["tiny"]["siteA"]
-    assert all(-100 <= row[t]["soft_error_pct"] < 1e4 for t in ("GM", "WM", "CSF"))
-    # the soft volumes of GM, WM, CSF and background add up to the mask: errors are
-    # tied to each other through the truth
-    truth = res["truth_ml"]
-    total = sum(truth[t] * (1 + row[t]["soft_error_pct"] / 100) for t in truth)
-    assert total <= sum(truth.values()) / 0.5 + 1  # at most the mask's voxels
-    # the demo's mixing of parameters against training's mixing of signals: a half-GM,
-    # half-CSF voxel lies between the pure signals either way
-    gap = res["mixing_gap"]["siteA"]["gm_csf_half"]
-    assert 0 < gap["signals_mixed"] < 1 and 0 < gap["parameters_mixed"] < 1
-    # GM/CSF voxels binned by CSF fraction: the intensity falls with it and each bin
-    # lies on the line between the purest bins, as a GM + CSF mixture must (the demo's
-    # empty voxels, before session 23, put the 15-30 % bin at 0.63 against 0.84)
-    bins = row["by_csf_fraction"]
-    assert len(bins) == len(bench.CSF_BINS) and sum(b["voxels"] for b in bins) > 500_000
-    level = [b["intensity_vs_pure_gm"] for b in bins]
-    assert all(a > b for a, b in zip(level, level[1:], strict=False))
-    (f0, i0), (f1, i1) = ((b["true_csf"], b["intensity_vs_pure_gm"]) for b in (bins[0], bins[-1]))
-    for b in bins[1:-1]:
-        line = i0 + (i1 - i0) * (b["true_csf"] - f0) / (f1 - f0)
-        assert abs(b["intensity_vs_pure_gm"] - line) < 0.05, b
-        assert 0 <= b["model_csf"] <= 1
-    # with the left-right flip TTA: the same images, recorded as such, other readings
-    assert bench.main(["--models", str(tmp_path / "m"), "--sites", "siteA", "--threads", "1",
-                       "--window", "256", "--flip-tta", "lr", "--out", str(tmp_path / "lr")]) == 0
-    lr = json.loads((tmp_path / "lr" / "demo_anatomy.json").read_text())
-    assert res["flip_tta"] == "none" and lr["flip_tta"] == "lr"
-    assert lr["truth_ml"] == res["truth_ml"]
-    assert lr["models"]["tiny"]["siteA"]["GM"] != row["GM"]
-    assert "flip TTA lr" in (tmp_path / "lr" / "demo_anatomy.md").read_text()
-    with pytest.raises(SystemExit, match="not MPRAGE"):
-        bench.main(["--models", str(tmp_path / "m"), "--sites", "siteC",
-                    "--out", str(tmp_path / "x")])

@@ -14,10 +14,10 @@ from phys_bids.models.qmri_net import (
 )
 from phys_bids.models.registry import available_models, load_model
 from phys_bids.models.training import train
+from phys_bids.physics.tissues import label_to_class
 from phys_bids.synth import SynthConfig, SynthGenerator
 from phys_bids.synth.generator import Head
 from phys_bids.synth.phantom import phantom_labels
-from phys_bids.synth.tissues import label_to_class
 
 from .test_network import _tiny_cfg, label_dir  # noqa: F401 - fixture
 

@@ -103,7 +103,7 @@ def test_compiled_backend_matches_eager():
 
 
 def _contrast_encoder():
-    from phys_bids.synth.tissues import reference_tissues
+    from phys_bids.physics.tissues import reference_tissues
 
     return PhysicsEncoder(mode="contrast", tissues=reference_tissues(3.0))
 
@@ -174,8 +174,8 @@ def test_out_of_distribution_acquisitions_are_told_a_training_one():
     the training space, leaves in-space sets unchanged, and its reference-tissue levels
     are at least as close to the drawn acquisition's as the clipped one's (up to the
     grid's resolution)."""
-    from phys_bids.synth.evaluation import conditions
-    from phys_bids.synth.tissues import nearest_training_acquisition, reference_tissues
+    from phys_bids.models.evaluation import conditions
+    from phys_bids.physics.tissues import nearest_training_acquisition, reference_tissues
 
     space = SPACES["spgr-id"]
     _, drawn = conditions(7, 2024)["spgr-ood"]

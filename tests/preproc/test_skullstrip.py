@@ -88,8 +88,8 @@ def test_harmoniser_cuts_the_spgr_brain_from_the_reference_contrast(tmp_path):
     reference protocol: on the demo's SPGR scan (whose as-acquired mask takes in part of
     the skull) it holds less non-brain, and it is nearer the same head's MPRAGE mask."""
     from phys_bids.demo import SITES, _mni_subjects, write_demo_dataset
-    from phys_bids.harmonise import Harmoniser
-    from phys_bids.synth.tissues import CLASSES
+    from phys_bids.physics.tissues import CLASSES
+    from phys_bids.preproc.harmonise import Harmoniser
 
     voxel = 2.0
     root = write_demo_dataset(tmp_path / "demo", subjects=1, voxel=voxel, seed=0)

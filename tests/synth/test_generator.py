@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from phys_bids.synth import CLASSES, PRIORS, Head, SynthConfig, SynthGenerator, label_to_class
+from phys_bids.physics.tissues import CLASSES, PRIORS, label_to_class
+from phys_bids.synth import Head, SynthConfig, SynthGenerator
 from phys_bids.synth.gold_standard import physics_gold_standard
 
 from ..phantoms import phantom_labels
@@ -190,13 +191,13 @@ def test_generator_settings_out_of_range_are_refused_by_name(setting, named):
 
 
 def test_training_command_refuses_a_bad_config_in_one_line(tmp_path, capsys):
-    """workflows/train_segmentation.py with an out-of-range generator setting (or an
+    """training/train_segmentation.py with an out-of-range generator setting (or an
     unknown key) exits with one line naming the config and writes nothing."""
     import json
 
-    from ..scripts import workflow_script
+    from ..scripts import training_script
 
-    trainer = workflow_script("train_segmentation")
+    trainer = training_script("train_segmentation")
     for bad, said in (({"synth": {"snr": [80, 15]}}, "snr must be"),
                       ({"synth": {"snr_db": 20}}, "snr_db"), ({"epochs": 3}, "epochs")):
         cfg = tmp_path / "bad.json"

@@ -1,10 +1,13 @@
-"""Contrast harmonisation by the signal equation (phys_bids.harmonise)."""
+"""Contrast harmonisation by the signal equation (phys_bids.preproc.harmonise)."""
 
 import numpy as np
 import pytest
 import torch
 
-from phys_bids.harmonise import (
+from phys_bids.models.evaluation import phantom
+from phys_bids.physics import simulate
+from phys_bids.physics.tissues import CLASSES
+from phys_bids.preproc.harmonise import (
     CURVE_CLASSES,
     FOLD_TOLERANCE,
     GAIN_CLASSES,
@@ -14,10 +17,7 @@ from phys_bids.harmonise import (
     Harmoniser,
     harmonise,
 )
-from phys_bids.physics import simulate
 from phys_bids.synth import load_head
-from phys_bids.synth.evaluation import phantom
-from phys_bids.synth.tissues import CLASSES
 from tests.phantoms import write_phantom
 
 
@@ -224,7 +224,7 @@ def test_landmarks_that_cannot_be_trusted_are_left_out(head_phantom, monkeypatch
     (another population, a bias field) are not moved: the result says why and the image
     is the tissue curve's alone. A subject SD moves each reference signal by a few % of
     it (CSF more: it is small)."""
-    import phys_bids.harmonise as hm
+    import phys_bids.preproc.harmonise as hm
 
     mask = head_phantom[3]
     h = Harmoniser("MPRAGE", {"ti": 0.7})

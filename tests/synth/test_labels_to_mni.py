@@ -1,4 +1,4 @@
-"""workflows/labels_to_mni.py: training label maps brought onto the template grid."""
+"""training/labels_to_mni.py: training label maps brought onto the template grid."""
 
 import importlib.util
 import json
@@ -9,13 +9,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from phys_bids.synth.tissues import CLASSES, label_to_class
+from phys_bids.physics.tissues import CLASSES, label_to_class
 
 from ..phantoms import phantom_labels, write_phantom
 
 ROOT = Path(__file__).resolve().parents[2]
 spec = importlib.util.spec_from_file_location("labels_to_mni",
-                                              ROOT / "workflows" / "labels_to_mni.py")
+                                              ROOT / "training" / "labels_to_mni.py")
 labels_to_mni = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(labels_to_mni)
 
@@ -31,9 +31,9 @@ def test_synthetic_t1w_has_t1_contrast_and_no_skull():
 
 @pytest.fixture
 def importable(monkeypatch):
-    """The workflow imported the way train_segmentation.py imports it (workflows/ on
+    """The workflow imported the way train_segmentation.py imports it (training/ on
     the path), so that its worker processes can import align() as the parent names it."""
-    monkeypatch.syspath_prepend(str(ROOT / "workflows"))
+    monkeypatch.syspath_prepend(str(ROOT / "training"))
     monkeypatch.delitem(sys.modules, "labels_to_mni", raising=False)
     return importlib.import_module("labels_to_mni")
 
@@ -83,15 +83,15 @@ def test_the_maps_do_not_depend_on_threads(tmp_path, importable):
 
 
 def test_training_remakes_aligned_maps_made_another_way(tmp_path, monkeypatch):
-    # workflows/train_segmentation.py uses the aligned maps it finds only when they were
+    # training/train_segmentation.py uses the aligned maps it finds only when they were
     # made with one registration thread (the shipped manifests' sha256); older maps
     # are made again
-    from ..scripts import workflow_script
+    from ..scripts import training_script
 
     calls = []
     monkeypatch.setitem(sys.modules, "labels_to_mni", labels_to_mni)
     monkeypatch.setattr(labels_to_mni, "main", lambda argv: calls.append(argv) or 0)
-    trainer = workflow_script("train_segmentation")
+    trainer = training_script("train_segmentation")
     cfg = trainer.TrainConfig(train_subjects=("head_a",), val_subjects=("head_b",))
     aligned = tmp_path / "aligned"
     aligned.mkdir()
