@@ -168,7 +168,7 @@ def main(argv=None):
                          "that protocol; images whose "
                          "tissue curve cannot be inverted are segmented as acquired (counted "
                          "in the results: harmonised_share). 'curve' (the default, what the "
-                         "application does and what runs before session 39 measured) stops "
+                         "application does, and what results without this setting measured) stops "
                          "at the tissue curve; 'landmarks' then moves the CSF/GM/WM peaks "
                          "onto the reference signals (Harmoniser.apply's opt-in step)")
     ap.add_argument("--device", default="cpu",
@@ -454,7 +454,7 @@ def earlier_run(path: Path, now: dict, option: str) -> dict:
                "device": "cpu",
                "conditions": conditions_of(results), "methods": ",".join(results)}
     other = {k: prev["meta"].get(k, missing.get(k, v)) for k, v in now.items()}
-    if other["harmonise"] is True:  # before session 39: the tissue curve alone
+    if other["harmonise"] is True:  # results from before the landmark step: the curve alone
         other["harmonise"] = "curve"
     theirs, ours = other["methods"].split(","), now["methods"].split(",")
     networks = [m for m in theirs if m != "atropos"]

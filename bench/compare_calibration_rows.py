@@ -4,7 +4,7 @@
 Two ``calibration.json`` files (``training/calibrate_bounds.py``) that scored the same
 images - same subjects, conditions, seed - with different Monte-Carlo samplers: per
 tissue, how far the median volume moved, how wide the raw [Q1, Q3] and 95 % intervals
-are before and after, and the conformal margins each set of rows gives. Session 16
+are before and after, and the conformal margins each set of rows gives. It
 measured the blank-window fix of Monte-Carlo sampling with it (docs/uncertainty.md):
 
     python bench/compare_calibration_rows.py \\

@@ -1,13 +1,13 @@
 #!/usr/bin/env python
-"""The segmentation issue's goals, cell by cell, from the 121-image benchmark folders.
+"""The segmentation goals, cell by cell, from the 121-image consistency benchmark folders.
 
 The consistency benchmark's results lie in one folder per condition and method group
 (``bench/bench_consistency.py`` runs measured in different sessions: the networks on
 MPRAGE-ID, Atropos alone, the networks behind ``--harmonise``, ...). This script reads
 their ``consistency.json`` files and writes, in one table per measure, every method
 (a network as acquired, a network behind the harmoniser, Atropos) against every
-condition, beside the paper's best (Phys-Strat-Aug, CoV x10^3 GM / WM), and then the
-issue's goals for each physics row:
+condition, beside the paper's best (Phys-Strat-Aug, CoV x10^3 GM / WM), and then
+the goals for each physics row:
 
 * CoV below the paper's best in GM and WM (the paper gives no CSF figure);
 * Dice vs anatomy >= 0.93 in GM, WM and CSF;
@@ -40,7 +40,7 @@ from common import SAME  # bench/, beside this script: the settings runs share
 CONDITIONS = ("mprage-id", "mprage-ood", "spgr-id", "spgr-ood")
 TISSUES = ("GM", "WM", "CSF")
 #: the paper's best (acquisition-invariant-segmentation-uncertainty, Phys-Strat-Aug),
-#: CoV x10^3 GM / WM per condition, as the issue quotes them
+#: CoV x10^3 GM / WM per condition, as Borges et al. 2021 report them (Phys-Strat-Aug)
 PAPER_BEST = {"mprage-id": (0.42, 0.51), "mprage-ood": (4.74, 3.65),
               "spgr-id": (15.76, 7.12), "spgr-ood": (28.88, 44.78)}
 DICE_GOAL = 0.93
@@ -171,7 +171,7 @@ def markdown(summary: dict, verdict: dict, order: list[str], settings: dict,
         mark = "" if c["complete"] else f" ({', '.join(c['subjects'])} only)"
         return _fmt(c[key], digits) + mark
 
-    lines = [f"The issue's benchmark: {settings['n_images']} images per subject and "
+    lines = [f"The consistency benchmark: {settings['n_images']} images per subject and "
              f"condition, phantom seed {settings['seed']}, subjects "
              f"{', '.join(summary['subjects'])}; each cell the mean over its subjects "
              "(GM / WM / CSF). Written by `bench/scoreboard.py` from "

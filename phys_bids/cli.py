@@ -109,8 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "effects (beside a classical segmentation's, with ComBat and proxy "
                     "A-distances) and can bridge a protocol change (--bridge).",
         epilog="Exit status: 0 done; 1 subjects failed (the others completed); 2 usage or "
-               "input error. Documentation: docs/usage.md, docs/outputs.md, "
-               "docs/bad-input.md.")
+               "input error. Documentation: the docs/ folder of the phys-bids source "
+               "(usage.md, outputs.md, bad-input.md).")
     ap.add_argument("bids_dir", metavar="BIDS_DIR",
                     help="root of the input BIDS dataset (read only; never written to)")
     ap.add_argument("output_dir", metavar="OUTPUT_DIR",
@@ -130,30 +130,23 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="seg-physics",
                    help="segmentation model shipped with phys-bids: seg-physics (told the "
                         "acquisition), seg-physics-film (told it by feature-wise modulation "
-                        "after the norm; a candidate, docs/segmentation.md), "
-                        "seg-physics-film-nonorm (the same without normalisation, so its "
-                        "output does not depend on the inference window; experimental: accurate on "
-                        "synthetic phantoms, not through the application) or "
-                        "seg-baseline "
-                        "(not told) (default: %(default)s)")
+                        "after the norm; a candidate), seg-physics-film-nonorm (the same "
+                        "without normalisation; experimental, not for real data) or "
+                        "seg-baseline (not told the acquisition) (default: %(default)s)")
     g.add_argument("--physics-clamp", choices=["none", "contrast"], default="none",
                    help="what a physics model is told of an acquisition outside its training "
                         "space: none = the acquisition itself (flagged in the outputs), "
                         "contrast = the training acquisition whose image of the prior tissue "
                         "means is most alike (recorded in the provenance; the qMRI estimate "
-                        "keeps the real one). On phantoms out of distribution it brings "
-                        "seg-physics-film below seg-physics in 5 of 6 columns; the shipped "
-                        "seg-physics hears little of it (docs/segmentation.md) "
-                        "(default: %(default)s)")
+                        "keeps the real one) (default: %(default)s)")
     g.add_argument("--harmonise-contrast", action="store_true",
                    help="re-render each T1w at the reference protocol (MPRAGE, TI 0.9 s) by "
                         "the signal equation along the prior tissue curve, cut the brain "
                         "mask from the re-rendered head and segment it, telling the physics "
                         "branch that protocol; an acquisition whose "
                         "tissue curve folds or is too flat (MPRAGE TI about 0.2-0.5 s, "
-                        "SPGR where GM meets WM) is segmented as acquired, with a warning. "
-                        "Off by default "
-                        "(docs/segmentation.md, 'Contrast harmonisation')")
+                        "SPGR where GM meets WM) is segmented as acquired, with a warning "
+                        "(default: off)")
     g.add_argument("--qmri-model", default="auto", metavar="NAME",
                    help="network estimating PD, R1, R2* and MT maps from each T1w, from which "
                         "the harmonised image is synthesised: auto = qmri-physics when "
@@ -164,25 +157,24 @@ def build_parser() -> argparse.ArgumentParser:
                         "sidecar fields in BIDS units, e.g. {\"PulseSequenceType\": "
                         "\"MPRAGE\", \"InversionTime\": 0.9} (default: %(default)s)")
     g.add_argument("--skull-strip", choices=["deepbet", "hd-bet", "none"], default="deepbet",
-                   help="brain extraction: deepbet (CNN, seconds on CPU), hd-bet (HD-BET fast "
-                        "mode; optional extra phys-bids[hdbet], ~20 s on CPU) or none for "
-                        "images that are already brain-extracted (default: %(default)s)")
+                   help="brain extraction: deepbet (CNN), hd-bet (HD-BET fast mode; needs the "
+                        "optional extra phys-bids[hdbet]) or none for images that are already "
+                        "brain-extracted (default: %(default)s)")
     g.add_argument("--protocol-file", metavar="FILE",
                    help="JSON of per-run acquisition-parameter overrides for sidecars that "
                         "lack or get them wrong (format: docs/protocol-file.md)")
     g.add_argument("--mc-samples", type=int, default=4, metavar="N",
                    help="Monte-Carlo samples (dropout + aleatoric logit noise) for volume "
                         "bounds and uncertainty maps; each costs about one segmentation "
-                        "pass (~16-20 s per 1 mm scan on 2 CPU cores); the calibrated bounds "
-                        "(cal_* columns) were fitted with 4; 0 = no bounds "
-                        "(default: %(default)s)")
+                        "pass; the calibrated bounds (cal_* columns) were fitted with 4; "
+                        "0 = no bounds (default: %(default)s)")
     g.add_argument("--seed", type=int, default=0,
                    help="random seed; the same seed gives bit-identical outputs on CPU with "
                         "the same --omp-nthreads (default: %(default)s)")
     g = ap.add_argument_group("group level")
     g.add_argument("--no-classical", action="store_true",
-                   help="skip the classical segmentation (Atropos k-means, ~5-20 s per scan) "
-                        "whose site effects the group level reports beside the model's")
+                   help="skip the classical segmentation (Atropos k-means) whose site effects "
+                        "the group level reports beside the model's")
     g.add_argument("--bridge", nargs=2, metavar=("A", "B"),
                    help="bridge a protocol change: subjects scanned in group A and group B "
                         "(each a site, a session ses-X or an acquisition label acq-X); "

@@ -112,9 +112,8 @@ def _mni_anatomy():
     gm, wm = gm * inside, wm * inside  # the template's traces beyond it would overlap the skull
     frac = np.zeros((len(CLASSES), *gm.shape), np.float32)
     # GM and WM as the template gives them, rescaled only where they sum to more than
-    # 1; CSF is the rest of the voxel. (Until session 23 both were also multiplied by
-    # min(gm + wm, 1), which left 119 mL of the brain mask empty, PD 0: dark voxels
-    # that every model read as CSF.)
+    # 1; CSF is the rest of the voxel, so no part of the brain is left empty (PD 0),
+    # which every model would read as CSF.
     norm = np.maximum(gm + wm, 1)
     frac[CLASSES.index("gm_cortex")] = gm / norm
     frac[CLASSES.index("wm")] = wm / norm

@@ -19,7 +19,7 @@ with the tolerances the benchmark (bench/bench_bridge.py, docs/usage.md) support
   between A and B than the uncorrected classical segmentation.
 
 The site-effect and accuracy tests run in CI on two subjects (6 scans, one subject per
-process: about 5 minutes; three subjects took 8.4 in stop 46's CI). The bridging test
+process: about 5 minutes; three subjects took 8.4 minutes in CI). The bridging test
 processes three subjects (9 scans) and adds 42 segmentation passes on the 1 mm
 template grid (about 15 minutes alone on 2 cores) and is marked slow: ``pytest
 --run-slow tests/app/test_travelling_subjects.py``; the bridging code itself is

@@ -566,7 +566,7 @@ def _no_nan(token):
 
 def test_consistency_benchmark_measures_every_method_and_condition(label_dir, tmp_path,
                                                                    caplog):
-    """bench/bench_consistency.py (the issue's benchmark) on tiny models, one small head
+    """bench/bench_consistency.py (the consistency benchmark) on tiny models, one small head
     and 3 images per condition: a row per method and condition; the CoV is 10^3 SD/mean
     of the volumes its TI plot shows; Dice lies in [0, 1]; Atropos segments the same
     images (a failure is counted, not averaged); --resume adds a subject without

@@ -1,4 +1,4 @@
-"""bench/scoreboard.py: the issue's goals from result folders measured apart."""
+"""bench/scoreboard.py: the segmentation goals from result folders measured apart."""
 
 import json
 
@@ -31,7 +31,7 @@ def _folder(tmp_path, name, cells, n_images=121, seed=2024, harmonise=None):
 
 
 def test_cells_goals_partial_and_missing_cells(tmp_path):
-    """Cell means over subjects; each goal judged as the issue states it; two methods
+    """Cell means over subjects; each goal judged as the docs state it; two methods
     compared over the subjects both measured, and such a goal marked with them; absent
     cells are listed; a run
     from before the harmoniser's modes (``harmonise: true``) is the curve's row."""
