@@ -297,6 +297,22 @@ def _file_logging(out_dir: Path, argv: list[str], config: dict) -> Path:
     return folder
 
 
+def _settings(args):
+    """The run settings from the parsed arguments (every result-changing choice, once)."""
+    from .config import Settings
+
+    return Settings(model=args.model, skull_strip=args.skull_strip, seed=args.seed,
+                    omp_nthreads=args.omp_nthreads, nprocs=args.nprocs,
+                    device=_device(args.device), worker=args.pydra_worker,
+                    slurm_args=args.slurm_args, overwrite=args.overwrite,
+                    mc_samples=args.mc_samples, physics_clamp=args.physics_clamp,
+                    harmonise_contrast=args.harmonise_contrast,
+                    protocol_file=str(Path(args.protocol_file).resolve())
+                    if args.protocol_file else None, qmri_model=_qmri_model(args.qmri_model),
+                    reference_protocol=str(Path(args.reference_protocol).resolve())
+                    if Path(args.reference_protocol).is_file() else args.reference_protocol)
+
+
 def run(args, argv: list[str]) -> int:
     from .bids.layout import (
         DatasetError,
@@ -306,7 +322,7 @@ def run(args, argv: list[str]) -> int:
         load_filter_file,
         select_t1w,
     )
-    from .bids.protocol import Protocol, ProtocolFileError
+    from .bids.protocol import ProtocolFileError
 
     try:
         root = check_dataset(args.bids_dir)
@@ -322,16 +338,14 @@ def run(args, argv: list[str]) -> int:
                              bridge_steps=args.bridge_steps, model=args.model, seed=args.seed,
                              device=_device(args.device))
         bids_filter = load_filter_file(args.bids_filter_file) if args.bids_filter_file else None
-        if args.protocol_file:
-            Protocol.load(args.protocol_file)  # fail early on a malformed file
         models = _models()
         if args.model not in models:
             raise UsageError(f"--model {args.model}: unknown; available: {', '.join(models)}")
-        qmri_model = _qmri_model(args.qmri_model)
-        from .bids.protocol import load_reference_protocol
-
-        load_reference_protocol(args.reference_protocol)  # a bad value fails early, always
-        device = _device(args.device)
+        settings = _settings(args)
+        # the protocol file and the reference protocol are read here, once, for all
+        # subjects (Settings caches them): a malformed one fails before any work
+        settings.protocol  # noqa: B018
+        settings.reference  # noqa: B018
         if args.pydra_worker == "slurm" and shutil.which("sbatch") is None:
             raise UsageError("--pydra-worker slurm: sbatch not found on PATH; run on a SLURM "
                            "login node or use --pydra-worker serial or cf")
@@ -343,21 +357,10 @@ def run(args, argv: list[str]) -> int:
     except (DatasetError, ProtocolFileError, UsageError) as err:
         raise UsageError(str(err)) from None
 
-    from .config import Settings
     from .errors import SubjectError
     from .progress import PROGRESS_ENV, ProgressDisplay, read_events
     from .workflows.run import run_subject, subject_context
 
-    settings = Settings(model=args.model, skull_strip=args.skull_strip, seed=args.seed,
-                        omp_nthreads=args.omp_nthreads, nprocs=args.nprocs, device=device,
-                        worker=args.pydra_worker, slurm_args=args.slurm_args,
-                        overwrite=args.overwrite, mc_samples=args.mc_samples,
-                        physics_clamp=args.physics_clamp,
-                        harmonise_contrast=args.harmonise_contrast,
-                        protocol_file=str(Path(args.protocol_file).resolve())
-                        if args.protocol_file else None, qmri_model=qmri_model,
-                        reference_protocol=str(Path(args.reference_protocol).resolve())
-                        if Path(args.reference_protocol).is_file() else args.reference_protocol)
     ctx = subject_context(settings, bids_root=root, out_dir=out_dir, work_dir=work_dir,
                           container=_container())
     n_runs = sum(len(v) for v in selection.values())

@@ -54,7 +54,7 @@ class Settings:
     @cached_property
     def reference(self) -> dict:
         """The harmonised image's protocol: name, sequence, parameters (SI), fields."""
-        from ..bids.protocol import load_reference_protocol
+        from .bids.protocol import load_reference_protocol
 
         return load_reference_protocol(self.reference_protocol)
 

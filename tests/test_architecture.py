@@ -177,3 +177,26 @@ def test_help_texts_carry_no_benchmark_figures():
         pytest.skip("phys-bids is not on PATH")
     for pattern in (r"\d+ of \d+ columns", r"s per 1 mm scan", r"[Ss]ession [0-9]", r"Dice"):
         assert not re.search(pattern, out), pattern
+
+
+def test_every_phys_bids_import_names_an_existing_module():
+    """Relative imports (lazy ones included, which only run when their function does)
+    resolve to a module of the package: a module moved between layers cannot keep a
+    stale ``from ..x import y``."""
+    bad = []
+    for f in sorted(PACKAGE.rglob("*.py")):
+        mod = _module_name(f)
+        package = mod.split(".") if f.name == "__init__.py" else mod.split(".")[:-1]
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                if node.level > len(package):
+                    bad.append(f"{f.relative_to(REPO)}:{node.lineno}: beyond the package")
+                    continue
+                base = package[: len(package) - (node.level - 1)]
+                name = ".".join(base + ([node.module] if node.module else []))
+                if name != "phys_bids" and not _is_module(name):
+                    bad.append(f"{f.relative_to(REPO)}:{node.lineno}: no module {name}")
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("phys_bids."):
+                if not _is_module(node.module):
+                    bad.append(f"{f.relative_to(REPO)}:{node.lineno}: no module {node.module}")
+    assert not bad, "\n".join(bad)
