@@ -13,8 +13,10 @@ compares, per tissue:
 
     python bench/bench_demo_sites.py --out docs/results/demo-sites --omp-nthreads 2
 
-``--harmonise-contrast`` runs participant with that option (each image re-rendered at
-the reference protocol by the signal equation before segmentation, phys_bids.preproc.harmonise).
+``--models`` takes shipped network names and ``bayes``, the physics-tied Bayesian
+segmentation (``participant --segmenter bayes``). ``--harmonise-contrast`` runs
+participant with that option (each image re-rendered at the reference protocol by the
+signal equation before segmentation, phys_bids.preproc.harmonise).
 
 writes ``demo_sites.json`` and ``demo_sites.md``; every step's time is in the
 runs' ``logs/*/steps.tsv``.
@@ -51,8 +53,9 @@ def main(argv=None) -> int:
     for model in args.models.split(","):
         out = work / f"out-{model}"
         clear(out, work / "work")
+        method = ["--segmenter", "bayes"] if model == "bayes" else ["--model", model]
         seconds = run([str(bids), str(out), "participant", "-w", str(work / "work"),
-                       "--model", model, "--omp-nthreads", str(args.omp_nthreads),
+                       *method, "--omp-nthreads", str(args.omp_nthreads),
                        "--nprocs", str(args.omp_nthreads)]
                       + (["--harmonise-contrast"] if args.harmonise_contrast else []))
         run([str(bids), str(out), "group", "-w", str(work / "work")])

@@ -96,6 +96,20 @@ def _qmri_model(value: str) -> str | None:
     return value
 
 
+def split_labels(values: list[str] | None) -> list[str] | None:
+    """Labels as given after --participant-label / --session-label, separated by spaces
+    or commas (``01,02`` is read as two labels, not refused).
+
+    >>> split_labels(["01,02", "sub-03"])
+    ['01', '02', 'sub-03']
+    >>> split_labels(None) is None
+    True
+    """
+    if values is None:
+        return None
+    return [v.strip() for value in values for v in value.split(",") if v.strip()]
+
+
 def build_parser() -> argparse.ArgumentParser:
     cpus = available_cpus()
     ap = argparse.ArgumentParser(
@@ -120,9 +134,11 @@ def build_parser() -> argparse.ArgumentParser:
                          "effects and bridging")
     g = ap.add_argument_group("selection")
     g.add_argument("--participant-label", "--participant_label", nargs="+", metavar="LABEL",
-                   help="subjects to process, with or without 'sub-' (default: all)")
+                   help="subjects to process, with or without 'sub-', separated by spaces "
+                        "or commas (default: all)")
     g.add_argument("--session-label", nargs="+", metavar="LABEL",
-                   help="sessions to process, with or without 'ses-' (default: all)")
+                   help="sessions to process, with or without 'ses-', separated by spaces "
+                        "or commas (default: all)")
     g.add_argument("--bids-filter-file", metavar="FILE",
                    help='JSON selecting T1w images with pybids entities, e.g. {"t1w": '
                         '{"acquisition": "mprage", "run": 1}} (default: every T1w)')
@@ -133,6 +149,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "after the norm; a candidate), seg-physics-film-nonorm (the same "
                         "without normalisation; experimental, not for real data) or "
                         "seg-baseline (not told the acquisition) (default: %(default)s)")
+    g.add_argument("--segmenter", choices=["network", "bayes"], default="network",
+                   help="network: the network chosen by --model; bayes: the physics-tied "
+                        "Bayesian segmentation (a Gaussian mixture whose class means come "
+                        "from the signal equation at the scan's acquisition parameters, with "
+                        "partial-volume classes, the template's tissue probability maps and "
+                        "a Markov random field; writes posterior bounds, post_* columns, "
+                        "and no Monte-Carlo samples) (default: %(default)s)")
     g.add_argument("--physics-clamp", choices=["none", "contrast"], default="none",
                    help="what a physics model is told of an acquisition outside its training "
                         "space: none = the acquisition itself (flagged in the outputs), "
@@ -305,8 +328,9 @@ def _settings(args):
                     omp_nthreads=args.omp_nthreads, nprocs=args.nprocs,
                     device=_device(args.device), worker=args.pydra_worker,
                     slurm_args=args.slurm_args, overwrite=args.overwrite,
-                    mc_samples=args.mc_samples, physics_clamp=args.physics_clamp,
-                    harmonise_contrast=args.harmonise_contrast,
+                    mc_samples=args.mc_samples if args.segmenter == "network" else 0,
+                    physics_clamp=args.physics_clamp,
+                    harmonise_contrast=args.harmonise_contrast, segmenter=args.segmenter,
                     protocol_file=str(Path(args.protocol_file).resolve())
                     if args.protocol_file else None, qmri_model=_qmri_model(args.qmri_model),
                     reference_protocol=str(Path(args.reference_protocol).resolve())
@@ -448,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:  # argparse exits (status 2, or 0 for --help/--version): return that status instead
         args = parser.parse_args(argv)
+        args.participant_label = split_labels(args.participant_label)
+        args.session_label = split_labels(args.session_label)
         if args.nprocs < 1:
             parser.error("--nprocs must be >= 1")
         if args.omp_nthreads is None:

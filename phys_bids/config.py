@@ -46,6 +46,9 @@ class Settings:
     #: re-render each image at the reference protocol by the signal equation before
     #: segmenting it (:mod:`phys_bids.preproc.harmonise`), telling the physics branch that protocol
     harmonise_contrast: bool = False
+    #: "network": the physics-aware network (``model``); "bayes": the physics-tied
+    #: Bayesian segmentation (:mod:`phys_bids.models.bayes`)
+    segmenter: str = "network"
 
     @cached_property
     def _protocol_text(self) -> str:
@@ -71,6 +74,8 @@ class Settings:
         # only when set, so that outputs made before the option keep their digest
         clamp = {} if self.physics_clamp == "none" else {"physics_clamp": self.physics_clamp}
         harm = {"harmonise_contrast": True} if self.harmonise_contrast else {}
+        if self.segmenter != "network":
+            harm["segmenter"] = self.segmenter
         key = json.dumps({"model": self.model, "sha": model_sha256, "template": template,
                           **qmri, **clamp, **harm,
                           "skull_strip": self.skull_strip, "seed": self.seed,

@@ -16,7 +16,13 @@ import nibabel as nib
 import numpy as np
 
 from ..bids.sidecars import load_sidecar, parse_entities
-from ..workflows.outputs import CAL_COLUMNS, MC_COLUMNS, MORPH_TISSUES, PROVENANCE
+from ..workflows.outputs import (
+    CAL_COLUMNS,
+    MC_COLUMNS,
+    MORPH_TISSUES,
+    POST_COLUMNS,
+    PROVENANCE,
+)
 
 __all__ = ["COLUMNS", "TISSUES", "DESCRIPTORS", "collect_volumes", "classical_volumes",
            "site_of"]
@@ -28,7 +34,7 @@ DESCRIPTORS = ("Manufacturer", "ManufacturersModelName", "InstitutionName", "Sta
                "DeviceSerialNumber", "MagneticFieldStrength")
 TISSUES = MORPH_TISSUES
 #: the participant level's bounds carried into the study table
-BOUND_COLUMNS = (MC_COLUMNS[1], CAL_COLUMNS[2], CAL_COLUMNS[3])  # median, 95 % band
+BOUND_COLUMNS = (MC_COLUMNS[1], CAL_COLUMNS[2], CAL_COLUMNS[3], POST_COLUMNS[1], POST_COLUMNS[2])
 
 COLUMNS = {
     "participant_id": "subject label (sub-X)",

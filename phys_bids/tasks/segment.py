@@ -11,7 +11,7 @@ from phys_bids.physics.tissues import TARGETS
 
 from . import save_output
 
-__all__ = ["Segment", "ToNative", "TISSUES"]
+__all__ = ["Segment", "BayesSegment", "ToNative", "TISSUES"]
 
 #: dseg values and names (0 is background), as in ``dseg.tsv``.
 TISSUES = {k: name for k, name in enumerate(TARGETS) if k}
@@ -70,6 +70,68 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
         vols = [] if res.volumes is None else [[round(float(v), 6) for v in row]
                                                 for row in res.volumes]
     return p_out, d_out, m_out, s_out, vols
+
+
+@python.define(outputs=["probseg", "dseg", "mask", "sd", "fit"])
+def BayesSegment(in_template: File, mask: File, transform: File, template: File,
+                 template_gm: File, template_wm: File, template_mask: File, sequence: str,
+                 params: dict, field_strength: float = 3.0, threads: int = 1,
+                 label: str = "") -> tuple[File, File, File, File, dict]:
+    """Tissue fractions of a template-space brain by the physics-tied Bayesian
+    segmentation (:func:`phys_bids.models.bayes.bayes_segment`): class means from the
+    signal equation at ``sequence``/``params`` (the acquisition as read from the
+    sidecar) and ``field_strength``, partial-volume classes, the template's GM/WM maps
+    (CSF: the rest of the template's brain mask) as spatial prior, and a Markov random
+    field. Same outputs as :func:`Segment` (``sd``: the per-voxel posterior SD of each
+    tissue fraction) plus ``fit``: gain, class signals, contrast-to-noise per tissue
+    pair and the volumes' posterior SD on the template grid."""
+    import nibabel as nib
+    import numpy as np
+
+    from phys_bids.models.bayes import bayes_segment
+    from phys_bids.preproc.register import to_template
+    from phys_bids.progress import step
+    from phys_bids.threads import thread_limit
+
+    name = label or Path(in_template).name
+    with step(name, "segmentation (physics-tied Bayesian)"), thread_limit(threads):
+        tpl = nib.load(str(template))
+        img = nib.load(str(in_template))
+        m = to_template(nib.load(str(mask)), tpl, transform, interpolation="nearestNeighbor")
+        mdata = np.asanyarray(m.dataobj) > 0
+        gm = nib.load(str(template_gm)).get_fdata(dtype=np.float32)
+        wm = nib.load(str(template_wm)).get_fdata(dtype=np.float32)
+        brain = nib.load(str(template_mask)).get_fdata(dtype=np.float32) > 0
+        csf = np.clip(brain.astype(np.float32) - gm - wm, 0.0, 1.0)
+        zooms = np.sqrt((img.affine[:3, :3] ** 2).sum(0))
+        res = bayes_segment(img.get_fdata(dtype=np.float32), mdata, sequence, params,
+                            prior=np.stack([gm, wm, csf]), field_strength=field_strength,
+                            voxel_ml=float(np.prod(zooms)) / 1000.0)
+        probs = np.zeros((*mdata.shape, 4), np.float32)
+        probs[..., 1:] = np.moveaxis(res.fractions, 0, -1)
+        probs[~mdata, 0] = 1.0
+        hdr = img.header.copy()
+        hdr.set_data_dtype(np.float32)
+        p_out = save_output(nib.Nifti1Image(probs, img.affine, hdr), "probseg_template.nii.gz",
+                            label)
+        hdr8 = img.header.copy()
+        hdr8.set_data_dtype(np.uint8)
+        d_out = save_output(nib.Nifti1Image(probs.argmax(-1).astype(np.uint8), img.affine,
+                                            hdr8), "dseg_template.nii.gz", label)
+        m_out = save_output(nib.Nifti1Image(mdata.astype(np.uint8), img.affine, hdr8),
+                            "mask_template.nii.gz", label)
+        sd = np.zeros_like(probs)
+        sd[..., 1:] = np.moveaxis(res.fraction_sd, 0, -1)
+        s_out = save_output(nib.Nifti1Image(sd, img.affine, hdr), "sd_template.nii.gz", label)
+        fit = {"gain": round(res.gain, 6),
+               "signals": {k: round(v, 6) for k, v in res.signals.items()},
+               "prior_signals": {k: round(v, 6) for k, v in res.prior_signals.items()},
+               "noise_sd": round(next(iter(res.sd.values())), 6),
+               "cnr": {k: round(v, 3) for k, v in res.cnr.items()},
+               "volumes_ml": {k: round(v, 4) for k, v in res.volumes_ml.items()},
+               "volume_sd_ml": {k: round(v, 4) for k, v in res.volume_sd_ml.items()},
+               "iterations": res.iterations, "converged": res.converged}
+    return p_out, d_out, m_out, s_out, fit
 
 
 @python.define(outputs=["probseg", "dseg", "volumes", "sd"])

@@ -94,7 +94,7 @@ class PreparedRun:
 
 def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
                 physics: bool, physics_clamp: str = "none",
-                harmonise_contrast: bool = False) -> PreparedRun:
+                harmonise_contrast: bool = False, segmenter: str = "network") -> PreparedRun:
     """Check the image and read its acquisition (raises :class:`SubjectError`).
 
     ``physics_clamp="contrast"``: a physics model is told, for an acquisition outside its
@@ -124,6 +124,8 @@ def prepare_run(run: T1wRun, bids_root: Path, protocol: Protocol | None, *,
                            harmonise_refused="the acquisition was not read" if harmonise_contrast
                            else "")
     inside, outside = in_training_space(acq.sequence, params)
+    if segmenter == "bayes":  # no training space: the signal equation is told the scan
+        inside, outside = True, []
     warnings = list(acq.warnings)
     if not inside:
         warnings.append(f"acquisition parameter(s) {', '.join(outside)} outside the model's "

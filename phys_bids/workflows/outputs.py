@@ -22,7 +22,8 @@ from ..models.calibration import margins_for, widen
 from ..tasks.segment import TISSUES
 from .acquisition import LOW_CONTRAST_SPGR, PreparedRun
 
-__all__ = ["write_outputs", "MORPH_TISSUES", "MC_COLUMNS", "CAL_COLUMNS", "PROVENANCE"]
+__all__ = ["write_outputs", "MORPH_TISSUES", "MC_COLUMNS", "CAL_COLUMNS", "POST_COLUMNS",
+           "PROVENANCE"]
 
 log = logging.getLogger("phys_bids.participant")
 
@@ -32,14 +33,21 @@ MORPH_TISSUES = ("GM", "WM", "CSF", "ICV")
 PROVENANCE = "PhysBIDS"
 
 
-def _provenance(p: PreparedRun, settings: Settings, template, model, digest: str) -> dict:
+def _provenance(p: PreparedRun, settings: Settings, template, model, digest: str,
+                fit: dict | None = None) -> dict:
+    bayes = settings.segmenter == "bayes"
     return {
         "Version": __version__,
         "Seed": settings.seed,
         "Threads": settings.omp_nthreads,
-        "Model": {"Name": model.name, "WeightsSha256": model.manifest["weights_sha256"],
-                  "TrainingSteps": model.manifest.get("steps"),
-                  "PhysicsAware": model.physics},
+        **({"Segmentation": {
+            "Method": "physics-tied Bayesian segmentation (phys_bids.models.bayes): class "
+                      "means from the signal equation at the acquisition, partial-volume "
+                      "classes, the template's tissue maps and a Markov random field",
+            "Fit": fit}} if bayes else {}),
+        "Model": None if bayes else {
+            "Name": model.name, "WeightsSha256": model.manifest["weights_sha256"],
+            "TrainingSteps": model.manifest.get("steps"), "PhysicsAware": model.physics},
         "Template": {"Name": template.name, "Source": template.source},
         "SkullStripMethod": settings.skull_strip,
         "MonteCarloSamples": settings.mc_samples,
@@ -48,7 +56,8 @@ def _provenance(p: PreparedRun, settings: Settings, template, model, digest: str
         "InTrainingSpace": p.in_training_space,
         "OutsideTrainingSpace": p.outside,
         "PhysicsClamp": settings.physics_clamp,
-        "PhysicsToldParameters": p.segmentation_params if model.physics else None,
+        "PhysicsToldParameters": p.segmentation_params if model.physics and not bayes
+        else None,
         **({"ContrastHarmonisation": {
             "Applied": bool(p.harmonise_from),
             "Reference": {"Sequence": p.segmentation_sequence if p.harmonise_from else None,
@@ -72,6 +81,10 @@ MC_COLUMNS = ("mc_mean_ml", "mc_median_ml", "mc_q1_ml", "mc_q3_ml", "mc_iqr_ml",
               "mc_p97_5_ml")
 #: calibrated bounds (the sample quantiles widened by the model's conformal margins)
 CAL_COLUMNS = ("cal_q1_ml", "cal_q3_ml", "cal_p2_5_ml", "cal_p97_5_ml")
+#: posterior bounds of the physics-tied Bayesian segmentation (n/a for the networks)
+POST_COLUMNS = ("post_sd_ml", "post_p2_5_ml", "post_p97_5_ml")
+#: GM-WM contrast-to-noise of the fitted Bayesian model below which the QC flags a scan
+LOW_CNR = 1.5
 MC_DESCRIPTIONS = {
     "mc_mean_ml": "mean volume over the Monte-Carlo samples (model grid, 1 mm voxels)",
     "mc_median_ml": "median over the samples", "mc_q1_ml": "first quartile (25th percentile)",
@@ -83,6 +96,11 @@ MC_DESCRIPTIONS = {
     "cal_q3_ml": "calibrated upper bound of the 50 % interval",
     "cal_p2_5_ml": "calibrated lower bound of the 95 % interval",
     "cal_p97_5_ml": "calibrated upper bound of the 95 % interval",
+    "post_sd_ml": "posterior SD of the volume (physics-tied Bayesian segmentation: voxel-wise "
+                  "labelling and the class signals' uncertainty; model grid); n/a for the "
+                  "networks and for ICV",
+    "post_p2_5_ml": "volume_ml - 1.96 post_sd_ml (not calibrated)",
+    "post_p97_5_ml": "volume_ml + 1.96 post_sd_ml (not calibrated)",
 }
 
 
@@ -226,7 +244,7 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
     tpl = template.name
     for p, out in zip(prepared, per_run, strict=True):
         src = p.run.name
-        prov = _provenance(p, settings, template, model, digest)
+        prov = _provenance(p, settings, template, model, digest, out.get("seg_fit"))
         sources = [f"bids:raw:{p.run.relpath}"]
 
         def put(rel_kwargs, path=None, img=None, extra=None, _src=src, _sources=sources,
@@ -264,8 +282,10 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
         fits = _write_fits(writer, p, out, fitted_sessions, estimated)
         vols = out["volumes"]
         stats = _mc_stats(out["mc_volumes"])
-        rows = ["\t".join(["tissue", "volume_ml", *MC_COLUMNS, *CAL_COLUMNS, "mc_samples",
-                           "seed", "in_training_space", "outside_training_space"])]
+        fit = out.get("seg_fit") or {}
+        rows = ["\t".join(["tissue", "volume_ml", *MC_COLUMNS, *CAL_COLUMNS, *POST_COLUMNS,
+                           "mc_samples", "seed", "in_training_space",
+                           "outside_training_space"])]
         flag = "true" if p.in_training_space else "false"
         outside = ",".join(p.outside) or "n/a"
         calibrated = {}
@@ -278,8 +298,15 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
                 wide = widen(stats[t], margins)
                 cal = [f"{max(0.0, wide[c[4:-3]]):.4f}" for c in CAL_COLUMNS]
                 calibrated[t] = (max(0.0, wide["p2_5"]), wide["p97_5"])
-            rows.append("\t".join([t, f"{vols[t]:.4f}", *mc, *cal, str(settings.mc_samples),
-                                   str(settings.seed), flag, outside]))
+            post = ["n/a"] * len(POST_COLUMNS)
+            sd = fit.get("volume_sd_ml", {}).get(t)
+            if sd is not None:
+                lo, hi = max(0.0, vols[t] - 1.96 * sd), vols[t] + 1.96 * sd
+                post = [f"{sd:.4f}", f"{lo:.4f}", f"{hi:.4f}"]
+                calibrated[t] = (lo, hi)
+            rows.append("\t".join([t, f"{vols[t]:.4f}", *mc, *cal, *post,
+                                   str(settings.mc_samples), str(settings.seed), flag,
+                                   outside]))
         morph = derivative_path(src, suffix="morph", extension=".tsv")
         writer.write_text(morph, "\n".join(rows) + "\n")
         writer.write_json(morph.replace(".tsv", ".json"), {
@@ -290,7 +317,7 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
                                   "inside the model's training space"},
             "outside_training_space": {"Description": "the parameters outside it"},
             **{c: {"Description": MC_DESCRIPTIONS[c], "Units": "mL"}
-               for c in (*MC_COLUMNS, *CAL_COLUMNS)},
+               for c in (*MC_COLUMNS, *CAL_COLUMNS, *POST_COLUMNS)},
             "mc_samples": {"Description": "Monte-Carlo samples (0: bounds not computed)"},
             "seed": {"Description": "the seed of the Monte-Carlo draws"},
             "Sources": sources, PROVENANCE: prov})
@@ -308,6 +335,11 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
                          f" (physics branch told {p.told_text()}: --physics-clamp contrast)"))
         if p.low_contrast:
             qc.append(p.low_contrast_note())
+        cnr = fit.get("cnr", {}).get("GM-WM")
+        if cnr is not None and cnr < LOW_CNR:
+            qc.append(f"GM-WM contrast-to-noise of the fitted tissue model is {cnr:.2f} "
+                      f"(< {LOW_CNR}): GM and WM are told apart by the template prior more "
+                      "than by the image")
         if p.harmonise_refused:
             qc.append("contrast harmonisation not applied, segmented as acquired: "
                       + p.harmonise_refused)
@@ -326,7 +358,8 @@ def write_outputs(subject: str, prepared: list[PreparedRun], per_run: list[dict]
                           "registration_dice": reg_dice, "figures": figures,
                           "qmri_fits": fits})
     report.subject_report(writer, subject, summaries, provenance={
-        "version": __version__, "model": model.name,
+        "version": __version__,
+        "model": "physics-tied Bayesian" if settings.segmenter == "bayes" else model.name,
         "weights_sha256": model.manifest["weights_sha256"], "template": template.name,
         "template_source": template.source, "seed": settings.seed,
         "settings": asdict(settings)})

@@ -19,14 +19,15 @@ from pydra.compose import workflow
 
 from ..tasks.preproc import HarmoniseContrast, N4BiasCorrect, RegisterToTemplate, SkullStrip
 from ..tasks.qmri import EstimateQMRI
-from ..tasks.segment import Segment, ToNative
+from ..tasks.segment import BayesSegment, Segment, ToNative
 from .acquisition import PreparedRun
 
 __all__ = ["RUN_OUTPUTS", "T1wRunWorkflow", "Participant", "participant_workflow"]
 
 RUN_OUTPUTS = ["mask", "brain_volume_ml", "strip_warnings", "n4", "bias_field", "in_template",
                 "transform", "probseg_template", "dseg_template", "mask_template",
-                "probseg", "dseg", "volumes", "sd", "mc_volumes", "qmri_maps", "harmonized"]
+                "probseg", "dseg", "volumes", "sd", "mc_volumes", "qmri_maps", "harmonized",
+               "seg_fit"]
 
 
 @workflow.define(outputs=RUN_OUTPUTS)
@@ -35,7 +36,8 @@ def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict,
                    skull_strip: str = "deepbet", threads: int = 1, seed: int = 0,
                    device: str = "cpu", mc_samples: int = 0, label: str = "",
                    qmri_model: str = "", qmri_sha256: str = "", reference: dict | None = None,
-                   harmonise_from: dict | None = None):
+                   harmonise_from: dict | None = None, segmenter: str = "network",
+                   field_strength: float = 3.0, template_priors: list | None = None):
     """One T1w run: preprocessing, segmentation on the model grid, back to native; with a
     ``qmri_model``, qMRI maps and the image harmonised to ``reference`` too. ``params``:
     the acquisition (qMRI); ``seg_sequence``/``seg_params``: what the segmentation's
@@ -43,7 +45,10 @@ def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict,
     ``--physics-clamp``, or the reference protocol when re-rendered);
     ``harmonise_from``: the acquisition the image is re-rendered from at the reference
     protocol before the skull strip's mask and before segmentation
-    (``--harmonise-contrast``; empty: as acquired)."""
+    (``--harmonise-contrast``; empty: as acquired). ``segmenter="bayes"``: the
+    physics-tied Bayesian segmentation instead of the network, told the acquisition
+    ``sequence``/``params`` at ``field_strength``, with ``template_priors`` (the
+    template's GM map, WM map and brain mask) as spatial prior."""
     strip = workflow.add(SkullStrip(in_file=in_file, method=skull_strip, threads=threads,
                                     label=label, harmonise_from=harmonise_from or {}))
     n4 = workflow.add(N4BiasCorrect(in_file=strip.brain, mask=strip.mask, threads=threads,
@@ -56,11 +61,24 @@ def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict,
                                               transform=reg.transform, template=template,
                                               harmonise_from=harmonise_from, label=label))
         seg_input = harm.out_file
-    seg = workflow.add(Segment(in_template=seg_input, mask=strip.mask,
-                               transform=reg.transform, template=template, model=model,
-                               model_sha256=model_sha256, sequence=seg_sequence,
-                               params=seg_params, threads=threads, device=device,
-                               mc_samples=mc_samples, seed=seed, label=label))
+    fit = None
+    if segmenter == "bayes":
+        gm, wm, brain = template_priors
+        seg = workflow.add(BayesSegment(in_template=seg_input, mask=strip.mask,
+                                        transform=reg.transform, template=template,
+                                        template_gm=gm, template_wm=wm, template_mask=brain,
+                                        sequence=seg_sequence if harmonise_from else sequence,
+                                        params=seg_params if harmonise_from else params,
+                                        field_strength=field_strength, threads=threads,
+                                        label=label))
+        fit, mc_volumes = seg.fit, []
+    else:
+        seg = workflow.add(Segment(in_template=seg_input, mask=strip.mask,
+                                   transform=reg.transform, template=template, model=model,
+                                   model_sha256=model_sha256, sequence=seg_sequence,
+                                   params=seg_params, threads=threads, device=device,
+                                   mc_samples=mc_samples, seed=seed, label=label))
+        mc_volumes = seg.mc_volumes
     nat = workflow.add(ToNative(probseg=seg.probseg, native=in_file, mask=strip.mask,
                                 transform=reg.transform, sd=seg.sd, label=label))
     maps = harmonized = None
@@ -73,7 +91,7 @@ def T1wRunWorkflow(in_file: File, template: File, sequence: str, params: dict,
         maps, harmonized = q.maps, q.harmonized
     return (strip.mask, strip.volume_ml, strip.warnings, n4.out_file, n4.bias_field,
             reg.out_file, reg.transform, seg.probseg, seg.dseg, seg.mask, nat.probseg,
-            nat.dseg, nat.volumes, nat.sd, seg.mc_volumes, maps, harmonized)
+            nat.dseg, nat.volumes, nat.sd, mc_volumes, maps, harmonized, fit)
 
 
 @workflow.define(outputs=RUN_OUTPUTS)
@@ -83,18 +101,22 @@ def Participant(in_files: list[File], labels: list[str], sequences: list[str],
                 skull_strip: str = "deepbet", threads: int = 1, seed: int = 0,
                 device: str = "cpu", mc_samples: int = 0, qmri_model: str = "",
                 qmri_sha256: str = "", reference: dict | None = None,
-                harmonise_from: list[dict] | None = None):
+                harmonise_from: list[dict] | None = None, segmenter: str = "network",
+                field_strengths: list[float] | None = None,
+                template_priors: list | None = None):
     """All T1w runs of one subject (a split of :class:`T1wRunWorkflow`)."""
     runs = workflow.add(
         T1wRunWorkflow(template=template, model=model, model_sha256=model_sha256,
                        skull_strip=skull_strip, threads=threads, seed=seed, device=device,
                        mc_samples=mc_samples, qmri_model=qmri_model,
-                       qmri_sha256=qmri_sha256, reference=reference)
+                       qmri_sha256=qmri_sha256, reference=reference, segmenter=segmenter,
+                       template_priors=template_priors)
         .split(("in_file", "label", "sequence", "params", "seg_sequence", "seg_params",
-                "harmonise_from"),
+                "harmonise_from", "field_strength"),
                in_file=in_files, label=labels, sequence=sequences, params=params,
                seg_sequence=seg_sequences, seg_params=seg_params,
-               harmonise_from=harmonise_from or [{} for _ in in_files])
+               harmonise_from=harmonise_from or [{} for _ in in_files],
+               field_strength=field_strengths or [3.0 for _ in in_files])
         .combine("in_file"), name="run")
     return tuple(getattr(runs, o) for o in RUN_OUTPUTS)
 
@@ -103,7 +125,8 @@ def participant_workflow(prepared: list[PreparedRun], *, template: Path, model: 
                          model_sha256: str, skull_strip: str = "deepbet", threads: int = 1,
                          seed: int = 0, device: str = "cpu", mc_samples: int = 0,
                          qmri_model: str = "", qmri_sha256: str = "",
-                         reference: dict | None = None) -> Participant:
+                         reference: dict | None = None, segmenter: str = "network",
+                         template_priors: list | None = None) -> Participant:
     """The Pydra workflow of one subject's runs, configured by keyword arguments."""
     return Participant(in_files=[p.run.path for p in prepared],
                        labels=[p.run.label for p in prepared],
@@ -115,4 +138,6 @@ def participant_workflow(prepared: list[PreparedRun], *, template: Path, model: 
                        template=template, model=model,
                        model_sha256=model_sha256, skull_strip=skull_strip, threads=threads,
                        seed=seed, device=device, mc_samples=mc_samples, qmri_model=qmri_model,
-                       qmri_sha256=qmri_sha256, reference=reference)
+                       qmri_sha256=qmri_sha256, reference=reference, segmenter=segmenter,
+                       field_strengths=[p.contrast_field_strength for p in prepared],
+                       template_priors=template_priors)

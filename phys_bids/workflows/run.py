@@ -86,9 +86,14 @@ def run_subject(subject: str, runs: list[T1wRun], *, settings: Settings, bids_ro
     if dup:
         raise SubjectError(f"sub-{subject}: ambiguous runs {', '.join(dup)} share every entity;"
                            " keep one of each or filter with --bids-filter-file")
-    prepared = [prepare_run(r, bids_root, settings.protocol, physics=model.physics,
+    bayes = settings.segmenter == "bayes"
+    if bayes and (template.gm is None or template.wm is None):
+        raise SubjectError(f"--segmenter bayes needs the template's GM and WM probability "
+                           f"maps, which {template.name} lacks here")
+    prepared = [prepare_run(r, bids_root, settings.protocol, physics=model.physics or bayes,
                             physics_clamp=settings.physics_clamp,
-                            harmonise_contrast=settings.harmonise_contrast) for r in runs]
+                            harmonise_contrast=settings.harmonise_contrast,
+                            segmenter=settings.segmenter) for r in runs]
     sha = model.manifest["weights_sha256"]
     qsha = qmri.manifest["weights_sha256"] if qmri is not None else None
     digest = settings.digest(sha, template.name, qsha)
@@ -99,7 +104,10 @@ def run_subject(subject: str, runs: list[T1wRun], *, settings: Settings, bids_ro
                               device=settings.device, mc_samples=settings.mc_samples,
                               qmri_model=settings.qmri_model if qmri is not None else "",
                               qmri_sha256=qsha or "",
-                              reference=settings.reference if qmri is not None else None)
+                              reference=settings.reference if qmri is not None else None,
+                              segmenter=settings.segmenter,
+                              template_priors=[template.gm, template.wm, template.mask]
+                              if bayes else None)
     try:
         with _submitter(settings, work_dir / "pydra", worker) as sub:
             result = sub(wf)

@@ -8,8 +8,8 @@ a classical segmentation of the same images and bridges site A -> site B. Assert
 with the tolerances the benchmark (bench/bench_bridge.py, docs/usage.md) supports:
 
 * the physics model's within-subject variation across sites is smaller than the
-  classical segmentation's for WM (for GM it is not: a strict xfail, the unmet goal of
-  the segmentation issue), and its volumes are within 10 % of the truth and nearer
+  classical segmentation's for WM (for GM it is not: a strict xfail: the network is not
+  yet acquisition-invariant), and its volumes are within 10 % of the truth and nearer
   than the classical ones for GM and WM;
 * bridging (a third subject is needed: two to search, one to test) recovers the
   simulated TI difference between the protocols (0.2 s) within one grid step; the
@@ -80,8 +80,8 @@ def test_physics_wm_site_effect_is_smaller_than_the_classical_one(travelling):
 
 @pytest.mark.xfail(strict=True, reason="the shipped model's GM varies across sites as much "
                    "as Atropos's on the demo (the SPGR site reads GM +9 %, the MPRAGE sites "
-                   "-3 to -7 %; docs/segmentation.md, travelling subjects): a goal of the "
-                   "segmentation issue, not met")
+                   "-3 to -7 %; docs/segmentation.md, travelling subjects): a goal not met "
+                   "yet")
 def test_physics_gm_site_effect_is_smaller_than_the_classical_one(travelling):
     e = _site_effects(travelling)["tissues"]["GM"]
     assert e["within_subject"]["mean_cov_x1e3"] < e["classical"]["within_subject"][
