@@ -66,8 +66,9 @@ class BayesResult:
     #: fitted unit-gain signals of the pure classes, and their prior means (physics)
     signals: dict
     prior_signals: dict
-    #: fitted SD of the intensities about their class mean (image units)
-    sd: dict
+    #: fitted SD of the intensities about their class mean, one for every class (image
+    #: units)
+    noise_sd: float
     #: contrast-to-noise of each tissue pair, |difference of means| / pooled SD
     cnr: dict
     iterations: int
@@ -228,18 +229,16 @@ def bayes_segment(image: np.ndarray, mask: np.ndarray, sequence: str, params: di
     vol = q.sum(0)
     log, converged, it = [], False, 0
     fitting_signals = False
-    stats = None
     for it in range(1, iterations + 1):
-        extra = mrf_beta * _mrf_term(q, mask, mix_t) if mrf_beta else None
+        extra = mrf_beta * _mrf_term(q, mask, t_of, mix_t) if mrf_beta else None
         r, alpha = _e_step(x32, g * s, sigma, w, log_prior_c, extra)
         q = _composition(r, alpha, t_of, mix_t)
         w = _class_weights(r.sum(0, dtype=np.float64), n_cls)
-        stats = _sufficient(r, alpha, x)
+        a_mat, b_vec = _sufficient(r, alpha, x)
         for _ in range(3):
             # the gain that best fits the data with the current relative signals, then
             # the absolute class means by MAP around the physics (prior g * s0, SD
             # g * tau): the physics holds each mean unless the data pull it clearly
-            a_mat, b_vec = stats
             g = float(s @ b_vec / max(s @ a_mat @ s, 1e-300))
             post = a_mat / sigma ** 2 + np.diag(1.0 / (g * tau) ** 2)
             if fitting_signals:
@@ -296,7 +295,7 @@ def bayes_segment(image: np.ndarray, mask: np.ndarray, sequence: str, params: di
         volume_sd_ml={t: float(sd_ml[k]) for k, t in enumerate(TISSUES)},
         gain=g, signals={n: float(v) for (n, _, _), v in zip(PURE, s, strict=True)},
         prior_signals={n: float(v) for (n, _, _), v in zip(PURE, s0, strict=True)},
-        sd={n: sigma for n, _, _ in PURE},
+        noise_sd=sigma,
         cnr=cnr, iterations=it, converged=converged, log=log)
 
 
@@ -392,11 +391,11 @@ def _sufficient(r, alpha, x):
     return a_mat, b_vec
 
 
-def _mrf_term(q: np.ndarray, mask: np.ndarray, mix_t: np.ndarray) -> np.ndarray:
+def _mrf_term(q: np.ndarray, mask: np.ndarray, t_of: np.ndarray, mix_t: np.ndarray
+              ) -> np.ndarray:
     """Mean-field MRF energy per class (N, C): the neighbours' mean composition in the
     class's tissue (a mixed class: the mean over its two tissues)."""
     nb = _neighbour_mean(q, mask)
-    t_of = _tissue_of_pure()
     pure = nb @ t_of.T
     mixes = 0.5 * (nb[:, mix_t[:, 0]] + nb[:, mix_t[:, 1]])
     return np.concatenate([pure, mixes], 1).astype(np.float32)

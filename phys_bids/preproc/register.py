@@ -109,6 +109,13 @@ def to_template(img: nib.Nifti1Image, template: nib.Nifti1Image, transform, *,
     return ants_to_nib(out)
 
 
+def mask_on_template(mask: nib.Nifti1Image, template: nib.Nifti1Image, transform
+                     ) -> np.ndarray:
+    """A native brain mask on the template grid (nearest neighbour), as booleans."""
+    m = to_template(mask, template, transform, interpolation="nearestNeighbor")
+    return np.asanyarray(m.dataobj) > 0
+
+
 def to_native(img: nib.Nifti1Image, native: nib.Nifti1Image, transform, *,
               interpolation: str = "linear") -> nib.Nifti1Image:
     """Resample a template-space image back onto the native grid, keeping its header

@@ -86,14 +86,13 @@ def HarmoniseContrast(in_template: File, mask: File, transform: File, template: 
     import torch
 
     from phys_bids.preproc.harmonise import Harmoniser
-    from phys_bids.preproc.register import to_template
+    from phys_bids.preproc.register import mask_on_template
     from phys_bids.progress import step
 
     with step(label or Path(in_template).name, "contrast harmonisation"):
         tpl = nib.load(str(template))
         img = nib.load(str(in_template))
-        m = to_template(nib.load(str(mask)), tpl, transform, interpolation="nearestNeighbor")
-        mdata = np.asanyarray(m.dataobj) > 0
+        mdata = mask_on_template(nib.load(str(mask)), tpl, transform)
         data = img.get_fdata(dtype=np.float32)
         t, _ = Harmoniser.from_spec(harmonise_from).apply(torch.from_numpy(data),
                                                           torch.from_numpy(mdata))

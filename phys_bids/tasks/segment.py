@@ -38,7 +38,7 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
 
     from phys_bids.models.registry import load_model
     from phys_bids.models.segment import segment_brain
-    from phys_bids.preproc.register import to_template
+    from phys_bids.preproc.register import mask_on_template
     from phys_bids.progress import step
 
     name = label or Path(in_template).name
@@ -48,8 +48,7 @@ def Segment(in_template: File, mask: File, transform: File, template: File, mode
             raise RuntimeError(f"model {model} changed during the run; start again")
         tpl = nib.load(str(template))
         img = nib.load(str(in_template))
-        m = to_template(nib.load(str(mask)), tpl, transform, interpolation="nearestNeighbor")
-        mdata = np.asanyarray(m.dataobj) > 0
+        mdata = mask_on_template(nib.load(str(mask)), tpl, transform)
         data = img.get_fdata(dtype=np.float32)
         res = segment_brain(loaded, data, mdata, sequence, params,
                             threads=threads, device=device, mc_samples=mc_samples, seed=seed)
@@ -89,7 +88,7 @@ def BayesSegment(in_template: File, mask: File, transform: File, template: File,
     import numpy as np
 
     from phys_bids.models.bayes import bayes_segment
-    from phys_bids.preproc.register import to_template
+    from phys_bids.preproc.register import mask_on_template
     from phys_bids.progress import step
     from phys_bids.threads import thread_limit
 
@@ -97,8 +96,7 @@ def BayesSegment(in_template: File, mask: File, transform: File, template: File,
     with step(name, "segmentation (physics-tied Bayesian)"), thread_limit(threads):
         tpl = nib.load(str(template))
         img = nib.load(str(in_template))
-        m = to_template(nib.load(str(mask)), tpl, transform, interpolation="nearestNeighbor")
-        mdata = np.asanyarray(m.dataobj) > 0
+        mdata = mask_on_template(nib.load(str(mask)), tpl, transform)
         gm = nib.load(str(template_gm)).get_fdata(dtype=np.float32)
         wm = nib.load(str(template_wm)).get_fdata(dtype=np.float32)
         brain = nib.load(str(template_mask)).get_fdata(dtype=np.float32) > 0
@@ -126,7 +124,7 @@ def BayesSegment(in_template: File, mask: File, transform: File, template: File,
         fit = {"gain": round(res.gain, 6),
                "signals": {k: round(v, 6) for k, v in res.signals.items()},
                "prior_signals": {k: round(v, 6) for k, v in res.prior_signals.items()},
-               "noise_sd": round(next(iter(res.sd.values())), 6),
+               "noise_sd": round(res.noise_sd, 6),
                "cnr": {k: round(v, 3) for k, v in res.cnr.items()},
                "volumes_ml": {k: round(v, 4) for k, v in res.volumes_ml.items()},
                "volume_sd_ml": {k: round(v, 4) for k, v in res.volume_sd_ml.items()},
